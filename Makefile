@@ -1,0 +1,79 @@
+# The interface people type. `make help` lists every target and variable.
+# Every variable is optional: empty means "the tool's documented default" (printed by `make help`).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH_PIN := torch==2.13.0
+
+## Variables (defaults in brackets):
+##   DATASET      breakfast | coin | lvu | synthetic   [most recently extracted into cache/, else synthetic]
+##   TASK         LVU task (relationship ... view_count) or Breakfast split s1..s4   [dataset default]
+##   DATA_ROOT    folder holding the raw data set      [data/raw/<dataset>]
+##   ENCODER      HF hub id, local model folder, or vit-tiny-random   [google/vit-large-patch16-224-in21k]
+##   FPS | SEGMENTS  sampling at extraction            [LVU: FPS=1; others: SEGMENTS=128]
+##   FRAMES_PER_SEGMENT, POOL, BATCH, WORKERS, CACHE_DIR [1, none, 32, 2, cache]
+##   HEAD         s4-multiscale | s4-singlescale | transformer-multiscale | transformer | mean-pool   [s4-multiscale]
+##   EPOCHS, LR, SEED, ACCELERATOR, DEVICES, NODES, RESUME   [100, 1e-3, 0, auto, 1, 1, none]
+##   CKPT (make eval), RUN (make report), QUICK=1 (make bench), DEBUG=1 (full tracebacks)
+
+opt = $(if $($(1)),--$(2) '$($(1))')
+EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
+	$(call opt,ENCODER,encoder) $(call opt,FPS,fps) $(call opt,SEGMENTS,segments) \
+	$(call opt,FRAMES_PER_SEGMENT,frames-per-segment) $(call opt,POOL,pool) $(call opt,BATCH,batch) \
+	$(call opt,WORKERS,workers) $(call opt,CACHE_DIR,cache-dir) $(call opt,DEVICES,devices) $(call opt,NODES,nodes)
+TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
+	$(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) $(call opt,LR,lr) $(call opt,SEED,seed) \
+	$(call opt,DEVICES,devices) $(call opt,NODES,nodes) $(call opt,ACCELERATOR,accelerator) \
+	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers)
+
+.PHONY: help install test lint clean data extract train eval demo bench report
+
+help: ## list targets and variables
+	@echo "Targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 20
+	@echo
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed -E 's/^## ?//'
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install (re-runs only when setup.cfg changes)
+
+test: $(STAMP) ## run the test suite (offline) and the quick benchmarks
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+lint: $(STAMP) ## ruff over the code
+	$(PY) -m ruff check data extract heads bench tests
+
+data: $(STAMP) ## write the synthetic data set (DATASET=synthetic) into DATA_ROOT
+	@$(PY) -m data make $(if $(DATASET),$(DATASET),synthetic) $(call opt,DATA_ROOT,root) $(call opt,SEED,seed)
+
+extract: $(STAMP) ## stage 1: decode + encode videos into cache/<dataset>/<tag>/
+	@$(PY) -m extract $(EXTRACT_ARGS)
+
+train: $(STAMP) ## stage 2: train a head on cached features into runs/
+	@$(PY) -m heads train $(TRAIN_ARGS)
+
+eval: $(STAMP) ## test a checkpoint: make eval CKPT=runs/.../best.ckpt
+	@$(PY) -m heads eval $(call opt,CKPT,ckpt) $(call opt,CACHE_DIR,cache-dir) $(call opt,DATA_ROOT,data-root)
+
+demo: $(STAMP) ## offline end to end: synthetic videos -> cache -> three heads -> runs/demo/summary.{json,png}
+	@$(PY) -m bench.demo
+
+bench: $(STAMP) ## efficiency figures into bench/results/latest.json (+ PNG); QUICK=1 for tiny sizes
+	@$(PY) -m bench $(if $(QUICK),--quick)
+
+report: $(STAMP) ## curves and confusion matrix of a run: make report RUN=runs/.../version_0
+	@$(PY) -m heads report $(call opt,RUN,run)
+
+clean: ## remove the venv, caches and build products (never cache/ or runs/)
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
