@@ -1,0 +1,177 @@
+"""`make report RUN=runs/<dataset>/<head>/version_N`: pictures of one training run.
+
+Reads what a run directory holds (Lightning's `metrics.csv`, our `predictions.csv` and `results.json`) and writes
+  curves.png     every logged metric against the epoch (train and val side by side per quantity)
+  confusion.png  the test confusion matrix (row-normalised) for classification, or prediction-vs-label scatter for
+                 regression
+next to them, in the run directory. No training, no cache access: the run directory is all it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from data.cli import UserError, run_cli
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """metrics.csv -> {metric: [(epoch, value), ...]}; step-level rows are averaged per epoch."""
+    sums: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            epoch = _float(row.get("epoch", ""))
+            if epoch is None:
+                continue
+            for key, text in row.items():
+                value = _float(text)
+                if key in ("epoch", "step") or value is None:
+                    continue
+                sums[key][epoch].append(value)
+    return {key: sorted((e, sum(v) / len(v)) for e, v in per_epoch.items()) for key, per_epoch in sums.items()}
+
+
+def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # group "train/loss", "val/loss" ... by the quantity after the split prefix
+    groups: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(metrics):
+        quantity = key.split("/", 1)[-1].replace("_epoch", "").replace("_step", "")
+        if quantity in ("lr", "lr-AdamW") or key.startswith("lr"):
+            quantity = "learning rate"
+        groups[quantity].append(key)
+    n = max(1, len(groups))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    for ax, (quantity, keys) in zip(axes.flat, sorted(groups.items())):
+        for key in keys:
+            xs, ys = zip(*metrics[key])
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=key)
+        ax.set_title(quantity)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_predictions(path: Path) -> tuple[list[float], list[float]]:
+    labels, preds = [], []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            labels.append(float(row["label"]))
+            preds.append(float(row["pred"]))
+    return labels, preds
+
+
+def plot_predictions(labels: list[float], preds: list[float], task_type: str, class_names: list[str] | None,
+                     out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if task_type == "regression":
+        fig, ax = plt.subplots(figsize=(4.8, 4.5))
+        ax.scatter(labels, preds, s=10, alpha=0.6)
+        lo, hi = min(labels + preds), max(labels + preds)
+        ax.plot([lo, hi], [lo, hi], color="gray", lw=1)
+        ax.set_xlabel("label")
+        ax.set_ylabel("prediction")
+        mse = float(np.mean((np.asarray(labels) - np.asarray(preds)) ** 2))
+        ax.set_title(f"{title}\ntest MSE {mse:.3f}", fontsize=9)
+        path = out / "scatter.png"
+    else:
+        k = max(int(max(labels + preds)) + 1, len(class_names or []))
+        matrix = np.zeros((k, k))
+        for y, p in zip(labels, preds):
+            matrix[int(y), int(p)] += 1
+        totals = matrix.sum(axis=1, keepdims=True)
+        normalised = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+        size = min(12, 3 + 0.35 * k)
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+        image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
+        if k <= 30:
+            ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+            ax.set_yticks(range(k), names, fontsize=7)
+            for i in range(k):
+                for j in range(k):
+                    if matrix[i, j]:
+                        ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
+                                color="white" if normalised[i, j] > 0.5 else "black")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        accuracy = float(np.trace(matrix) / max(1.0, matrix.sum()))
+        ax.set_title(f"{title}\ntest accuracy {accuracy:.3f} ({int(matrix.sum())} videos)", fontsize=9)
+        path = out / "confusion.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(run: Path) -> list[Path]:
+    """Draw the pictures of one run directory; returns the files written."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist; pass RUN=runs/<dataset>/<head>/version_N")
+    metrics_files = sorted(run.rglob("metrics.csv"))
+    predictions = run / "predictions.csv"
+    if not metrics_files and not predictions.exists():
+        raise UserError(f"{run} holds neither metrics.csv nor predictions.csv; is it a run made by `make train`?")
+    results = {}
+    if (run / "results.json").exists():
+        results = json.loads((run / "results.json").read_text())
+    title = " · ".join(str(results[k]) for k in ("dataset", "head") if results.get(k)) or run.name
+    written = []
+    if metrics_files:
+        metrics = read_metrics(metrics_files[-1])
+        if metrics:
+            written.append(plot_curves(metrics, run, title))
+    if predictions.exists():
+        labels, preds = read_predictions(predictions)
+        if labels:
+            task_type = results.get("task_type", "classification")
+            written.append(plot_predictions(labels, preds, task_type, results.get("class_names"), run, title))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m heads report", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=False, help="run directory (runs/<dataset>/<head>/version_N)")
+    args = parser.parse_args(argv)
+    if not args.run:
+        raise UserError("no run given: make report RUN=runs/<dataset>/<head>/version_N")
+    for path in report(Path(args.run)):
+        print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
