@@ -1,0 +1,134 @@
+"""The dataset-adapter contract shared by Breakfast, COIN, LVU and the synthetic set (DESIGN.md, "Contracts").
+
+An adapter turns a data set *as its authors distribute it* into `Record(video_id, label)` lists per split, built from
+the annotations alone (a missing video never changes the record list; `missing_media(split)` reports it instead),
+and maps a video id to the file on disk with `video_path`. Only the standard library is imported here, so that
+`import data` stays light (no torch, no av, no numpy).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+from data.cli import UserError
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+class Record(NamedTuple):
+    """One labelled video: the id the cache is keyed by and its label (class index, or a float for regression)."""
+
+    video_id: str
+    label: int | float
+
+
+class DatasetError(UserError):
+    """The raw data set is missing, laid out differently, or asked for something it does not have."""
+
+
+def default_root(name: str) -> Path:
+    """`data/raw/<name>` relative to the current working directory (the repo root when run through make)."""
+    return Path("data") / "raw" / name
+
+
+class VideoDataset:
+    """Base class: subclasses set the class attributes and implement `_load()` (split -> records)."""
+
+    name: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    tasks: ClassVar[tuple[str, ...]] = ()
+    default_task: ClassVar[str | None] = None
+    default_sampling: ClassVar[dict] = {"segments": 128}
+    clip: ClassVar[tuple[str, int]] = ("subset", 64)
+    layout: ClassVar[str] = ""  # the expected layout under the root, one line, for error messages
+    source: ClassVar[str] = ""  # where the data set comes from, one line, for error messages
+
+    def __init__(self, root: str | os.PathLike | None = None, task: str | None = None) -> None:
+        self.root = Path(root) if root not in (None, "") else default_root(self.name)
+        self.task = self._check_task(task)
+        self._check_root()
+
+    # ----------------------------------------------------------------- the contract
+    @property
+    def task_type(self) -> str:
+        return "classification"
+
+    @property
+    def num_classes(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None
+
+    def records(self, split: str) -> list[Record]:
+        """The labelled videos of `split`, from the annotations only (whether or not the media exist)."""
+        return list(self._records[self._check_split(split)])
+
+    def video_path(self, video_id: str) -> Path:
+        raise NotImplementedError
+
+    def all_video_ids(self) -> list[str]:
+        """Every id of every split (for extraction), in a stable order without duplicates."""
+        return _unique(r.video_id for split in self.splits for r in self._records[split])
+
+    def missing_media(self, split: str) -> list[str]:
+        """Ids of `split` whose video file is not on disk (normal for COIN: many videos left YouTube)."""
+        return _unique(r.video_id for r in self.records(split) if not self.video_path(r.video_id).is_file())
+
+    def __repr__(self) -> str:
+        task = f", task={self.task!r}" if self.task else ""
+        return f"{type(self).__name__}(root={str(self.root)!r}{task})"
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    @cached_property
+    def _records(self) -> dict[str, list[Record]]:
+        loaded = self._load()
+        assert set(loaded) == set(self.splits), (sorted(loaded), self.splits)
+        return loaded
+
+    def _load(self) -> dict[str, list[Record]]:
+        raise NotImplementedError
+
+    def _check_root(self) -> None:
+        """Raise a one-line DatasetError unless the root holds the layout (subclasses extend)."""
+        if not self.root.is_dir():
+            raise self.layout_error(f"{self.root.resolve()} does not exist")
+
+    def layout_error(self, problem: str) -> DatasetError:
+        return DatasetError(
+            f"{self.name}: {problem}. Expected under DATA_ROOT (default data/raw/{self.name}): {self.layout}. "
+            f"Get it from {self.source}; then pass DATA_ROOT=<folder> (make) or --root <folder>."
+        )
+
+    def _check_task(self, task: str | None) -> str | None:
+        if task in (None, ""):
+            return self.default_task
+        if not self.tasks:
+            raise DatasetError(f"{self.name} has no tasks (got TASK={task!r}); leave TASK empty")
+        if task not in self.tasks:
+            raise DatasetError(f"unknown TASK {task!r} for {self.name}; valid: {', '.join(self.tasks)}")
+        return task
+
+    def _check_split(self, split: str) -> str:
+        if split not in self.splits:
+            raise DatasetError(f"{self.name} has no split {split!r}; valid: {', '.join(self.splits)}")
+        return split
+
+
+def index_media(folder: Path) -> dict[str, Path]:
+    """Map file stem -> path for every video file under `folder` (recursive; first match in sorted order wins)."""
+    found: dict[str, Path] = {}
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+                found.setdefault(path.stem, path)
+    return found
+
+
+def _unique(ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
