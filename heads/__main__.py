@@ -1,0 +1,110 @@
+"""`python -m heads train|eval|report …` (what `make train`, `make eval` and `make report` call).
+
+    python -m heads train [--head s4-multiscale] [--dataset D] [--task T] [--epochs 100] [--batch 16] [--lr 1e-3]
+                          [--devices N --nodes M --accelerator cpu|gpu|auto] [--resume CKPT] [--d-model 1024 …]
+    python -m heads eval --ckpt runs/<dataset>/<head>/version_N/checkpoints/best.ckpt
+    python -m heads report --run runs/<dataset>/<head>/version_N
+Bad input prints one `error: …` line (exit 2); DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data.cli import UserError, run_cli
+from heads import DEFAULTS, HEADS
+
+
+def _int_or_str(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a head on cached features")
+    p.add_argument("--head", default=None, help=f"one of {', '.join(HEADS)} [s4-multiscale]")
+    p.add_argument("--dataset", default=None, help="[the data set most recently extracted into the cache, else "
+                                                   "synthetic]")
+    p.add_argument("--task", default=None, help="LVU task or Breakfast split [dataset default]")
+    p.add_argument("--data-root", default=None, help="raw data set folder (labels) [data/raw/<dataset>]")
+    p.add_argument("--cache-dir", default="cache")
+    p.add_argument("--tag", default=None, help="cache tag directory name [most recent]")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--plateau-factor", type=float, default=0.5, help="LR factor on a val-metric plateau")
+    p.add_argument("--plateau-patience", type=int, default=5, help="epochs without improvement before reducing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--devices", type=_int_or_str, default=None, help="[auto]; >1 (or --nodes >1) uses DDP")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--accelerator", default=None, help="cpu | gpu | auto [auto]")
+    p.add_argument("--precision", default=None, help="Lightning precision, e.g. 16-mixed / bf16-mixed [32]")
+    p.add_argument("--resume", default=None, help="continue from a checkpoint (e.g. .../checkpoints/last.ckpt)")
+    p.add_argument("--workers", type=int, default=2, help="data loader workers per process")
+    p.add_argument("--d-model", type=int, default=None, help=f"[{DEFAULTS['d_model']}]")
+    p.add_argument("--n-layers", type=int, default=None, help=f"[{DEFAULTS['n_layers']}]")
+    p.add_argument("--d-state", type=int, default=None, help=f"[{DEFAULTS['d_state']}]")
+    p.add_argument("--dropout", type=float, default=None, help=f"[{DEFAULTS['dropout']}]")
+    p.add_argument("--n-heads", type=int, default=None, help="attention heads (transformer heads) [8]")
+    p.add_argument("--attention", default=None, choices=("sdpa", "materialized"), help="[sdpa]")
+    p.add_argument("--backend", default=None, help="S4 Cauchy backend [auto]")
+    p.add_argument("--clip", default=None, help="window:W or subset:K [the dataset's protocol]")
+    p.add_argument("--eval-stride", type=int, default=1, help="stride (segments) between evaluation windows")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="train share held out when there is no val split")
+    p.add_argument("--allow-missing", action="store_true", help="train without videos missing from the cache")
+    p.add_argument("--fast-dev-run", action="store_true", help="one batch of each loop (smoke test)")
+    p.add_argument("--limit-batches", type=float, default=None, help="fraction / number of batches per loop")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty(), help="progress bar")
+    return p
+
+
+def eval_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="validate and test a checkpoint")
+    p.add_argument("--ckpt", default=None)
+    p.add_argument("--cache-dir", default=None, help="[the one the checkpoint was trained on]")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--tag", default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--accelerator", default=None)
+    p.add_argument("--allow-missing", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from heads.report import main as report_main
+
+        return report_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m heads", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    train_parser(sub)
+    eval_parser(sub)
+    sub.add_parser("report", help="curves and confusion matrix of a run (--run DIR)")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        raise UserError("give a command: python -m heads train|eval|report (see --help)")
+    from heads.train import evaluate, quiet_lightning, summary_line, train
+
+    quiet_lightning()
+    if args.command == "train":
+        args.head_given = args.head is not None
+        args.head = args.head or "s4-multiscale"
+        for name in ("epochs", "batch", "workers"):
+            if getattr(args, name) is not None and getattr(args, name) < (0 if name == "workers" else 1):
+                raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+        results, is_global_zero = train(args)
+    else:
+        results, is_global_zero = evaluate(args), True
+    if is_global_zero:  # the last line printed: one-line summary of the test metric
+        print(summary_line(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,158 @@
+"""Building blocks shared by the heads: flattening, positional encodings, the multi-scale block and its stack.
+
+Axis letters: B batch, T segments, P tokens per segment, D input features, L = T·P sequence, H channels (d_model).
+The residual stream is kept in the (B, L, H) layout so that LayerNorm, the position-wise linears and the pooling work
+on contiguous memory; only the sequence mixer (S4 or attention) sees another layout if it needs one.
+
+The multi-scale block is the paper's (ViS4mer, Sec. 3.2): pre-LN -> mixer -> channel dropout -> residual add ->
+AvgPool1d(2) over L -> Linear(H, H/2) -> GELU. With `multiscale=False` it is the single-scale ablation (no pooling,
+no channel halving; the Linear and GELU stay at constant width).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def flatten_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, P, D) -> (B, L, D) float32 with L = T·P (cached features are float16)."""
+    if x.dim() != 4:
+        raise ValueError(f"Expected features of shape (B, T, P, D), got {tuple(x.shape)}")
+    B, T, P, D = x.shape
+    return x.reshape(B, T * P, D).float()  # (B, L, D)
+
+
+def sinusoid(n: int, dim: int, device=None, base: float = 10000.0) -> torch.Tensor:
+    """Fixed sinusoidal table (n, dim): position i -> [sin(i·f_k), cos(i·f_k)] for dim/2 geometric frequencies."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(base) * torch.arange(half, device=device, dtype=torch.float32) / max(1, half))
+    angles = torch.arange(n, device=device, dtype=torch.float32)[:, None] * freqs[None, :]  # (n, dim/2)
+    table = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (n, 2·half)
+    if table.shape[-1] < dim:
+        table = F.pad(table, (0, dim - table.shape[-1]))
+    return table  # (n, dim)
+
+
+class SegmentTokenPositions(nn.Module):
+    """Adds a position code for (segment t, token p) to a flattened (B, T·P, H) sequence.
+
+    Attention alone is order-blind, so the transformer heads need this. The first half of the channels encodes the
+    segment index, the second half the token index (two separate sinusoid tables, so (t, p) and (p, t) never collide);
+    a learned scale lets training weigh the code against the features. Fixed codes work for any T and P, so a head
+    trained on 60-segment windows also evaluates 64 uniform segments.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def code(self, T: int, P: int, device) -> torch.Tensor:
+        key = (T, P, str(device))
+        if key not in self._cache:
+            d_seg = self.d_model // 2
+            seg = sinusoid(T, d_seg, device)  # (T, H/2)
+            tok = sinusoid(P, self.d_model - d_seg, device)  # (P, H - H/2)
+            code = torch.cat([seg[:, None, :].expand(T, P, d_seg),
+                              tok[None, :, :].expand(T, P, self.d_model - d_seg)], dim=-1)  # (T, P, H)
+            self._cache = {key: code.reshape(T * P, self.d_model)}  # (L, H); keep one entry
+        return self._cache[key]
+
+    def forward(self, x: torch.Tensor, T: int, P: int) -> torch.Tensor:
+        """(B, L, H) -> (B, L, H) with L = T·P."""
+        return x + self.scale * self.code(T, P, x.device)  # (B, L, H)
+
+
+def avg_pool2(x: torch.Tensor) -> torch.Tensor:
+    """AvgPool1d(2) over L in the (B, L, H) layout: (B, L, H) -> (B, L // 2, H); an odd last step is dropped."""
+    B, L, H = x.shape
+    half = L // 2
+    return x[:, : 2 * half].reshape(B, half, 2, H).mean(dim=2)  # (B, L/2, H)
+
+
+class MultiScaleBlock(nn.Module):
+    """pre-LN -> mixer -> channel dropout -> residual -> [AvgPool1d(2)] -> Linear(H, H_out) -> GELU.
+
+    `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself).
+    """
+
+    def __init__(self, d_model: int, mixer: nn.Module, dropout: float, multiscale: bool = True):
+        super().__init__()
+        self.d_model = d_model
+        self.d_out = d_model // 2 if multiscale else d_model
+        self.multiscale = multiscale
+        self.norm = nn.LayerNorm(d_model)
+        self.mixer = mixer
+        self.dropout_p = dropout
+        self.linear = nn.Linear(d_model, self.d_out)
+
+    def channel_dropout(self, z: torch.Tensor) -> torch.Tensor:
+        """Drops whole channels per sample (the paper's Dropout2d intent): mask (B, 1, H) over (B, L, H)."""
+        if not self.training or self.dropout_p == 0.0:
+            return z
+        keep = 1.0 - self.dropout_p
+        mask = torch.empty(z.shape[0], 1, z.shape[2], device=z.device, dtype=z.dtype).bernoulli_(keep)  # (B, 1, H)
+        return z * mask.div_(keep)  # (B, L, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) -> (B, L/2, H/2) (multi-scale) or (B, L, H) (single-scale)."""
+        z = self.mixer(self.norm(x))  # (B, L, H)
+        x = x + self.channel_dropout(z)  # (B, L, H)
+        if self.multiscale:
+            x = avg_pool2(x)  # (B, L/2, H)
+        return F.gelu(self.linear(x))  # (B, L', H_out)
+
+
+class MultiScaleStack(nn.Module):
+    """Input projection (only when d_input != d_model, or forced), optional positions, n blocks, mean over L, decoder.
+
+    `make_mixer(d_model, seq_len)` builds one sequence mixer for a block of width d_model on sequences of length
+    seq_len (the S4 layer's l_max halves with each multi-scale block, like the paper's code).
+    """
+
+    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None,
+                 make_mixer: Callable[[int, int | None], nn.Module],
+                 d_model: int = 1024, n_layers: int = 3, dropout: float = 0.2, multiscale: bool = True,
+                 positions: bool = False, input_proj: bool | None = None):
+        super().__init__()
+        if multiscale and d_model >> n_layers < 1:
+            raise ValueError(f"Expected d_model >= 2**n_layers for a multi-scale head, got d_model={d_model}, "
+                             f"n_layers={n_layers}")
+        use_proj = d_input != d_model if input_proj is None else bool(input_proj)
+        if not use_proj and d_input != d_model:
+            raise ValueError(f"input_proj=False needs d_input == d_model, got {d_input} != {d_model}")
+        self.encoder = nn.Linear(d_input, d_model) if use_proj else None
+        self.positions = SegmentTokenPositions(d_model) if positions else None
+        blocks = []
+        width, length = d_model, seq_len
+        for _ in range(n_layers):
+            block = MultiScaleBlock(width, make_mixer(width, length), dropout, multiscale)
+            blocks.append(block)
+            width = block.d_out
+            if multiscale and length is not None:
+                length = max(1, length // 2)
+        self.blocks = nn.ModuleList(blocks)
+        self.d_final = width
+        self.decoder = nn.Linear(width, n_outputs)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, D) -> pooled (B, H_final)."""
+        B, T, P, _ = x.shape
+        h = flatten_tokens(x)  # (B, L, D)
+        if self.encoder is not None:
+            h = self.encoder(h)  # (B, L, H)
+        if self.positions is not None:
+            h = self.positions(h, T, P)  # (B, L, H)
+        for block in self.blocks:
+            h = block(h)  # (B, L', H')
+        return h.mean(dim=1)  # (B, H_final)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, D) -> (B, n_outputs)."""
+        return self.decoder(self.forward_features(x))  # (B, n_outputs)

@@ -1,0 +1,303 @@
+"""Lightning data module over a feature cache (`data.store.FeatureStore`) and a dataset's records.
+
+Clips follow DESIGN.md's protocols (`ds.clip`):
+  ("window", W)  LVU: training takes one random window of W consecutive segments; evaluation takes every window
+                 (stride `eval_stride`, last window aligned to the end) and the module averages the softmax per video.
+  ("subset", K)  Breakfast / COIN / synthetic: training takes K random segments in temporal order; evaluation takes
+                 K uniformly spaced segments (one clip per video).
+Videos shorter than a clip repeat their last segment (windows) or repeat segments (subsets).
+Labels always come from the dataset's records, never from the cache. Every record must have cached features:
+missing ones stop the run with how many and how to fill them (recorded extraction failures are skipped with a note).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from data.cli import UserError
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------- index helpers
+def window_starts(num_segments: int, window: int, stride: int = 1) -> list[int]:
+    """Start indices of every window of `window` segments (stride `stride`), the last one ending at the end."""
+    last = max(0, num_segments - window)
+    starts = list(range(0, last + 1, max(1, stride)))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def window_indices(num_segments: int, start: int, window: int) -> np.ndarray:
+    """Segment indices of one window; past the end the last segment repeats."""
+    return np.minimum(np.arange(start, start + window), num_segments - 1)
+
+
+def uniform_indices(num_segments: int, k: int) -> np.ndarray:
+    """k uniformly spaced segment indices (centres of k equal bins); repeats when num_segments < k."""
+    return np.floor((np.arange(k) + 0.5) * num_segments / k).astype(np.int64)
+
+
+def random_subset(num_segments: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k random segment indices in temporal order (distinct when the video has at least k segments)."""
+    if num_segments >= k:
+        return np.sort(rng.choice(num_segments, size=k, replace=False))
+    return np.sort(rng.integers(0, num_segments, size=k))
+
+
+def read_segments(store, video_id: str, indices: np.ndarray) -> np.ndarray:
+    """store.read for arbitrary (possibly repeated) indices: one sorted unique read, then expand. (T', P, D)."""
+    if len(indices) and np.all(np.diff(indices) == 1):
+        return store.read(video_id, slice(int(indices[0]), int(indices[-1]) + 1))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    return store.read(video_id, unique)[inverse]
+
+
+# --------------------------------------------------------------------------------------------------------- datasets
+class TrainClips(Dataset):
+    """One random clip per video per epoch: (tokens float16 (T', P, D), label, video index)."""
+
+    def __init__(self, store, video_ids: list[str], labels: list, lengths: list[int], clip: tuple[str, int],
+                 seed: int = 0):
+        self.store, self.video_ids, self.labels, self.lengths = store, video_ids, labels, lengths
+        self.kind, self.size = clip
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, i: int):
+        # A per-item generator seeded by (seed, epoch, item): reproducible with any number of workers or ranks.
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        n = self.lengths[i]
+        if self.kind == "window":
+            start = int(rng.integers(0, max(0, n - self.size) + 1))
+            idx = window_indices(n, start, self.size)
+        else:
+            idx = random_subset(n, self.size, rng)
+        tokens = read_segments(self.store, self.video_ids[i], idx)
+        return torch.from_numpy(np.ascontiguousarray(tokens)), self.labels[i], i
+
+
+class EvalClips(Dataset):
+    """Every evaluation clip of every video (windows: many per video; subsets: one): same items as TrainClips."""
+
+    def __init__(self, store, video_ids: list[str], labels: list, lengths: list[int], clip: tuple[str, int],
+                 stride: int = 1):
+        self.store, self.video_ids, self.labels = store, video_ids, labels
+        self.kind, self.size = clip
+        self.items: list[tuple[int, np.ndarray]] = []
+        for v, n in enumerate(lengths):
+            if self.kind == "window":
+                self.items += [(v, window_indices(n, s, self.size)) for s in window_starts(n, self.size, stride)]
+            else:
+                self.items.append((v, uniform_indices(n, self.size)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        v, idx = self.items[i]
+        tokens = read_segments(self.store, self.video_ids[v], idx)
+        return torch.from_numpy(np.ascontiguousarray(tokens)), self.labels[v], v
+
+
+def collate(batch, regression: bool = False):
+    tokens = torch.stack([b[0] for b in batch])  # (B, T', P, D) float16
+    labels = torch.tensor([b[1] for b in batch], dtype=torch.float32 if regression else torch.long)  # (B,)
+    videos = torch.tensor([b[2] for b in batch], dtype=torch.long)  # (B,)
+    return tokens, labels, videos
+
+
+def _collate_classification(batch):
+    return collate(batch, False)
+
+
+def _collate_regression(batch):
+    return collate(batch, True)
+
+
+class UnrepeatedSampler(torch.utils.data.Sampler):
+    """Evaluation sampler for DDP: rank r takes items r, r + world, ... — every item exactly once over all ranks
+    (DistributedSampler would pad with duplicates and bias the per-video averages)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# ------------------------------------------------------------------------------------------------------ data module
+class FeatureDataModule(pl.LightningDataModule):
+    """Splits of `dataset` served from the cache at `store` (a FeatureStore or its tag directory).
+
+    Validation: the dataset's "val" split when it has one, else a held-out `val_fraction` of train (fixed by `seed`).
+    """
+
+    def __init__(self, store, dataset, batch_size: int = 16, workers: int = 2, clip: tuple[str, int] | None = None,
+                 eval_stride: int = 1, seed: int = 0, val_fraction: float = 0.1, allow_missing: bool = False,
+                 pin_memory: bool | None = None, cache_hint: str = ""):
+        super().__init__()
+        if not hasattr(store, "read"):
+            from data.store import FeatureStore
+
+            store = FeatureStore(store)
+        self.store = store
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.workers = int(workers)
+        self.clip = tuple(clip or dataset.clip)
+        if self.clip[0] not in ("window", "subset") or int(self.clip[1]) < 1:
+            raise UserError(f"clip protocol must be ('window', W) or ('subset', K), got {self.clip}")
+        self.clip = (self.clip[0], int(self.clip[1]))
+        self.eval_stride = int(eval_stride)
+        self.seed = int(seed)
+        self.val_fraction = float(val_fraction)
+        self.allow_missing = allow_missing
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.cache_hint = cache_hint or f"make extract DATASET={dataset.name}"
+        self.regression = dataset.task_type == "regression"
+        self.splits: dict[str, tuple[list[str], list, list[int]]] = {}
+        self.notes: list[str] = []
+        self._build_splits()
+
+    # ---- split resolution and checks
+    def _records(self, split: str):
+        records = list(self.dataset.records(split))
+        if not records:
+            raise UserError(f"dataset {self.dataset.name} has no records in split {split!r}; check DATA_ROOT and TASK")
+        return records
+
+    def _check_cached(self, split: str, records) -> list:
+        from data.store import read_failures
+
+        cached = set(self.store.ids())
+        missing = [r for r in records if r.video_id not in cached]
+        if not missing:
+            return records
+        failed = set()
+        try:
+            failed = {f.get("video_id") for f in read_failures(self.store_dir)}
+        except Exception:  # no failures.jsonl is fine
+            pass
+        known_bad = [r for r in missing if r.video_id in failed]
+        unfilled = [r for r in missing if r.video_id not in failed]
+        if unfilled and not self.allow_missing:
+            example = ", ".join(r.video_id for r in unfilled[:3])
+            raise UserError(
+                f"the cache {self.store_dir} lacks {len(unfilled)} of the {len(records)} videos the {split} split "
+                f"needs (e.g. {example}); fill it with `{self.cache_hint}` (it resumes and encodes only what is "
+                f"missing), or pass --allow-missing to train without them")
+        if missing:
+            note = (f"{split}: skipping {len(missing)} of {len(records)} videos without cached features "
+                    f"({len(known_bad)} recorded in failures.jsonl)")
+            self.notes.append(note)
+            log.warning(note)
+        kept = [r for r in records if r.video_id in cached]
+        if not kept:
+            raise UserError(f"no video of the {split} split has cached features in {self.store_dir}; "
+                            f"run `{self.cache_hint}`")
+        return kept
+
+    @property
+    def store_dir(self):
+        return getattr(self.store, "path", getattr(self.store, "directory", "the cache"))
+
+    def _pack(self, records):
+        ids = [r.video_id for r in records]
+        labels = [float(r.label) if self.regression else int(r.label) for r in records]
+        lengths = [int(self.store.num_segments(v)) for v in ids]
+        return ids, labels, lengths
+
+    def _build_splits(self) -> None:
+        splits = tuple(self.dataset.splits)
+        if "train" not in splits or "test" not in splits:
+            raise UserError(f"dataset {self.dataset.name} must have train and test splits, has {splits}")
+        train = self._check_cached("train", self._records("train"))
+        if "val" in splits:
+            val = self._check_cached("val", self._records("val"))
+        else:
+            rng = np.random.default_rng(self.seed)
+            order = rng.permutation(len(train))
+            n_val = max(1, int(round(self.val_fraction * len(train)))) if len(train) > 1 else 0
+            if n_val == 0:
+                val = list(train)
+            else:
+                val = [train[i] for i in sorted(order[:n_val])]
+                train = [train[i] for i in sorted(order[n_val:])]
+            self.notes.append(f"no val split: {len(val)} train videos held out for validation (seed {self.seed})")
+        test = self._check_cached("test", self._records("test"))
+        for name, recs in (("train", train), ("val", val), ("test", test)):
+            self.splits[name] = self._pack(recs)
+
+    # ---- shapes the head needs
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        """(P, D) of the cached tokens."""
+        vid = self.splits["train"][0][0]
+        sample = self.store.read(vid, slice(0, 1))  # (1, P, D)
+        return int(sample.shape[1]), int(sample.shape[2])
+
+    @property
+    def seq_len(self) -> int:
+        return self.clip[1] * self.feature_shape[0]
+
+    def video_ids(self, split: str) -> list[str]:
+        return self.splits[split][0]
+
+    def labels(self, split: str) -> list:
+        return self.splits[split][1]
+
+    # ---- loaders
+    def _loader(self, dataset, sampler=None, shuffle=False, drop_last=False) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.workers, pin_memory=self.pin_memory, drop_last=drop_last,
+                          persistent_workers=self.workers > 0,
+                          collate_fn=_collate_regression if self.regression else _collate_classification)
+
+    def _dist(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        ids, labels, lengths = self.splits["train"]
+        self._train_set = TrainClips(self.store, ids, labels, lengths, self.clip, self.seed)
+        epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
+        self._train_set.epoch = epoch
+        rank, world = self._dist()
+        if world > 1:
+            sampler = DistributedSampler(self._train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            sampler.set_epoch(epoch)
+            return self._loader(self._train_set, sampler=sampler)
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return DataLoader(self._train_set, batch_size=self.batch_size,
+                          sampler=torch.utils.data.RandomSampler(self._train_set, generator=generator),
+                          num_workers=self.workers, pin_memory=self.pin_memory,
+                          persistent_workers=False,
+                          collate_fn=_collate_regression if self.regression else _collate_classification)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        ids, labels, lengths = self.splits[split]
+        dataset = EvalClips(self.store, ids, labels, lengths, self.clip, self.eval_stride)
+        rank, world = self._dist()
+        sampler = UnrepeatedSampler(len(dataset), rank, world) if world > 1 else None
+        return self._loader(dataset, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

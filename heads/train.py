@@ -1,0 +1,396 @@
+"""`python -m heads train|eval`: train a head on cached features with Lightning, or test a checkpoint.
+
+train: resolve the dataset (default: the one most recently extracted into the cache dir, else synthetic) and its cache
+tag (the most recent unless --tag), build the head from the cache's feature size, fit with best-on-val and last
+checkpoints, then validate and test the best checkpoint. The run directory
+    <runs-dir>/<dataset>[-<task>]/<head>/version_N/
+holds checkpoints/{best,last}.ckpt, metrics.csv (Lightning's CSV logger), config.json (the resolved config),
+results.json (val and test metrics of the best checkpoint, cache tag, code version) and predictions.csv (per-video
+test predictions; for classification also the class probabilities). The last line printed is a one-line summary.
+Multi-GPU / multi-node go through Lightning's DDP (`--devices`, `--nodes`); only global rank 0 writes files.
+Checkpoints are always loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from data.cli import UserError
+from heads import DEFAULTS, HEADS, build_head
+
+RUN_VERSION_ENV = "VIS4MER_RUN_VERSION"  # set by the launching process so DDP ranks share one version_N
+CACHE_KEYS = ("encoder", "encoder_hash", "hidden_size", "image_size", "patch_size", "grid", "pool")
+
+
+# --------------------------------------------------------------------------------------------- small resolvers
+def code_version() -> str:
+    """`git describe` of the source tree when available, else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("vis4mer-pipeline")
+    except Exception:
+        return "unknown"
+
+
+def _plain(value):
+    """Make a value JSON- and weights_only-safe (numpy scalars/arrays, tuples, paths -> python types)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def default_dataset(cache_dir: Path) -> str:
+    """The dataset most recently extracted into cache_dir, else "synthetic"."""
+    from data import DATASETS
+    from data.store import find_caches
+
+    newest, newest_time = "synthetic", -1.0
+    for name in DATASETS:
+        try:
+            tags = find_caches(cache_dir, name)
+        except (OSError, ValueError):
+            continue
+        if tags:
+            mtime = Path(tags[0]).stat().st_mtime
+            if mtime > newest_time:
+                newest, newest_time = name, mtime
+    return newest
+
+
+def resolve_cache(cache_dir: Path, dataset: str, tag: str | None = None) -> Path:
+    """The tag directory to train on: --tag, else the most recently modified one holding sealed shards."""
+    from data.store import find_caches
+
+    tags = [Path(t) for t in find_caches(cache_dir, dataset)]
+    where = Path(cache_dir) / dataset
+    if not tags:
+        partial = sorted(where.rglob("*.h5.partial")) if where.is_dir() else []
+        extra = (f" ({len(partial)} unfinished .partial shard(s) there: the extraction was interrupted; rerun it)"
+                 if partial else "")
+        raise UserError(f"no cached features for {dataset} under {where}{extra}; run "
+                        f"`make extract DATASET={dataset}` first (or pass CACHE_DIR=/--cache-dir where they are)")
+    if tag:
+        match = [t for t in tags if t.name == tag]
+        if not match:
+            raise UserError(f"no cache tag {tag!r} for {dataset} under {where}; available: "
+                            f"{', '.join(t.name for t in tags)}")
+        return match[0]
+    return tags[0]
+
+
+def check_cache_matches(expected: dict, store_meta: dict, store_dir: Path, what: str) -> None:
+    """Refuse a cache made by another encoder or with another feature size than `what` (a checkpoint) expects."""
+    diffs = []
+    for key in ("encoder", "encoder_hash", "hidden_size", "tokens"):
+        want, have = expected.get(key), store_meta.get(key)
+        if want is not None and have is not None and _plain(want) != _plain(have):
+            diffs.append(f"{key} {have!r} instead of {want!r}")
+    if diffs:
+        raise UserError(
+            f"the cache {store_dir} does not match {what}: it has {', '.join(diffs)}; point --tag/--cache-dir "
+            f"(TAG=/CACHE_DIR=) at features extracted with encoder {expected.get('encoder')!r}, or train a new head "
+            f"on this cache (without --resume)")
+
+
+def next_version(parent: Path) -> int:
+    versions = [int(m.group(1)) for p in parent.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return max(versions, default=-1) + 1
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True (no pickled code runs); a clear error when the file is not usable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a .ckpt under runs/.../checkpoints/")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot load checkpoint {path} with weights_only=True ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); is it a checkpoint written by "
+                        f"`make train`?") from exc
+    if "hyper_parameters" not in ckpt or "config" not in ckpt["hyper_parameters"]:
+        raise UserError(f"{path} is not a checkpoint written by `python -m heads train` (no config inside)")
+    return ckpt
+
+
+def cache_info(store, tag_dir: Path, dm) -> dict:
+    meta = dict(store.meta)
+    P, D = dm.feature_shape
+    info = {k: _plain(meta.get(k)) for k in CACHE_KEYS if k in meta}
+    info.update({"tag": tag_dir.name, "dir": str(tag_dir), "tokens": P, "hidden_size": D})
+    return info
+
+
+# -------------------------------------------------------------------------------------------------- the config
+def head_cfg_from_args(args) -> dict:
+    cfg = {"d_model": args.d_model, "n_layers": args.n_layers, "d_state": args.d_state, "dropout": args.dropout}
+    if args.n_heads is not None:
+        cfg["n_heads"] = args.n_heads
+    if args.attention is not None:
+        cfg["attention"] = args.attention
+    if args.backend is not None:
+        cfg["backend"] = args.backend
+    return {k: (DEFAULTS.get(k) if v is None else v) for k, v in cfg.items()}
+
+
+def parse_clip(text: str | None):
+    if not text:
+        return None
+    kind, _, size = text.partition(":")
+    if kind not in ("window", "subset") or not size.isdigit():
+        raise UserError(f"--clip must look like window:60 or subset:64, got {text!r}")
+    return (kind, int(size))
+
+
+def _trainer_kwargs(args, run_dir: Path | None):
+    devices = args.devices if args.devices is not None else "auto"
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    nodes = int(args.nodes or 1)
+    n_dev = devices if isinstance(devices, int) else 1
+    kwargs = dict(accelerator=args.accelerator or "auto", devices=devices, num_nodes=nodes,
+                  use_distributed_sampler=False, reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0,
+                  enable_model_summary=False)
+    if n_dev * nodes > 1:
+        from pytorch_lightning.strategies import DDPStrategy
+
+        kwargs["strategy"] = DDPStrategy(find_unused_parameters=False)
+    if args.precision:
+        kwargs["precision"] = args.precision
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def train(args) -> tuple[dict, bool]:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from data import get_dataset
+    from data.store import FeatureStore
+    from heads.datamodule import FeatureDataModule
+    from heads.module import HeadModule
+
+    if args.head not in HEADS:
+        raise UserError(f"unknown HEAD {args.head!r}; valid heads: {', '.join(HEADS)}")
+    cache_dir = Path(args.cache_dir)
+    resume_ckpt = None
+    if args.resume:
+        resume_ckpt = load_checkpoint(args.resume)
+        prev = resume_ckpt["hyper_parameters"]["config"]
+        if prev["head"] != args.head and args.head_given:
+            raise UserError(f"--resume {args.resume} is a {prev['head']} checkpoint, not {args.head}; "
+                            f"drop HEAD= or pick a {args.head} checkpoint")
+        args.head = prev["head"]
+        args.dataset = args.dataset or prev["dataset"]
+        args.task = args.task or prev.get("task")
+        args.tag = args.tag or prev["cache"]["tag"]
+    dataset_name = args.dataset or default_dataset(cache_dir)
+    ds = get_dataset(dataset_name, root=args.data_root, task=args.task)
+    task = getattr(ds, "task", None)
+    tag_dir = resolve_cache(cache_dir, dataset_name, args.tag)
+    store = FeatureStore(tag_dir)
+    if len(store) == 0:
+        raise UserError(f"the cache {tag_dir} holds no videos; run `make extract DATASET={dataset_name}`")
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    dm = FeatureDataModule(store, ds, batch_size=args.batch, workers=args.workers, clip=parse_clip(args.clip),
+                           eval_stride=args.eval_stride, seed=args.seed, val_fraction=args.val_fraction,
+                           allow_missing=args.allow_missing,
+                           cache_hint=f"make extract DATASET={dataset_name}"
+                                      f"{' CACHE_DIR=' + str(cache_dir) if str(cache_dir) != 'cache' else ''}")
+    cache = cache_info(store, tag_dir, dm)
+    if resume_ckpt is not None:
+        check_cache_matches(resume_ckpt["hyper_parameters"]["config"]["cache"], cache, tag_dir,
+                            f"the checkpoint {args.resume}")
+    regression = ds.task_type == "regression"
+    n_outputs = 1 if regression else int(ds.num_classes)
+    if resume_ckpt is None:
+        head_cfg = head_cfg_from_args(args)
+    else:  # the checkpoint's architecture wins over the command line
+        head_cfg = resume_ckpt["hyper_parameters"]["config"]["head_cfg"]
+    head = build_head(args.head, cache["hidden_size"], n_outputs, dm.seq_len, **head_cfg)
+    params = sum(p.numel() for p in head.parameters())
+
+    # run directory: runs/<dataset>[-<task>]/<head>/version_N (resume: the checkpoint's own run)
+    name = f"{dataset_name}-{task}" if task else dataset_name
+    resume_path = Path(args.resume) if args.resume else None
+    if resume_path is not None and resume_path.parent.name == "checkpoints" and \
+            resume_path.parent.parent.name.startswith("version_"):
+        run_dir = resume_path.parent.parent
+    else:
+        parent = Path(args.runs_dir) / name / args.head
+        version = os.environ.get(RUN_VERSION_ENV)
+        if version is None:
+            version = str(next_version(parent))
+            os.environ[RUN_VERSION_ENV] = version  # inherited by the DDP ranks Lightning launches
+        run_dir = parent / f"version_{version}"
+    config = _plain({
+        "head": args.head, "head_cfg": head_cfg, "dataset": dataset_name, "task": task, "data_root": args.data_root,
+        "task_type": ds.task_type, "n_outputs": n_outputs, "class_names": getattr(ds, "class_names", None),
+        "cache": cache, "cache_dir": str(cache_dir), "clip": list(dm.clip), "eval_stride": dm.eval_stride,
+        "seq_len": dm.seq_len, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
+        "weight_decay": args.weight_decay, "seed": args.seed, "val_fraction": args.val_fraction,
+        "plateau_factor": args.plateau_factor, "plateau_patience": args.plateau_patience,
+        "devices": args.devices, "nodes": args.nodes, "accelerator": args.accelerator, "params": params,
+        "run_dir": str(run_dir), "code_version": code_version(), "notes": dm.notes,
+    })
+    model = HeadModule(head, config, task_type=ds.task_type, n_outputs=n_outputs, lr=args.lr,
+                       weight_decay=args.weight_decay, plateau_factor=args.plateau_factor,
+                       plateau_patience=args.plateau_patience)
+
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=model.monitor, mode=model.monitor_mode,
+                                 save_top_k=1, save_last=True, enable_version_counter=False,
+                                 auto_insert_metric_name=False)
+    loggers = [CSVLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
+                         version=run_dir.name)]
+    try:
+        import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""))
+    except ImportError:
+        pass
+    kwargs = _trainer_kwargs(args, run_dir)
+    trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps if args.max_steps else -1,
+                         logger=loggers, callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+                         default_root_dir=str(run_dir), log_every_n_steps=args.log_every,
+                         enable_progress_bar=args.progress, fast_dev_run=args.fast_dev_run,
+                         limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
+                         limit_test_batches=args.limit_batches, **kwargs)
+    started = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
+        train_s = time.time() - started
+        best = checkpoint.best_model_path if not args.fast_dev_run else ""
+        ckpt = best if best and Path(best).exists() else None
+        trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
+        trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
+    results = _plain({
+        "dataset": dataset_name, "task": task, "head": args.head, "task_type": ds.task_type,
+        "metric": model.metric_name, "class_names": getattr(ds, "class_names", None),
+        "val": {model.metric_name: model.eval_outputs["val"]["metric"], "loss": model.eval_outputs["val"]["loss"]},
+        "test": {model.metric_name: model.eval_outputs["test"]["metric"],
+                 "loss": model.eval_outputs["test"]["loss"]},
+        "best_checkpoint": ckpt, "last_checkpoint": str(ckpt_dir / "last.ckpt") if not args.fast_dev_run else None,
+        "epochs_run": trainer.current_epoch, "global_step": trainer.global_step, "train_s": round(train_s, 2),
+        "params": params, "cache_tag": cache["tag"], "cache": cache, "code_version": config["code_version"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(run_dir), "notes": dm.notes,
+        "n_videos": {s: len(dm.video_ids(s)) for s in ("train", "val", "test")},
+    })
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_predictions(run_dir / "predictions.csv", model.eval_outputs["test"], dm.video_ids("test"),
+                          getattr(ds, "class_names", None))
+    return results, trainer.is_global_zero
+
+
+def write_predictions(path: Path, out: dict, video_ids: list[str], class_names: list[str] | None) -> None:
+    """video_id,label,pred[,p_<class>...] — one row per test video (probabilities = mean softmax over its clips)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        scores = out.get("scores")
+        header = ["video_id", "label", "pred"]
+        if scores:
+            names = class_names if class_names and len(class_names) == len(scores[0]) else \
+                [str(i) for i in range(len(scores[0]))]
+            header += [f"p_{n}" for n in names]
+        writer.writerow(header)
+        for row, v in enumerate(out["video_index"]):
+            line = [video_ids[v], out["labels"][row], out["preds"][row]]
+            if scores:
+                line += [f"{p:.6f}" for p in scores[row]]
+            writer.writerow(line)
+
+
+def summary_line(results: dict) -> str:
+    m = results["metric"]
+    return (f"{results['head']} on {results['dataset']}{'/' + results['task'] if results.get('task') else ''}: "
+            f"test {m} {results['test'][m]:.4f} (val {m} {results['val'][m]:.4f}; best checkpoint of "
+            f"{results.get('epochs_run', '?')} epochs) -> {results['run_dir']}")
+
+
+# -------------------------------------------------------------------------------------------------------- eval
+def evaluate(args) -> dict:
+    import pytorch_lightning as pl
+
+    from data import get_dataset
+    from data.store import FeatureStore
+    from heads.datamodule import FeatureDataModule
+    from heads.module import HeadModule
+
+    if not args.ckpt:
+        raise UserError("no checkpoint given: make eval CKPT=runs/<dataset>/<head>/version_N/checkpoints/best.ckpt")
+    ckpt = load_checkpoint(args.ckpt)
+    hp = ckpt["hyper_parameters"]
+    config = hp["config"]
+    cache_dir = Path(args.cache_dir or config["cache_dir"])
+    ds = get_dataset(config["dataset"], root=args.data_root or config.get("data_root"), task=config.get("task"))
+    tag_dir = resolve_cache(cache_dir, config["dataset"], args.tag or config["cache"]["tag"])
+    store = FeatureStore(tag_dir)
+    dm = FeatureDataModule(store, ds, batch_size=args.batch or config["batch"], workers=args.workers,
+                           clip=tuple(config["clip"]), eval_stride=config["eval_stride"], seed=config["seed"],
+                           val_fraction=config["val_fraction"], allow_missing=args.allow_missing)
+    check_cache_matches(config["cache"], cache_info(store, tag_dir, dm), tag_dir, f"the checkpoint {args.ckpt}")
+    head = build_head(config["head"], config["cache"]["hidden_size"], config["n_outputs"], config["seq_len"],
+                      **config["head_cfg"])
+    model = HeadModule(head, config, task_type=config["task_type"], n_outputs=config["n_outputs"], lr=hp["lr"],
+                       weight_decay=hp["weight_decay"])
+    model.load_state_dict(ckpt["state_dict"])
+    trainer = pl.Trainer(accelerator=args.accelerator or "auto", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.validate(model, datamodule=dm, verbose=False)
+        trainer.test(model, datamodule=dm, verbose=False)
+    m = model.metric_name
+    results = _plain({
+        "dataset": config["dataset"], "task": config.get("task"), "head": config["head"], "metric": m,
+        "task_type": config["task_type"], "checkpoint": str(args.ckpt), "cache_tag": tag_dir.name,
+        "val": {m: model.eval_outputs["val"]["metric"], "loss": model.eval_outputs["val"]["loss"]},
+        "test": {m: model.eval_outputs["test"]["metric"], "loss": model.eval_outputs["test"]["loss"]},
+        "epochs_run": ckpt.get("epoch"), "run_dir": str(Path(args.ckpt).resolve().parent.parent),
+        "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    out = Path(args.ckpt).with_suffix(".eval.json")
+    try:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    except OSError:
+        pass
+    return results
+
+
+def quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,52 @@
+"""The paper's S4 heads: `s4-multiscale` (ViS4mer, Islam & Bertasius, ECCV 2022, Sec. 3) and `s4-singlescale`
+(its ablation, Table 6), plus `import_original` for checkpoints of the paper's public `ViS4mer` module.
+
+Per block: pre-LN -> S4 -> channel dropout -> residual -> AvgPool1d(2) -> Linear(H, H/2) -> GELU (DESIGN.md);
+mean over L; Linear decoder. The S4 layer itself (kernel, FFT convolution, its GELU/dropout/output linear) lives in
+heads/s4.py; this file only wires it into the stack.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from heads.blocks import MultiScaleStack
+
+
+class S4Mixer(nn.Module):
+    """Adapts `heads.s4.S4` ((B, H, L) -> (B, H, L)) to the (B, L, H) residual stream."""
+
+    def __init__(self, d_model: int, d_state: int, l_max: int | None, dropout: float, backend: str):
+        super().__init__()
+        from heads.s4 import S4
+
+        self.s4 = S4(d_model, d_state=d_state, l_max=l_max, dropout=dropout, backend=backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) -> (B, L, H)."""
+        y = self.s4(x.transpose(1, 2))  # (B, H, L)
+        if isinstance(y, tuple):  # tolerate an (output, state) return
+            y = y[0]
+        return y.transpose(1, 2)  # (B, L, H)
+
+
+class S4MultiScale(MultiScaleStack):
+    """ViS4mer: S4 blocks whose width halves and whose sequence is average-pooled by 2 after each block."""
+
+    multiscale = True
+
+    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, d_model: int = 1024,
+                 n_layers: int = 3, d_state: int = 64, dropout: float = 0.2, backend: str = "auto",
+                 input_proj: bool | None = None, **unused):
+        def make_mixer(width: int, length: int | None) -> nn.Module:
+            return S4Mixer(width, d_state, length, dropout, backend)
+
+        super().__init__(d_input, n_outputs, seq_len, make_mixer, d_model=d_model, n_layers=n_layers,
+                         dropout=dropout, multiscale=self.multiscale, positions=False, input_proj=input_proj)
+
+
+class S4SingleScale(S4MultiScale):
+    """The paper's single-scale ablation: the same blocks at constant width and sequence length."""
+
+    multiscale = False
