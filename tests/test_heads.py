@@ -1,0 +1,204 @@
+"""Heads without data: shapes and gradients of every registered head, the multi-scale structure, the attention
+variants against each other, order sensitivity, parameter groups, and `import_original` against a slow reference
+forward of the paper's ViS4mer written from DESIGN.md."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from heads import DEFAULTS, HEADS, build_head
+from heads.attention import SelfAttention
+from heads.blocks import avg_pool2, sinusoid
+from heads.vis4mer import S4MultiScale, import_original, load_original, original_config
+
+TINY = {"d_model": 16, "n_layers": 2, "d_state": 8, "dropout": 0.1}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_every_head_shapes_and_backward(name):
+    torch.manual_seed(0)
+    head = build_head(name, d_input=12, n_outputs=5, seq_len=4 * 3, **TINY)
+    x = torch.randn(2, 4, 3, 12).half()  # (B, T, P, D) float16 like the cache
+    out = head(x)
+    assert out.shape == (2, 5) and out.dtype == torch.float32
+    out.square().sum().backward()
+    grads = [p.grad for p in head.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    head.eval()
+    with torch.no_grad():
+        assert torch.equal(head(x), head(x))  # eval is deterministic (no dropout)
+
+
+def test_unknown_head_lists_valid_names():
+    with pytest.raises(ValueError, match="valid heads: s4-multiscale"):
+        build_head("s5", 8, 2, 16)
+
+
+def test_defaults_are_the_papers():
+    assert DEFAULTS == {"d_model": 1024, "n_layers": 3, "d_state": 64, "dropout": 0.2}
+    head = build_head("s4-multiscale", d_input=1024, n_outputs=10, seq_len=None)
+    assert head.encoder is None  # no input Linear when d_input == d_model
+    widths = [(b.d_model, b.d_out) for b in head.blocks]
+    assert widths == [(1024, 512), (512, 256), (256, 128)]
+    assert head.decoder.in_features == 128
+    assert build_head("s4-multiscale", 768, 10, None).encoder.in_features == 768
+
+
+def test_multiscale_halves_length_and_width():
+    head = build_head("s4-multiscale", 8, 3, 20, d_model=16, n_layers=2, d_state=8).eval()
+    seen = []
+    for block in head.blocks:
+        block.register_forward_hook(lambda m, i, o: seen.append((tuple(i[0].shape), tuple(o.shape))))
+    head(torch.randn(1, 5, 4, 8))
+    assert seen == [((1, 20, 16), (1, 10, 8)), ((1, 10, 8), (1, 5, 4))]
+    single = build_head("s4-singlescale", 8, 3, 20, d_model=16, n_layers=2, d_state=8).eval()
+    assert [(b.d_model, b.d_out) for b in single.blocks] == [(16, 16), (16, 16)]
+    assert [b.mixer.s4.l_max for b in head.blocks] == [20, 10]
+
+
+def test_avg_pool2_matches_avgpool1d():
+    x = torch.randn(2, 9, 5)  # (B, L, H), odd L
+    ref = torch.nn.functional.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2)
+    torch.testing.assert_close(avg_pool2(x), ref)
+
+
+def test_sdpa_equals_materialized_attention():
+    torch.manual_seed(0)
+    fused = SelfAttention(32, n_heads=4, attention="sdpa").eval()
+    explicit = SelfAttention(32, n_heads=4, attention="materialized").eval()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 50, 32)
+    torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=1e-4)
+    twin = build_head("transformer-multiscale", 8, 3, 20, attention="materialized", **TINY)
+    assert twin(torch.randn(1, 5, 4, 8)).shape == (1, 3)
+
+
+def test_order_sensitivity():
+    """Reversing the segments changes what sequence heads see; the mean-pool floor cannot tell."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 2, 8)
+    flipped = x.flip(1)
+    for name in HEADS:
+        head = build_head(name, 8, 3, 12, **{**TINY, "dropout": 0.0}).eval()
+        with torch.no_grad():
+            same = torch.allclose(head(x), head(flipped), atol=1e-6)
+        assert same == (name == "mean-pool"), name
+
+
+def test_positions_distinguish_segment_and_token():
+    table = sinusoid(5, 8)
+    assert table.shape == (5, 8) and torch.allclose(table[0, :4], torch.zeros(4))
+    head = build_head("transformer", 8, 2, None, **TINY)
+    code = head.positions.code(3, 4, "cpu")  # (L, H)
+    assert code.shape == (12, 16) and len({tuple(r.tolist()) for r in code}) == 12
+
+
+def test_param_groups_tag_the_ssm():
+    from heads.optim import param_groups
+
+    head = build_head("s4-multiscale", 8, 3, 16, **TINY)
+    groups = param_groups(head, lr=3e-4, weight_decay=0.05)
+    ssm = [g for g in groups if g["weight_decay"] == 0.0]
+    assert len(ssm) == 1 and ssm[0]["lr"] == 1e-3
+    names = {id(p): n for n, p in head.named_parameters()}
+    assert sorted({names[id(p)].rsplit(".", 1)[-1] for p in ssm[0]["params"]}) == ["B", "log_dt", "w"]
+    default = [g for g in groups if g is not ssm[0]][0]
+    assert default["lr"] == 3e-4 and default["weight_decay"] == 0.05
+    assert sum(len(g["params"]) for g in groups) == len(list(head.parameters()))
+
+
+# ----------------------------------------------------------------------------------- paper-code checkpoints
+def original_state_dict(d_input=6, d_model=8, n_layers=2, d_state=4, n_out=3, seed=0) -> dict:
+    """A random state dict in the key layout of the paper's ViS4mer module (DESIGN.md)."""
+    g = torch.Generator().manual_seed(seed)
+    sd, H, M = {}, d_model, d_state // 2
+    sd["encoder.weight"] = torch.randn(d_model, d_input, generator=g) / math.sqrt(d_input)
+    sd["encoder.bias"] = torch.randn(d_model, generator=g) * 0.1
+    for i in range(n_layers):
+        p = f"s4_layers.{i}."
+        sd[p + "D"] = torch.randn(H, generator=g)
+        sd[p + "kernel.krylov.log_dt"] = torch.rand(H, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
+        w = torch.stack([-0.5 * torch.ones(M), torch.rand(M, generator=g) * 3], -1)  # (M, 2) stable modes
+        sd[p + "kernel.krylov.w"] = w
+        sd[p + "kernel.krylov.B"] = torch.randn(H, 2, M, 2, generator=g) * 0.5
+        sd[p + "kernel.krylov.C"] = torch.randn(H, 2, M, 2, generator=g) * 0.5
+        sd[p + "kernel.krylov.nodes"] = torch.randn(5, 2, generator=g)  # derived; must be ignored
+        sd[p + "kernel.krylov.z"] = torch.randn(5, 2, generator=g)
+        sd[p + "output_linear.weight"] = torch.randn(H, H, generator=g) / math.sqrt(H)
+        sd[p + "output_linear.bias"] = torch.randn(H, 1, generator=g) * 0.1
+        sd[f"norms.{i}.weight"] = 1 + 0.1 * torch.randn(H, generator=g)
+        sd[f"norms.{i}.bias"] = 0.1 * torch.randn(H, generator=g)
+        sd[f"linears.{i}.weight"] = torch.randn(H // 2, H, generator=g) / math.sqrt(H)
+        sd[f"linears.{i}.bias"] = 0.1 * torch.randn(H // 2, generator=g)
+        H //= 2
+    sd["decoder.weight"] = torch.randn(n_out, H, generator=g) / math.sqrt(H)
+    sd["decoder.bias"] = 0.1 * torch.randn(n_out, generator=g)
+    return sd
+
+
+def reference_kernel(sd: dict, prefix: str, L: int) -> np.ndarray:
+    """The paper's kernel, slowly, in complex128: four Cauchy sums, Woodbury, bilinear factor, irfft. (H, L)"""
+    c = lambda t: t[..., 0].double().numpy() + 1j * t[..., 1].double().numpy()  # noqa: E731
+    dt = np.exp(sd[prefix + "log_dt"].double().numpy())  # (H,)
+    w = c(sd[prefix + "w"])  # (M,)
+    BP, CQ = c(sd[prefix + "B"]), c(sd[prefix + "C"])  # (H, 2, M)
+    omega = np.exp(-2j * np.pi * np.arange(L // 2 + 1) / L)  # (L/2+1,)
+    z = 2 * (1 - omega) / (1 + omega)
+    a = dt[:, None] * w[None, :]  # (H, M) w scaled by dt
+    r = np.zeros((2, 2, len(dt), len(z)), dtype=complex)
+    for i in range(2):  # C~ | Q
+        for j in range(2):  # B | P
+            v = BP[:, j, :] * CQ[:, i, :].conj()  # (H, M)
+            for m in range(a.shape[1]):
+                r[i, j] += v[:, m, None] / (z - a[:, m, None]) + v[:, m, None].conj() / (z - a[:, m, None].conj())
+            r[i, j] *= dt[:, None]
+    k_f = r[0, 0] - r[0, 1] * r[1, 0] / (1 + r[1, 1])
+    k_f = k_f * 2 / (1 + omega)
+    return np.fft.irfft(k_f, n=L)  # (H, L)
+
+
+def reference_forward(sd: dict, x: np.ndarray, n_layers: int) -> np.ndarray:
+    """ViS4mer.forward of the paper code in eval mode (numpy float64): x (B, L, D) -> (B, n_out)."""
+    f = lambda k: sd[k].double().numpy()  # noqa: E731
+    gelu = lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))  # noqa: E731
+    h = x @ f("encoder.weight").T + f("encoder.bias")  # (B, L, H)
+    for i in range(n_layers):
+        p = f"s4_layers.{i}."
+        mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+        z = (h - mu) / np.sqrt(var + 1e-5) * f(f"norms.{i}.weight") + f(f"norms.{i}.bias")  # (B, L, H)
+        u = z.transpose(0, 2, 1)  # (B, H, L)
+        L = u.shape[-1]
+        k = reference_kernel(sd, p + "kernel.krylov.", L)  # (H, L)
+        y = np.fft.irfft(np.fft.rfft(u, 2 * L) * np.fft.rfft(k, 2 * L), 2 * L)[..., :L]  # (B, H, L)
+        y = gelu(y + u * f(p + "D")[:, None])
+        y = np.einsum("vu,bul->bvl", f(p + "output_linear.weight"), y) + f(p + "output_linear.bias")  # (B, H, L)
+        h = h + y.transpose(0, 2, 1)  # (B, L, H)
+        h = 0.5 * (h[:, 0::2][:, : L // 2] + h[:, 1::2][:, : L // 2])  # AvgPool1d(2)
+        h = gelu(h @ f(f"linears.{i}.weight").T + f(f"linears.{i}.bias"))  # (B, L/2, H/2)
+    return h.mean(1) @ f("decoder.weight").T + f("decoder.bias")
+
+
+def test_import_original_gives_the_papers_logits():
+    sd = original_state_dict()
+    assert original_config(sd) == {"d_input": 6, "d_model": 8, "n_layers": 2, "d_state": 4, "n_outputs": 3}
+    head = load_original(sd, seq_len=16).eval()
+    x = torch.randn(2, 4, 4, 6, generator=torch.Generator().manual_seed(1))  # (B, T, P, D), L = 16
+    with torch.no_grad():
+        ours = head(x).double().numpy()
+    ref = reference_forward(sd, x.reshape(2, 16, 6).double().numpy(), n_layers=2)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+    mapped = import_original(sd)
+    assert mapped["blocks.0.mixer.s4.output_linear.bias"].shape == (8,)
+    assert not any("krylov" in k or "nodes" in k for k in mapped)
+    fresh = S4MultiScale(6, 3, 16, d_model=8, n_layers=2, d_state=4, input_proj=True)
+    assert set(fresh.state_dict()) == set(mapped)
+
+
+def test_import_original_rejects_other_checkpoints():
+    with pytest.raises(ValueError, match="unknown keys: fc.weight"):
+        import_original({"fc.weight": torch.zeros(2, 2), **original_state_dict()})
