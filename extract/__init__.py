@@ -1,1 +1,6 @@
-"""placeholder"""
+"""Stage 1 of the ViS4mer pipeline: videos -> frozen-ViT token grids -> sealed HDF5 shards in cache/.
+
+`extract.video` decodes and samples with PyAV, `extract.encoder` wraps a frozen HuggingFace ViT, `extract.pipeline`
+runs the resumable, batched, distributed loop (Lightning `Trainer.predict`), and `python -m extract` is the command
+behind `make extract`. Importing this package is cheap; the submodules import torch, av and transformers.
+"""

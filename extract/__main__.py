@@ -1,0 +1,262 @@
+"""`python -m extract` / `make extract`: stage 1 for one data set, resumable, into cache/<dataset>/<tag>/.
+
+Lists the videos of every split (LVU: of all nine tasks unless --task), skips every id already sealed in the cache,
+decodes the rest in DataLoader workers, encodes them with the frozen encoder and writes sealed HDF5 shards. Videos
+that cannot be used go to failures.jsonl and the run goes on; the exit status is 1 when any video failed, 2 for bad
+input (one `error: ...` line, see data/cli.py), 0 otherwise. Cheap checks (dataset, task, data root, sampling) run
+before torch, transformers or Lightning are imported, so a typo fails in a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from data.cli import UserError, run_cli
+
+DEFAULT_ENCODER = "google/vit-large-patch16-224-in21k"  # = extract.encoder.DEFAULT_ENCODER (no torch import here)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m extract", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="synthetic", help="breakfast | coin | lvu | synthetic [synthetic]")
+    p.add_argument("--task", default=None, help="LVU task (only its videos) or dataset task [all videos]")
+    p.add_argument("--data-root", default=None, help="folder holding the raw data set [data/raw/<dataset>]")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help=f"HF hub id, folder saved with save_pretrained, or vit-tiny-random [{DEFAULT_ENCODER}]")
+    p.add_argument("--fps", type=float, default=None, help="frames per second [dataset default: LVU 1]")
+    p.add_argument("--segments", type=int, default=None, help="uniform segments per video [dataset default]")
+    p.add_argument("--frames-per-segment", type=int, default=1, help="frames averaged per segment in token space [1]")
+    p.add_argument("--pool", default=None, help="k: k x k average over the patch grid, CLS kept [none]")
+    p.add_argument("--batch", type=int, default=32, help="frames per encoder batch [32]")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers per device [2]")
+    p.add_argument("--threads", type=int, default=0, help="FFmpeg decoding threads per worker, 0 = auto [0]")
+    p.add_argument("--cache-dir", default="cache", help="cache root [cache]")
+    p.add_argument("--devices", default="1", help="devices per node (an integer, or auto) [1]")
+    p.add_argument("--nodes", type=int, default=1, help="nodes [1]")
+    p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu [auto]")
+    p.add_argument("--shard-videos", type=int, default=256, help="videos per shard before it is sealed [256]")
+    p.add_argument("--shard-gb", type=float, default=1.0, help="shard size in GiB before it is sealed [1]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    _positive("BATCH", args.batch)
+    _positive("WORKERS", args.workers, allow_zero=True)
+    _positive("THREADS", args.threads, allow_zero=True)
+    _positive("NODES", args.nodes)
+    _positive("FPS", args.fps)
+    _positive("SEGMENTS", args.segments)
+    _positive("FRAMES_PER_SEGMENT", args.frames_per_segment)
+    _positive("--shard-videos", args.shard_videos)
+    _positive("--shard-gb", args.shard_gb)
+    if args.fps is not None and args.segments is not None:
+        raise UserError(f"give FPS or SEGMENTS, not both (got FPS={args.fps:g}, SEGMENTS={args.segments})")
+    if args.pool is not None:
+        if str(args.pool).lower() in ("", "none", "0", "1"):
+            args.pool = None
+        else:
+            try:
+                args.pool = int(args.pool)
+            except ValueError:
+                raise UserError(f"POOL must be an integer k (k x k average over the patch grid), "
+                                f"got {args.pool!r}") from None
+            _positive("POOL", args.pool)
+    if args.devices != "auto":
+        try:
+            args.devices = int(args.devices)
+        except ValueError:
+            raise UserError(f"DEVICES must be an integer or auto, got {args.devices!r}") from None
+        _positive("DEVICES", args.devices)
+    if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
+        raise UserError(f"DATA_ROOT={args.data_root} does not exist; point DATA_ROOT at the folder holding the "
+                        f"raw {args.dataset} data" + (" (make data DATASET=synthetic writes it)"
+                                                      if args.dataset == "synthetic" else ""))
+
+
+def list_videos(ds, task: str | None) -> list[str]:
+    """Every video id to extract: all splits (LVU without TASK: all nine tasks), each id once, in order."""
+    if task is None:
+        ids = list(ds.all_video_ids())
+    else:
+        ids = []
+        for split in ds.splits:
+            ids.extend(r.video_id for r in ds.records(split))
+    return list(dict.fromkeys(ids))
+
+
+def sealed_ids(directory: Path) -> tuple[set[str], dict]:
+    """Ids already in sealed shards of ``directory`` and the cache's provenance ({} for a new cache)."""
+    from data.store import FeatureStore, StoreError
+
+    if not directory.is_dir() or not any(directory.glob("shard-*.h5")):
+        return set(), {}
+    try:
+        store = FeatureStore(directory)
+        return set(store.ids()), dict(store.meta)
+    except StoreError as exc:
+        raise UserError(f"{exc}") from exc
+
+
+def remove_stale_partials(directory: Path) -> list[Path]:
+    """Delete .partial shards left by a killed run (only the launching process of a one-node run calls this)."""
+    removed = []
+    for path in sorted(directory.glob("shard-*.h5.partial")):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def is_launcher() -> bool:
+    """True in the process a person started (not in a DDP child that Lightning launched)."""
+    return all(os.environ.get(k) in (None, "", "0") for k in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    validate(args)
+    from data import get_dataset
+    from data.store import make_tag
+
+    ds = get_dataset(args.dataset, root=args.data_root, task=args.task)
+    ids = list_videos(ds, args.task)
+    if not ids:
+        raise UserError(f"{args.dataset} lists no videos under {getattr(ds, 'root', args.data_root)}; "
+                        "check DATA_ROOT and the annotation files")
+    sampling_kw = ({"fps": args.fps} if args.fps is not None else {"segments": args.segments}
+                   if args.segments is not None else dict(ds.default_sampling))
+    from extract.video import Sampling
+
+    sampling = Sampling(**sampling_kw, frames_per_segment=args.frames_per_segment)
+    tag = make_tag(args.encoder, fps=sampling.fps, segments=sampling.segments,
+                   frames_per_segment=sampling.frames_per_segment, pool=args.pool)
+    directory = Path(args.cache_dir) / args.dataset / tag
+    done, meta = sealed_ids(directory)
+    pending_ids = [i for i in ids if i not in done]
+    skipped = len(ids) - len(pending_ids)
+    items, missing = [], []
+    for video_id in pending_ids:
+        path = ds.video_path(video_id)
+        (items if path.exists() else missing).append((video_id, str(path)))
+    launcher = is_launcher()
+    if pending_ids and not items:
+        example = missing[0][1]
+        raise UserError(f"none of the {len(missing)} videos to extract is on disk (e.g. {example}); set DATA_ROOT to "
+                        f"the folder holding the {args.dataset} videos" +
+                        (" or run `make data DATASET=synthetic`" if args.dataset == "synthetic" else ""))
+    if launcher:
+        log(f"extract {args.dataset} -> {directory}: {len(ids)} videos listed, {skipped} already sealed, "
+            f"{len(items)} to do, {len(missing)} missing media")
+    start = time.perf_counter()
+    stats = None
+    rank = 0
+    encoder_attrs = {}
+    if items:
+        import torch
+
+        from extract.encoder import describe, load_encoder
+        from extract.pipeline import run_predict
+
+        encoder = load_encoder(args.encoder, pool=args.pool)
+        encoder_attrs = encoder.attrs()
+        if args.pool is None:
+            encoder_attrs["pool"] = "none"
+        if meta and meta.get("encoder_hash") not in (None, encoder.weights_hash):
+            raise UserError(f"{directory} holds features of other weights (encoder_hash {meta['encoder_hash']}, "
+                            f"this {args.encoder} is {encoder.weights_hash}); use another CACHE_DIR or delete "
+                            "that folder to re-extract")
+        if launcher:
+            log(describe(encoder))
+            if args.nodes == 1:
+                stale = remove_stale_partials(directory) if directory.is_dir() else []
+                if stale:
+                    log(f"removed {len(stale)} .partial shard(s) left by a killed run; their videos are redone")
+        attrs = {**encoder_attrs, **sampling.as_attrs()}
+        torch.set_grad_enabled(False)
+        stats, rank = run_predict(
+            encoder, items, directory, attrs, sampling, batch=args.batch, workers=args.workers, devices=args.devices,
+            nodes=args.nodes, accelerator=args.accelerator, max_videos=args.shard_videos,
+            max_bytes=int(args.shard_gb * 2**30), threads=args.threads, progress=not args.no_progress,
+        )
+    elapsed = time.perf_counter() - start
+    if rank != 0:
+        return 1 if stats and stats.failed else 0
+    extracted = stats.extracted if stats else 0
+    failed = stats.failed if stats else []
+    frames = stats.frames if stats else 0
+    if directory.is_dir():
+        write_manifest(directory, args, tag, sampling, encoder_attrs, ids, skipped, extracted, frames, failed,
+                       missing, elapsed)
+    log(f"done in {elapsed:.1f} s: {extracted} extracted ({frames / max(elapsed, 1e-9):.1f} frames/s), "
+        f"{skipped} skipped (already sealed), {len(failed)} failed, {len(missing)} missing media")
+    for record in failed[:20]:
+        log(f"  failed {record['video_id']}: {record['error']}")
+    if len(failed) > 20:
+        log(f"  ... and {len(failed) - 20} more in {directory / 'failures.jsonl'}")
+    if missing:
+        log(f"  missing media: {len(missing)} listed videos are not on disk (e.g. {missing[0][1]}); they are not "
+            "in the cache -- download them and rerun to add them")
+    if failed:
+        log(f"  {len(failed)} video(s) failed (reasons in {directory / 'failures.jsonl'}); fix or drop them and rerun")
+        return 1
+    return 0
+
+
+def write_manifest(directory: Path, args, tag: str, sampling, encoder_attrs: dict, ids, skipped: int, extracted: int,
+                   frames: int, failed: list, missing: list, elapsed: float) -> None:
+    """manifest.json: what the cache holds and what the last run did (the sealed shards stay the truth)."""
+    from data.store import FeatureStore, StoreError
+
+    try:
+        store = FeatureStore(directory)
+        sealed, meta, shards = len(store), dict(store.meta), [p.name for p in store.shards]
+    except StoreError:
+        sealed, meta, shards = 0, encoder_attrs, []
+    manifest = {
+        "dataset": args.dataset,
+        "task": args.task,
+        "tag": tag,
+        "provenance": meta,
+        "videos_listed": len(ids),
+        "videos_sealed": sealed,
+        "shards": shards,
+        "last_run": {
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "encoder": args.encoder,
+            "sampling": sampling.as_attrs(),
+            "extracted": extracted,
+            "skipped": skipped,
+            "failed": len(failed),
+            "missing_media": len(missing),
+            "elapsed_s": round(elapsed, 3),
+            "frames_per_s": round(frames / max(elapsed, 1e-9), 2),
+            "devices": args.devices,
+            "nodes": args.nodes,
+            "batch": args.batch,
+            "workers": args.workers,
+        },
+        "failed": failed,
+        "missing": [video_id for video_id, _ in missing],
+    }
+    tmp = directory / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, directory / "manifest.json")
+
+
+if __name__ == "__main__":
+    run_cli(main)

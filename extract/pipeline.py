@@ -1,0 +1,286 @@
+"""Stage 1, the loop: pending videos -> DataLoader workers (decode + sample) -> encoder -> sealed HDF5 shards.
+
+Shape of the work (ViS4mer runs the frozen ViT once per sampled frame, Sec. 4):
+
+* ``PackedFrames`` (an IterableDataset) decodes videos in DataLoader workers and packs their sampled frames into
+  batches of exactly ``batch`` frames across video boundaries, so the encoder always sees full batches. Each batch
+  carries ``spans`` (which frames belong to which video), ``done`` (videos whose last frame has been sent, with their
+  timestamps) and ``failed`` (videos that could not be decoded, with the reason). A bad video never raises.
+* ``EncodeModule`` (a LightningModule) runs the frozen encoder in ``predict_step``; ``Trainer.predict`` gives device
+  placement and DDP over devices and nodes for free. Rank r takes pending ids r, r + W, r + 2W, ... of the list
+  broadcast by rank 0, and its DataLoader worker w takes every ``num_workers``-th of those.
+* ``ShardSink`` (a BasePredictionWriter) reassembles each video's tokens, averages ``frames_per_segment`` frames in
+  token space and appends the video to this rank's ``ShardWriter`` (``shard-r{rank}-*.h5``): no two ranks ever write
+  the same file. Failures go to ``failures.jsonl``. A kill loses at most the open ``.partial`` shard of each rank.
+
+Axis letters: N frames in a batch, T segments, k frames per segment, P tokens per frame, D channels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data.store import ShardWriter, append_failure
+from extract.encoder import FrozenEncoder
+from extract.video import SampledVideo, Sampling, VideoError
+
+
+@dataclass
+class Stats:
+    """What one rank did; summed over ranks at the end."""
+
+    extracted: int = 0
+    frames: int = 0
+    failed: list[dict] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+
+    def merge(self, other: Stats) -> Stats:
+        return Stats(self.extracted + other.extracted, self.frames + other.frames, self.failed + other.failed,
+                     self.shards + other.shards)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decoding side (runs in DataLoader workers)
+
+
+def pack_videos(items, sampling: Sampling, size: tuple[int, int], batch: int, threads: int = 0):
+    """Yield batches {"frames": uint8 (N, H, W, 3), "spans", "done", "failed"} with N == batch except the last."""
+    frames: list[np.ndarray] = []
+    spans: list[list] = []  # [video_id, first frame index, count], in frame order
+    done: list[dict] = []
+    failed: list[dict] = []
+
+    def flush() -> dict:
+        nonlocal frames, spans, done, failed
+        stacked = np.stack(frames) if frames else np.zeros((0, *size, 3), np.uint8)  # (N, H, W, 3)
+        out = {"frames": torch.from_numpy(stacked), "spans": [tuple(s) for s in spans], "done": done,
+               "failed": failed}
+        frames, spans, done, failed = [], [], [], []
+        return out
+
+    for video_id, path in items:
+        try:
+            video = SampledVideo(path, sampling, size=size, threads=threads)
+            for index, _, rgb in video:
+                if not spans or spans[-1][0] != video_id:
+                    spans.append([video_id, index, 0])
+                frames.append(rgb)
+                spans[-1][2] += 1
+                if len(frames) == batch:
+                    yield flush()
+            done.append({"video_id": video_id, "path": str(path), "times": video.times.tolist(),
+                         "segments": video.num_segments, "duration": float(video.info.duration)})
+        except Exception as exc:  # noqa: BLE001 - one bad video must never stop the run
+            error = str(exc) if isinstance(exc, VideoError) else f"unexpected {type(exc).__name__}: {exc}"
+            if spans and spans[-1][0] == video_id:  # do not encode frames of a video that failed
+                del frames[len(frames) - spans[-1][2]:]
+                spans.pop()
+            failed.append({"video_id": video_id, "path": str(path), "error": error})
+    if frames or spans or done or failed:
+        yield flush()
+
+
+class PackedFrames(IterableDataset):
+    """The sampled frames of ``items`` [(video_id, path)], packed in batches; each worker takes its own share."""
+
+    def __init__(self, items, sampling: Sampling, size: tuple[int, int], batch: int, threads: int = 0):
+        self.items = list(items)
+        self.sampling, self.size, self.batch, self.threads = sampling, tuple(size), int(batch), int(threads)
+
+    def __iter__(self):
+        info = get_worker_info()
+        share = self.items if info is None else self.items[info.id :: info.num_workers]
+        return pack_videos(share, self.sampling, self.size, self.batch, self.threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# encoding side (Lightning)
+
+
+class EncodeModule(pl.LightningModule):
+    """Wraps the frozen encoder; its predict dataloader is this rank's share of the pending videos."""
+
+    def __init__(self, encoder: FrozenEncoder, items, sampling: Sampling, batch: int = 32, workers: int = 2,
+                 threads: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.items = list(items)
+        self.sampling, self.batch, self.workers, self.threads = sampling, int(batch), int(workers), int(threads)
+        self.share: list = []
+
+    def predict_dataloader(self) -> DataLoader:
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        items = self.items
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [items]  # rank 0's list wins, so every rank splits the same list
+            torch.distributed.broadcast_object_list(box, src=0)
+            items = box[0]
+        self.share = items[rank::world]
+        dataset = PackedFrames(self.share, self.sampling, self.encoder.image_size, self.batch, self.threads)
+        return DataLoader(
+            dataset, batch_size=None, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if self.workers else None, persistent_workers=False,
+        )
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        frames = batch["frames"]  # (N, H, W, 3) uint8
+        if frames.shape[0]:
+            tokens = self.encoder(frames).cpu().numpy()  # (N, P, D) float16
+        else:
+            tokens = np.zeros((0, 1, 1), np.float16)
+        return {"tokens": tokens, "spans": batch["spans"], "done": batch["done"], "failed": batch["failed"]}
+
+
+class VideoAssembler:
+    """Collects each video's token chunks, then writes the whole video (T, P, D) to the ShardWriter."""
+
+    def __init__(self, writer: ShardWriter, directory: Path, frames_per_segment: int = 1, on_video=None):
+        self.writer, self.directory, self.k = writer, Path(directory), int(frames_per_segment)
+        self.chunks: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self.stats = Stats()
+        self.on_video = on_video  # callback(frames) for progress
+
+    def consume(self, tokens: np.ndarray, spans, done, failed) -> None:
+        offset = 0
+        for video_id, start, count in spans:
+            self.chunks.setdefault(video_id, []).append((int(start), tokens[offset : offset + count]))  # (n, P, D)
+            offset += count
+        assert offset == tokens.shape[0], (offset, tokens.shape)
+        for record in done:
+            self._finish(record)
+        for record in failed:
+            self.chunks.pop(record["video_id"], None)
+            self._fail(record["video_id"], record["path"], record["error"])
+
+    def _fail(self, video_id: str, path: str, error: str) -> None:
+        append_failure(self.directory, video_id, path, error)
+        self.stats.failed.append({"video_id": video_id, "path": path, "error": error})
+        if self.on_video:
+            self.on_video(0)
+
+    def _finish(self, record: dict) -> None:
+        video_id, segments = record["video_id"], int(record["segments"])
+        parts = sorted(self.chunks.pop(video_id, []), key=lambda part: part[0])
+        expected = segments * self.k
+        got = sum(len(p) for _, p in parts)
+        if got != expected:
+            self._fail(video_id, record["path"], f"internal: received {got} of {expected} frames")
+            return
+        tokens = np.concatenate([p for _, p in parts])  # (T*k, P, D) float16
+        times = np.asarray(record["times"], dtype=np.float64).reshape(segments, self.k).mean(1)  # (T,)
+        if self.k > 1:
+            t, p, d = segments, tokens.shape[1], tokens.shape[2]
+            tokens = tokens.reshape(t, self.k, p, d).astype(np.float32).mean(1).astype(np.float16)  # (T, P, D)
+        if not np.isfinite(tokens).all():
+            self._fail(video_id, record["path"], "the encoder produced inf/NaN values (float16 overflow?)")
+            return
+        self.writer.add(video_id, tokens, times, record["duration"], record["path"])
+        self.stats.extracted += 1
+        self.stats.frames += expected
+        if self.on_video:
+            self.on_video(expected)
+
+
+class ShardSink(BasePredictionWriter):
+    """Writes every finished video of this rank into its own shards; gathers the run's stats over ranks."""
+
+    def __init__(self, directory: Path, attrs: dict, frames_per_segment: int = 1, max_videos: int = 256,
+                 max_bytes: int = 2**30, progress: bool = True):
+        super().__init__(write_interval="batch")
+        self.directory, self.attrs, self.k = Path(directory), dict(attrs), int(frames_per_segment)
+        self.max_videos, self.max_bytes, self.progress = int(max_videos), int(max_bytes), progress
+        self.writer: ShardWriter | None = None
+        self.assembler: VideoAssembler | None = None
+        self.total = Stats()
+        self._bar = None
+        self._start = 0.0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.writer = ShardWriter(self.directory, self.attrs, rank=trainer.global_rank, max_videos=self.max_videos,
+                                  max_bytes=self.max_bytes)
+        self._start = time.perf_counter()
+        if self.progress and trainer.global_rank == 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=None, unit="video", desc=f"extract (rank 0 of {trainer.world_size})",
+                             dynamic_ncols=True, smoothing=0.1)
+        self.assembler = VideoAssembler(self.writer, self.directory, self.k, on_video=self._tick)
+
+    def _tick(self, frames: int) -> None:
+        if self._bar is None:
+            return
+        stats = self.assembler.stats
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        self._bar.set_postfix_str(f"{stats.frames / elapsed:.1f} frames/s, {len(stats.failed)} failed", refresh=False)
+        self._bar.update(1)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx=0) -> None:
+        if self._bar is not None and self._bar.total is None:
+            self._bar.total = len(pl_module.share)  # known once the dataloader split the list
+        self.assembler.consume(prediction["tokens"], prediction["spans"], prediction["done"], prediction["failed"])
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        sealed = self.writer.close()
+        if self._bar is not None:
+            self._bar.close()
+        stats = self.assembler.stats
+        stats.shards = [p.name for p in sealed]
+        if leftover := sorted(self.assembler.chunks):
+            for video_id in leftover:  # cannot happen unless a worker died mid-video
+                self.assembler._fail(video_id, "", "internal: the decoder stopped before the video was complete")
+        gathered = [stats]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, stats)
+        total = Stats()
+        for part in gathered:
+            total = total.merge(part)
+        self.total = total
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        # Ctrl-C or an error: seal what is complete (a half-written video stays in the .partial and is redone).
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self._bar is not None:
+            self._bar.close()
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners ("GPU available: ...") and DataLoader hints are noise for an extraction run."""
+    for name in ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*predict_dataloader.*", ".*IterableDataset.*",
+                    ".*LightningModule.*predict_step.*", ".*`srun`.*", ".*num_nodes.*", ".*LeafSpec.*",
+                    ".*Couldn't infer the batch indices.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def run_predict(encoder: FrozenEncoder, items, directory: Path, attrs: dict, sampling: Sampling, *, batch: int = 32,
+                workers: int = 2, devices=1, nodes: int = 1, accelerator: str = "auto", max_videos: int = 256,
+                max_bytes: int = 2**30, threads: int = 0, progress: bool = True) -> tuple[Stats, int]:
+    """Encode ``items`` into ``directory`` with Trainer.predict; returns (stats over all ranks, this global rank)."""
+    quiet_lightning()
+    world = (devices if isinstance(devices, int) else 1) * int(nodes)
+    sink = ShardSink(directory, attrs, sampling.frames_per_segment, max_videos, max_bytes, progress)
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=nodes, strategy="ddp" if world > 1 else "auto",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[sink], inference_mode=True, use_distributed_sampler=False,
+    )
+    module = EncodeModule(encoder, items, sampling, batch=batch, workers=workers, threads=threads)
+    trainer.predict(module, return_predictions=False)
+    return sink.total, trainer.global_rank
