@@ -19,9 +19,11 @@ therefore loses only its open `.partial`; `FeatureStore` indexes sealed shards o
 not done and a resumed extraction redoes them. Tokens are stored uncompressed on purpose: ViT activations
 barely compress, and training reads random rows of them many times, so read speed matters more than disk.
 
-`FeatureStore` reads any subset of segments of a video. Each segment is one HDF5 chunk, so a row is read with
-`read_direct_chunk` straight into the output buffer: h5py's own fancy indexing is ~100x slower for the random
-sorted subsets that training draws. The store pickles into DataLoader workers and (re)opens its files
+`FeatureStore` reads any subset of segments of a video. Each segment is one raw (unfiltered) HDF5 chunk: the
+store asks HDF5 once per video where its chunks lie (`get_chunk_info`) and then reads the requested rows with
+`os.preadv` straight into the output array, one call per run of consecutive rows. h5py's own fancy indexing is
+~100x slower for the random sorted subsets that training draws; datasets of any other layout (compressed,
+other chunking) are read through HDF5. The store pickles into DataLoader workers and (re)opens its files
 lazily in each process.
 
 Only numpy, h5py and the standard library are used here, so both stages can import this module cheaply.
@@ -58,6 +60,7 @@ __all__ = [
 
 SCHEMA = 1
 DTYPE = np.dtype("<f2")
+_HAS_PREADV = hasattr(os, "preadv")
 # Attributes that must agree across every shard of one cache: they decide what the numbers in `tokens` mean.
 PROVENANCE_KEYS = (
     "encoder",
@@ -476,7 +479,9 @@ class FeatureStore:
         self._shards: list[Path] = _sealed_shards(self.path)
         self._index: dict[str, tuple[int, str]] = {}  # id -> (shard number, escaped group name)
         self._meta: dict[str, Any] = {}
-        self._handles: dict[int, h5py.File] = {}
+        self._handles: dict[int, h5py.File] = {}  # shard number -> h5py file, this process only
+        self._fds: dict[int, int] = {}  # shard number -> raw read-only fd for pread, this process only
+        self._layouts: dict[str, tuple[int, tuple[int, int, int], np.ndarray | None]] = {}
         self._pid = os.getpid()
         self._build_index()
 
@@ -555,11 +560,22 @@ class FeatureStore:
         return sorted(p for p in self.path.glob("shard-*.h5.partial") if p.is_file())
 
     # -- file handles, one set per process
-    def _file(self, number: int) -> h5py.File:
+    def _own_process(self) -> None:
         if self._pid != os.getpid():
             # Inherited through fork: HDF5 handles must not be shared across processes; open our own.
-            self._handles = {}
+            self._handles, self._fds = {}, {}
             self._pid = os.getpid()
+
+    def _fd(self, number: int) -> int:
+        self._own_process()
+        fd = self._fds.get(number)
+        if fd is None:
+            fd = os.open(self._shards[number], os.O_RDONLY)
+            self._fds[number] = fd
+        return fd
+
+    def _file(self, number: int) -> h5py.File:
+        self._own_process()
         handle = self._handles.get(number)
         if handle is None:
             handle = h5py.File(self._shards[number], "r")
@@ -579,11 +595,19 @@ class FeatureStore:
         if self._pid == os.getpid():
             for handle in self._handles.values():
                 handle.close()
-        self._handles = {}
+            for fd in self._fds.values():
+                os.close(fd)
+        self._handles, self._fds = {}, {}
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing useful to do
+            pass
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"], state["_fds"] = {}, {}
         state["_pid"] = None
         return state
 
@@ -611,44 +635,105 @@ class FeatureStore:
         segments: None (all), a slice, or an integer index array (any order, duplicates allowed, negatives
         count from the end; a boolean mask of length T works too). Rows come back in the order asked.
         """
-        dataset = self._group(video_id)["tokens"]
-        total, p, d = dataset.shape
+        number, (total, p, d), offsets = self._layout(video_id)
         window, index = _normalize_segments(segments, total)
         if index is None:
             rows = np.arange(window.start, window.stop, dtype=np.int64)
-            return self._read_rows(dataset, rows)
+            return self._read_rows(video_id, number, rows, offsets)
         if index.size == 0:
             return np.empty((0, p, d), dtype=DTYPE)
         unique, inverse = np.unique(index, return_inverse=True)
-        data = self._read_rows(dataset, unique)
+        data = self._read_rows(video_id, number, unique, offsets)
         if unique.size == index.size and np.array_equal(unique, index):
             return data
         return data[inverse.reshape(-1)]
 
-    @staticmethod
-    def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-        """Read sorted, unique rows (segments) of a (T, P, D) dataset into one float16 array."""
-        _, p, d = dataset.shape
-        out = np.empty((rows.size, p, d), dtype=DTYPE)
+    def _layout(self, video_id: str) -> tuple[int, tuple[int, int, int], np.ndarray | None]:
+        """(shard number, (T, P, D), byte offset of each segment's raw chunk or None); cached per video."""
+        layout = self._layouts.get(video_id)
+        if layout is None:
+            dataset = self._group(video_id)["tokens"]
+            layout = (self._index[video_id][0], tuple(dataset.shape), _chunk_offsets(dataset))
+            self._layouts[video_id] = layout
+        return layout
+
+    def _read_rows(self, video_id: str, number: int, rows: np.ndarray,
+                   offsets: np.ndarray | None) -> np.ndarray:
+        """Sorted, unique rows of one video -> (T', P, D) float16."""
+        if offsets is None:
+            return _read_rows_hdf5(self._group(video_id)["tokens"], rows)
+        _, (_, p, d), _ = self._layouts[video_id]
+        out = np.empty((rows.size, p, d), dtype=DTYPE)  # (T', P, D)
         if rows.size == 0:
             return out
-        raw_chunks = (dataset.chunks == (1, p, d) and dataset.dtype == DTYPE
-                      and dataset.id.get_create_plist().get_nfilters() == 0)
-        if raw_chunks:
-            # One chunk per segment, stored unfiltered: copy its bytes straight into the output row.
-            flat = out.reshape(rows.size, p * d).view(np.uint8)  # (T', P*D*2) bytes
-            read_chunk = dataset.id.read_direct_chunk
-            for k, row in enumerate(rows.tolist()):
-                read_chunk((row, 0, 0), out=flat[k])
-            return out
-        # Generic path (another chunking or a compression filter): one HDF5 read per run of consecutive rows.
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        starts = np.concatenate(([0], breaks))
-        stops = np.concatenate((breaks, [rows.size]))
-        if dataset.dtype == DTYPE:
-            for a, b in zip(starts.tolist(), stops.tolist()):
-                dataset.read_direct(out, np.s_[rows[a] : rows[a] + (b - a)], np.s_[a:b])
-        else:
-            for a, b in zip(starts.tolist(), stops.tolist()):
-                out[a:b] = dataset[rows[a] : rows[a] + (b - a)]
+        row_bytes = p * d * DTYPE.itemsize
+        flat = out.reshape(rows.size, p * d).view(np.uint8)  # (T', P*D*2) bytes
+        positions = offsets[rows]
+        # Rows whose chunks follow each other in the file are read with one call (a window: usually one call).
+        breaks = np.flatnonzero(np.diff(positions) != row_bytes) + 1
+        fd = self._fd(number)
+        starts, stops = np.concatenate(([0], breaks)), np.concatenate((breaks, [rows.size]))
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            _pread_into(fd, memoryview(flat[a:b]).cast("B"), int(positions[a]), self._shards[number])
         return out
+
+
+def _chunk_offsets(dataset: h5py.Dataset) -> np.ndarray | None:
+    """(T,) byte offsets of the chunks of a (T, P, D) dataset stored as raw float16 rows, chunks (1, P, D).
+
+    None when the layout is anything else (other chunking, a filter, another dtype) or when the platform has
+    no `os.preadv`: such datasets are read through HDF5.
+    """
+    total, p, d = dataset.shape
+    if (not _HAS_PREADV or dataset.chunks != (1, p, d) or dataset.dtype != DTYPE
+            or dataset.id.get_create_plist().get_nfilters() != 0):
+        return None
+    row_bytes = p * d * DTYPE.itemsize
+    offsets = np.full(total, -1, dtype=np.int64)
+    dsid = dataset.id
+    infos = [dsid.get_chunk_info(i) for i in range(dsid.get_num_chunks())]
+    for info in infos:
+        if info.size != row_bytes or info.filter_mask or info.byte_offset is None:
+            return None
+        offsets[info.chunk_offset[0]] = info.byte_offset
+    if (offsets < 0).any():  # a chunk never written (cannot happen for ShardWriter files)
+        return None
+    return offsets
+
+
+def _pread_into(fd: int, buffer: memoryview, position: int, path: Path) -> None:
+    done = 0
+    while done < len(buffer):
+        count = os.preadv(fd, [buffer[done:]], position + done)
+        if count <= 0:
+            raise StoreError(f"Shard {path} is shorter than its index says (truncated copy?): delete it and "
+                             "rerun `make extract` to redo its videos")
+        done += count
+
+
+def _read_rows_hdf5(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Read sorted, unique rows (segments) of a (T, P, D) dataset into one float16 array."""
+    _, p, d = dataset.shape
+    out = np.empty((rows.size, p, d), dtype=DTYPE)
+    if rows.size == 0:
+        return out
+    raw_chunks = (dataset.chunks == (1, p, d) and dataset.dtype == DTYPE
+                  and dataset.id.get_create_plist().get_nfilters() == 0)
+    if raw_chunks:
+        # One chunk per segment, stored unfiltered: copy its bytes straight into the output row.
+        flat = out.reshape(rows.size, p * d).view(np.uint8)  # (T', P*D*2) bytes
+        read_chunk = dataset.id.read_direct_chunk
+        for k, row in enumerate(rows.tolist()):
+            read_chunk((row, 0, 0), out=flat[k])
+        return out
+    # Generic path (another chunking or a compression filter): one HDF5 read per run of consecutive rows.
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [rows.size]))
+    if dataset.dtype == DTYPE:
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            dataset.read_direct(out, np.s_[rows[a] : rows[a] + (b - a)], np.s_[a:b])
+    else:
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            out[a:b] = dataset[rows[a] : rows[a] + (b - a)]
+    return out

@@ -327,6 +327,23 @@ def test_generic_path_matches_chunk_path(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_pread_path_matches_hdf5_chunk_path(tmp_path, monkeypatch):
+    """The raw-offset (preadv) path and the HDF5 read_direct_chunk path read identical rows of one shard."""
+    videos = {f"v{i}": make_tokens(i, 9) for i in range(3)}
+    write_videos(tmp_path, videos, max_videos=2)
+    fast = FeatureStore(tmp_path)
+    for video_id in videos:  # the layout (chunk offsets) of each video is found at its first read
+        fast.read(video_id, [0])
+    monkeypatch.setattr("data.store._HAS_PREADV", False)
+    slow = FeatureStore(tmp_path)
+    for video_id, tokens in videos.items():
+        for segments in (None, slice(1, 8), [8, 0, 4, 5, 6, 0], [3]):
+            a, b = fast.read(video_id, segments), slow.read(video_id, segments)
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, tokens[[3]].astype(np.float16))
+        assert fast._layouts[video_id][2] is not None and slow._layouts[video_id][2] is None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # pickling into DataLoader workers
 

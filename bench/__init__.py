@@ -1,0 +1,1 @@
+"""Benchmarks: efficiency figures printed and saved as JSON (and PNG) under bench/results/."""

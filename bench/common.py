@@ -1,0 +1,121 @@
+"""Small helpers shared by the benchmark scripts: timing medians, JSON results, peak RSS of a subprocess.
+
+Benchmarks are not tests (STYLE.md, principle 9): they print figures measured in one run and save them as JSON
+under `bench/results/` (git-ignored). On a shared machine timings are noisy, so report medians and ratios of
+two things measured side by side in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def median_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time (s) of `fn()` over `repeat` runs after `warmup` untimed runs, and all the times."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def mb_per_s(nbytes: float, seconds: float) -> float:
+    """Throughput in MB/s (1 MB = 1e6 bytes)."""
+    return nbytes / 1e6 / seconds if seconds > 0 else math.inf
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars/arrays, Paths and tuples -> plain JSON types (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_json(name: str, data: dict, out_dir: str | Path | None = None) -> Path:
+    """Write `data` to `<out_dir or bench/results>/<name>.json` (atomically) and return the path."""
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def measure_subprocess(command: Sequence[str], timeout: float | None = None, cwd: str | Path | None = None,
+                       env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `command` and return {returncode, wall_s, peak_rss_mb, stdout, stderr, timed_out}.
+
+    peak_rss_mb is the child's own maximum resident set (from `wait4`, Linux/macOS), not the sum over children
+    that `RUSAGE_CHILDREN` would give. Output goes through temporary files, so a chatty child cannot block.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(list(command), stdout=out, stderr=err, cwd=cwd or REPO_ROOT,
+                                   env=None if env is None else {**os.environ, **env})
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            if timer:
+                timer.cancel()
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        # ru_maxrss is in KiB on Linux and in bytes on macOS
+        rss_bytes = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+        return {
+            "returncode": process.returncode,
+            "wall_s": wall,
+            "peak_rss_mb": rss_bytes / 2**20,
+            "stdout": out.read().decode("utf-8", "replace"),
+            "stderr": err.read().decode("utf-8", "replace"),
+            "timed_out": timed_out.is_set(),
+        }
+
+
+def measure_python(code: str, timeout: float | None = None,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`measure_subprocess` of `python -c code` in the repository root (`data`, `heads`, `bench` import)."""
+    return measure_subprocess([sys.executable, "-c", code], timeout=timeout, env=env)
+
+
+def scratch_dir(prefix: str, parent: str | Path | None = None) -> Path:
+    """A fresh temporary folder for benchmark files, by default under bench/results/ (the repo's disk)."""
+    base = Path(parent) if parent is not None else RESULTS_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
