@@ -238,6 +238,10 @@ def load_encoder(name: str | None = None, pool: int | None = None, device: str |
         model = AutoModel.from_pretrained(source, config=config, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise _not_available(name, exc) from exc
+    if getattr(model, "pooler", None) is not None:
+        # Unused (we keep last_hidden_state), and AutoModel initialises it at random when a checkpoint lacks it,
+        # which would make the weights hash differ from load to load.
+        model.pooler = None
     preprocess = Preprocess.from_processor_config(_processor_config(name, local))
     return FrozenEncoder(model, name, preprocess, pool).to(device)
 

@@ -126,6 +126,12 @@ def _open(path: Path):
     except PermissionError as exc:
         raise VideoError("unreadable", f"permission denied reading {path}; fix with `chmod a+r {path}`") from exc
     except (av.FFmpegError, UnicodeDecodeError, OSError) as exc:
+        if _mp4_without_index(path):
+            raise VideoError(
+                "truncated",
+                f"{path.name} starts like an mp4 but has no index (moov atom): the download or recording stopped "
+                "before the end; download it again",
+            ) from exc
         raise VideoError(
             "cannot_open",
             f"FFmpeg cannot open {path.name} as a video ({_short(exc)}); the file is corrupt or not a video",
@@ -137,8 +143,25 @@ def _open(path: Path):
     return container
 
 
+def _mp4_without_index(path: Path) -> bool:
+    """An ISO-BMFF file (ftyp box first) with no 'moov' box anywhere: cut before its index was written."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(12)[4:8] != b"ftyp":
+                return False
+            tail = b""
+            while chunk := handle.read(1 << 20):
+                if b"moov" in tail + chunk:
+                    return False
+                tail = chunk[-3:]
+    except OSError:
+        return False
+    return True
+
+
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = getattr(exc, "strerror", None) if isinstance(exc, av.FFmpegError) else None
+    text = " ".join(str(text or exc).split())
     return text[:200] or type(exc).__name__
 
 
