@@ -36,6 +36,22 @@ def median_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> tupl
     return statistics.median(times), times
 
 
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeat: int = 5,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median wall time (s) of each function, timed in alternation (a b a b ...) so that a change of load on a
+    shared machine hits every side alike; `warmup` untimed rounds first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def mb_per_s(nbytes: float, seconds: float) -> float:
     """Throughput in MB/s (1 MB = 1e6 bytes)."""
     return nbytes / 1e6 / seconds if seconds > 0 else math.inf

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as `python bench/store.py`: make the reposi
 
 import numpy as np  # noqa: E402
 
-from bench.common import mb_per_s, median_time, save_json, scratch_dir  # noqa: E402
+from bench.common import interleaved_medians, mb_per_s, save_json, scratch_dir  # noqa: E402
 from data.cli import run_cli  # noqa: E402
 from data.store import FeatureStore, ShardWriter  # noqa: E402
 
@@ -109,8 +109,7 @@ def run(quick: bool = False, directory: str | Path | None = None, sizes: dict | 
             for i in range(len(ids)):
                 np.fromfile(raw, dtype=np.float16, count=T * P * D, offset=i * video_bytes)
 
-        full_store_s, _ = median_time(store_full, cfg["repeat"])
-        full_numpy_s, _ = median_time(numpy_full, cfg["repeat"])
+        medians = interleaved_medians({"full_store": store_full, "full_numpy": numpy_full}, cfg["repeat"])
 
         # ---- random 60-segment reads, as training draws them
         picks = rng.integers(0, len(long_ids), cfg["reads"])
@@ -143,10 +142,12 @@ def run(quick: bool = False, directory: str | Path | None = None, sizes: dict | 
                     handle.seek(int(v) * long_bytes + int(s) * row_bytes)
                     np.fromfile(handle, dtype=np.float16, count=T * P * D)
 
-        sub_store_s, _ = median_time(store_subsets, cfg["repeat"])
-        sub_numpy_s, _ = median_time(numpy_subsets, cfg["repeat"])
-        win_store_s, _ = median_time(store_windows, cfg["repeat"])
-        win_numpy_s, _ = median_time(numpy_windows, cfg["repeat"])
+        medians.update(interleaved_medians({"sub_store": store_subsets, "sub_numpy": numpy_subsets,
+                                            "win_store": store_windows, "win_numpy": numpy_windows},
+                                           cfg["repeat"]))
+        full_store_s, full_numpy_s = medians["full_store"], medians["full_numpy"]
+        sub_store_s, sub_numpy_s = medians["sub_store"], medians["sub_numpy"]
+        win_store_s, win_numpy_s = medians["win_store"], medians["win_numpy"]
 
         # ---- the same random subsets with the pages of both files evicted first (one pass each); no handle
         # or mapping may be open while evicting, or the kernel keeps the pages
@@ -190,7 +191,7 @@ def run(quick: bool = False, directory: str | Path | None = None, sizes: dict | 
         "numpy_window_mb_s": mb_per_s(read_bytes, win_numpy_s),
         "window_ratio": win_numpy_s / win_store_s,
         "repeat": cfg["repeat"],
-        "cache": "warm: both sides read files already in the page cache (medians over repeats)",
+        "cache": "warm: both sides read files already in the page cache (medians of interleaved repeats)",
     }
     if cold:
         result.update(cold_subset_mb_s=mb_per_s(read_bytes, cold["store"]),

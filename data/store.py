@@ -358,7 +358,9 @@ class ShardWriter:
         name = f"shard-r{self.rank:02d}-{self._next_index:05d}.h5"
         self._next_index += 1
         self._path = self.directory / (name + ".partial")
-        self._file = h5py.File(self._path, "w-")
+        # v1.10 format: the chunk index of a fixed-size dataset is one small array, not a B-tree interleaved
+        # with the data, so (with early allocation below) a video's chunks lie back to back in the file.
+        self._file = h5py.File(self._path, "w-", libver=("v110", "v110"))
         attrs = dict(self.attrs)
         attrs.update(schema=SCHEMA, dtype="float16", rank=self.rank, version=_package_version(),
                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -405,7 +407,9 @@ class ShardWriter:
         group.attrs["timestamps"] = timestamps
         group.attrs["duration"] = float(duration)
         group.attrs["source"] = str(source)
-        group.create_dataset("tokens", data=tokens.astype(DTYPE, copy=False),
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all chunks allocated at once, in segment order
+        group.create_dataset("tokens", data=tokens.astype(DTYPE, copy=False), dcpl=dcpl, fill_time="never",
                              chunks=(1, tokens.shape[1], tokens.shape[2]))
         self._dirty = False
         self._ids.add(video_id)
