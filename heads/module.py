@@ -4,7 +4,8 @@ Training: cross-entropy (classification) or MSE (regression) on one clip per vid
 with the step that produced it. Evaluation: every clip's softmax (regression: prediction) is summed into its video's
 row, reduced over all DDP ranks, and averaged; metrics (torchmetrics: accuracy / MSE) are computed on those per-video
 aggregates. Optimizer: AdamW over `heads.optim.param_groups` (SSM parameters: lr 1e-3, no weight decay); the LR is
-reduced on plateau of the validation metric (DESIGN.md, "Protocols").
+reduced on plateau of the validation metric (DESIGN.md, "Protocols"), stepped before the epoch's checkpoints are
+written so that a run resumed from last.ckpt continues with exactly the scheduler state it would have had.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class HeadModule(pl.LightningModule):
         self._sums: torch.Tensor | None = None
         self._counts: torch.Tensor | None = None
         self.eval_outputs: dict[str, dict] = {}
+        self.plateau = None
+        self._plateau_state = None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D) -> (B, n_outputs)."""
@@ -120,6 +123,8 @@ class HeadModule(pl.LightningModule):
             "metric": float(metric), "loss": float(loss),
         }
         self._sums = self._counts = None
+        if split == "val":
+            self._step_plateau(float(metric))
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start("val")
@@ -146,8 +151,24 @@ class HeadModule(pl.LightningModule):
         hp = self.hparams
         groups = param_groups(self.head, lr=hp.lr, weight_decay=hp.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        # Stepped by this module at the end of validation (see _step_plateau), not by Lightning: Lightning steps
+        # epoch schedulers after the epoch's checkpoints are written, so a resumed run would miss one step.
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=self.monitor_mode, factor=hp.plateau_factor, patience=hp.plateau_patience)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch",
-                                 "frequency": 1, "strict": False}}
+        if self._plateau_state is not None:
+            self.plateau.load_state_dict(self._plateau_state)
+            self._plateau_state = None
+        return optimizer
+
+    def _step_plateau(self, metric: float) -> None:
+        trainer = self._trainer
+        if self.plateau is None or trainer is None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.plateau.step(metric)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.plateau is not None:
+            checkpoint["plateau_scheduler"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("plateau_scheduler")

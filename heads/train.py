@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 import subprocess
 import time
@@ -28,7 +27,6 @@ import torch
 from data.cli import UserError
 from heads import DEFAULTS, HEADS, build_head
 
-RUN_VERSION_ENV = "VIS4MER_RUN_VERSION"  # set by the launching process so DDP ranks share one version_N
 CACHE_KEYS = ("encoder", "encoder_hash", "hidden_size", "image_size", "patch_size", "grid", "pool")
 
 
@@ -238,19 +236,18 @@ def train(args) -> tuple[dict, bool]:
     head = build_head(args.head, cache["hidden_size"], n_outputs, dm.seq_len, **head_cfg)
     params = sum(p.numel() for p in head.parameters())
 
-    # run directory: runs/<dataset>[-<task>]/<head>/version_N (resume: the checkpoint's own run)
+    # run directory: runs/<dataset>[-<task>]/<head>/version_N (resume: the checkpoint's own run). Only global rank 0
+    # writes; Lightning broadcasts rank 0's checkpoint directory to the other ranks.
     name = f"{dataset_name}-{task}" if task else dataset_name
     resume_path = Path(args.resume) if args.resume else None
+    old_metrics: list[dict] = []
     if resume_path is not None and resume_path.parent.name == "checkpoints" and \
             resume_path.parent.parent.name.startswith("version_"):
         run_dir = resume_path.parent.parent
+        old_metrics = read_metrics_rows(run_dir / "metrics.csv", before_step=resume_ckpt.get("global_step"))
     else:
         parent = Path(args.runs_dir) / name / args.head
-        version = os.environ.get(RUN_VERSION_ENV)
-        if version is None:
-            version = str(next_version(parent))
-            os.environ[RUN_VERSION_ENV] = version  # inherited by the DDP ranks Lightning launches
-        run_dir = parent / f"version_{version}"
+        run_dir = parent / f"version_{next_version(parent)}"
     config = _plain({
         "head": args.head, "head_cfg": head_cfg, "dataset": dataset_name, "task": task, "data_root": args.data_root,
         "task_type": ds.task_type, "n_outputs": n_outputs, "class_names": getattr(ds, "class_names", None),
@@ -265,10 +262,11 @@ def train(args) -> tuple[dict, bool]:
                        weight_decay=args.weight_decay, plateau_factor=args.plateau_factor,
                        plateau_patience=args.plateau_patience)
 
-    ckpt_dir = run_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=model.monitor, mode=model.monitor_mode,
-                                 save_top_k=1, save_last=True, enable_version_counter=False,
-                                 auto_insert_metric_name=False)
+    # best-on-val, and the state after every epoch (Lightning's own save_last only saves when the best one does)
+    checkpoint = ModelCheckpoint(filename="best", monitor=model.monitor, mode=model.monitor_mode, save_top_k=1,
+                                 enable_version_counter=False, auto_insert_metric_name=False)
+    last_checkpoint = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                      enable_version_counter=False, auto_insert_metric_name=False)
     loggers = [CSVLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
                          version=run_dir.name)]
     try:
@@ -280,7 +278,8 @@ def train(args) -> tuple[dict, bool]:
         pass
     kwargs = _trainer_kwargs(args, run_dir)
     trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps if args.max_steps else -1,
-                         logger=loggers, callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+                         logger=loggers,
+                         callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch")],
                          default_root_dir=str(run_dir), log_every_n_steps=args.log_every,
                          enable_progress_bar=args.progress, fast_dev_run=args.fast_dev_run,
                          limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
@@ -291,6 +290,7 @@ def train(args) -> tuple[dict, bool]:
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
         train_s = time.time() - started
+        ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"
         best = checkpoint.best_model_path if not args.fast_dev_run else ""
         ckpt = best if best and Path(best).exists() else None
         trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
@@ -309,11 +309,38 @@ def train(args) -> tuple[dict, bool]:
     })
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if old_metrics:
+            merge_metrics(run_dir / "metrics.csv", old_metrics)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         write_predictions(run_dir / "predictions.csv", model.eval_outputs["test"], dm.video_ids("test"),
                           getattr(ds, "class_names", None))
     return results, trainer.is_global_zero
+
+
+def read_metrics_rows(path: Path, before_step: int | None) -> list[dict]:
+    """Rows of an existing metrics.csv logged up to `before_step` (Lightning's CSV logger truncates the file when a
+    resumed run starts logging into the same directory; these rows are put back afterwards)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if before_step is None:
+        return rows
+    return [r for r in rows if not r.get("step") or float(r["step"]) < before_step]
+
+
+def merge_metrics(path: Path, old_rows: list[dict]) -> None:
+    """Prepend `old_rows` to metrics.csv (union of the headers)."""
+    new_rows = []
+    if path.is_file():
+        with path.open(newline="") as handle:
+            new_rows = list(csv.DictReader(handle))
+    keys = sorted({k for row in old_rows + new_rows for k in row if k})
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({k: v for k, v in row.items() if k} for row in old_rows + new_rows)
 
 
 def write_predictions(path: Path, out: dict, video_ids: list[str], class_names: list[str] | None) -> None:

@@ -1,0 +1,277 @@
+"""Training on a tiny cache written with `ShardWriter`: every head's fast_dev_run, clip protocols and per-video
+aggregation, `python -m heads train|eval` run directories, resume from last.ckpt (same result as an uninterrupted
+run), NaN loss, the one-line errors of bad configuration, and (slow) a 2-process DDP run on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from data.cli import run_cli
+from data.store import ShardWriter, make_tag
+from heads import HEADS, build_head
+from heads.__main__ import main
+from heads.datamodule import FeatureDataModule, uniform_indices, window_indices, window_starts
+from heads.module import HeadModule, TrainingDiverged
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ARGS = ["--d-model", "16", "--n-layers", "2", "--d-state", "8", "--batch", "4", "--workers", "0",
+             "--clip", "subset:4", "--log-every", "1"]
+
+
+def make_tiny(base: Path, classes=3, per_split=(6, 2, 3), P=5, D=8, encoder="vit-tiny-random", seed=0,
+              skip=(), nan=False, tag_segments=12) -> tuple[Path, Path]:
+    """A synthetic-layout data root (labels.csv, meta.json) and a cache of class-dependent random tokens."""
+    root = base / "raw"
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = [(f"{split}{i:03d}", split, i % classes)
+            for split, n in zip(("train", "val", "test"), per_split) for i in range(n * classes)]
+    (root / "labels.csv").write_text("video_id,split,label\n" + "".join(f"{v},{s},{y}\n" for v, s, y in rows))
+    orders = [[f"s{c}", f"s{(c + 1) % classes}"] for c in range(classes)]
+    (root / "meta.json").write_text(json.dumps({"class_orders": orders}))
+    attrs = dict(encoder=encoder, encoder_hash=f"hash-{encoder}", image_size=32, patch_size=16, hidden_size=D,
+                 grid=[2, 2], segments=tag_segments, frames_per_segment=1)
+    with ShardWriter(base / "cache" / "synthetic" / make_tag(encoder, segments=tag_segments), attrs,
+                     max_videos=16) as writer:
+        for video_id, _, label in rows:
+            if video_id in skip:
+                continue
+            T = int(rng.integers(6, 15))
+            tokens = rng.normal(size=(T, P, D)) + 2.0 * np.eye(D)[label % D][None, None, :]
+            if nan:
+                tokens[:] = np.nan
+            writer.add(video_id, tokens.astype(np.float16), np.arange(T, dtype=np.float64), float(T), f"{video_id}.mp4")
+    return root, base / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def cli(root, cache, runs, *extra) -> list[str]:
+    return ["train", "--dataset", "synthetic", "--data-root", str(root), "--cache-dir", str(cache), "--runs-dir",
+            str(runs), *TINY_ARGS, *extra]
+
+
+def datamodule(root, cache, **kw) -> FeatureDataModule:
+    from data import get_dataset
+
+    ds = get_dataset("synthetic", root=root)
+    tag = next((cache / "synthetic").iterdir())
+    return FeatureDataModule(tag, ds, batch_size=4, workers=0, **{"clip": ("subset", 4), **kw})
+
+
+# ------------------------------------------------------------------------------------------------- protocols
+def test_clip_indices():
+    assert window_starts(10, 4, 1) == list(range(7))
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]  # the last window ends at the last segment
+    assert window_starts(3, 4) == [0]
+    assert window_indices(3, 0, 5).tolist() == [0, 1, 2, 2, 2]  # short video: the last segment repeats
+    assert uniform_indices(8, 4).tolist() == [1, 3, 5, 7]
+    assert uniform_indices(2, 4).tolist() == [0, 0, 1, 1]
+
+
+def test_datamodule_protocols(tiny):
+    root, cache = tiny
+    dm = datamodule(root, cache)
+    assert dm.feature_shape == (5, 8) and dm.seq_len == 20
+    tokens, labels, videos = next(iter(dm.train_dataloader()))
+    assert tokens.shape == (4, 4, 5, 8) and tokens.dtype == torch.float16 and labels.dtype == torch.long
+    # a training subset is sorted, distinct, and reads exactly those segments
+    item = dm.train_dataloader().dataset
+    rng_tokens, _, v = item[0]
+    full = dm.store.read(item.video_ids[v])
+    matches = [int(np.flatnonzero((full == row.numpy()).all(axis=(1, 2)))[0]) for row in rng_tokens]
+    assert matches == sorted(set(matches))
+    windows = datamodule(root, cache, clip=("window", 5), eval_stride=2)
+    evalset = windows.val_dataloader().dataset
+    lengths = [windows.store.num_segments(v) for v in windows.video_ids("val")]
+    assert len(evalset) == sum(len(window_starts(n, 5, 2)) for n in lengths)
+    assert all(t.shape == (5, 5, 8) for t, _, _ in (evalset[0], evalset[len(evalset) - 1]))
+
+
+class ConstantPerWindow(torch.nn.Module):
+    """A fake head whose logits are the first token feature of the first segment: known per-window scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):  # (B, T, P, D) -> (B, 3)
+        return x[:, 0, 0, :3].float() + self.bias
+
+
+def test_multi_window_aggregation_is_mean_softmax(tiny):
+    root, cache = tiny
+    dm = datamodule(root, cache, clip=("window", 3), eval_stride=2)
+    model = HeadModule(ConstantPerWindow(), {"head": "fake"}, n_outputs=3)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    out = model.eval_outputs["val"]
+    for row, v in enumerate(out["video_index"]):
+        vid = dm.video_ids("val")[v]
+        full = torch.from_numpy(dm.store.read(vid).astype(np.float32))
+        n = full.shape[0]
+        probs = torch.stack([full[s, 0, :3].softmax(-1) for s in window_starts(n, 3, 2)]).mean(0)
+        np.testing.assert_allclose(out["scores"][row], probs.numpy(), rtol=1e-3, atol=1e-3)
+    acc = np.mean(np.array(out["preds"]) == np.array(out["labels"]))
+    assert out["metric"] == pytest.approx(acc)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_fast_dev_run_every_head(tiny, name):
+    root, cache = tiny
+    dm = datamodule(root, cache)
+    head = build_head(name, 8, 3, dm.seq_len, d_model=16, n_layers=2, d_state=8)
+    model = HeadModule(head, {"head": name}, n_outputs=3)
+    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert trainer.global_step == 1 and 0.0 <= model.eval_outputs["test"]["metric"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------- the command line
+def test_train_writes_run_directory_and_eval_matches(tiny, tmp_path, capsys):
+    root, cache = tiny
+    runs = tmp_path / "runs"
+    assert main(cli(root, cache, runs, "--epochs", "3", "--lr", "1e-2")) == 0
+    run = runs / "synthetic" / "s4-multiscale" / "version_0"
+    for name in ("results.json", "config.json", "metrics.csv", "predictions.csv", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    results = json.loads((run / "results.json").read_text())
+    assert results["cache_tag"] == "vit-tiny-random_seg12" and results["code_version"]
+    assert set(results["val"]) == {"acc", "loss"} and 0 <= results["test"]["acc"] <= 1
+    with (run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9 and {"video_id", "label", "pred", "p_s0>s1"} <= set(rows[0])
+    assert np.mean([r["label"] == r["pred"] for r in rows]) == pytest.approx(results["test"]["acc"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("s4-multiscale on synthetic: test acc") and str(run) in last
+    # make eval CKPT=…: same test metric from the best checkpoint
+    assert main(["eval", "--ckpt", str(run / "checkpoints" / "best.ckpt")]) == 0
+    evaluated = json.loads((run / "checkpoints" / "best.eval.json").read_text())
+    assert evaluated["test"]["acc"] == pytest.approx(results["test"]["acc"])
+    assert main(cli(root, cache, runs, "--epochs", "1")) == 0
+    assert (runs / "synthetic" / "s4-multiscale" / "version_1" / "results.json").is_file()
+
+
+def test_resume_equals_uninterrupted_run(tiny, tmp_path):
+    """4 epochs in one go == 2 epochs + resume from last.ckpt to 4 (optimizer, scheduler, data order restored)."""
+    root, cache = tiny
+    common = ["--dropout", "0", "--lr", "5e-3", "--plateau-patience", "0"]
+    main(cli(root, cache, tmp_path / "a", "--epochs", "4", *common))
+    main(cli(root, cache, tmp_path / "b", "--epochs", "2", *common))
+    run_b = tmp_path / "b" / "synthetic" / "s4-multiscale" / "version_0"
+    first = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 1 and first["plateau_scheduler"] and first["optimizer_states"][0]["state"]
+    main(cli(root, cache, tmp_path / "b", "--epochs", "4", "--resume", str(run_b / "checkpoints" / "last.ckpt"),
+             *common))
+    a = torch.load(tmp_path / "a" / "synthetic" / "s4-multiscale" / "version_0" / "checkpoints" / "last.ckpt",
+                   weights_only=True)
+    b = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 2 * first["global_step"]
+    assert a["plateau_scheduler"] == b["plateau_scheduler"] and a["plateau_scheduler"]["num_bad_epochs"] == 0
+    assert a["optimizer_states"][0]["param_groups"][0]["lr"] < 5e-3  # the plateau did reduce the LR
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "b" / "synthetic" / "s4-multiscale" / "version_1").exists()  # resumed in place
+    epochs = {row["epoch"] for row in csv.DictReader((run_b / "metrics.csv").open()) if row.get("val/acc")}
+    assert epochs >= {"2", "3"}
+
+
+def test_nan_loss_stops_with_the_step(tmp_path):
+    root, cache = make_tiny(tmp_path, nan=True)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 0 .*lower the learning rate"):
+        main(cli(root, cache, tmp_path / "runs", "--epochs", "1"))
+
+
+def one_line_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_bad_configuration_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DEBUG", raising=False)
+    root, cache = tiny
+    runs = tmp_path / "runs"
+    assert "valid heads: s4-multiscale" in one_line_error(capsys, cli(root, cache, runs, "--head", "lstm"))
+    assert "has no tasks" in one_line_error(capsys, cli(root, cache, runs, "--task", "genre"))
+    assert "unknown dataset" in one_line_error(capsys, cli(root, cache, runs, "--dataset", "kinetics"))
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    err = one_line_error(capsys, cli(root, empty, runs))
+    assert "no cached features for synthetic" in err and "make extract DATASET=synthetic" in err
+    assert "does not exist" in one_line_error(capsys, ["eval", "--ckpt", str(tmp_path / "nope.ckpt")])
+
+
+def test_cache_missing_videos(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DEBUG", raising=False)
+    from data.store import append_failure
+
+    root, cache = make_tiny(tmp_path, skip=("train000", "train004", "test001"))
+    err = one_line_error(capsys, cli(root, cache, tmp_path / "runs", "--epochs", "1"))
+    assert "lacks 2 of the 18 videos the train split needs" in err and "make extract DATASET=synthetic" in err
+    tag = next((cache / "synthetic").iterdir())
+    for vid in ("train000", "train004", "test001"):  # recorded failures are skipped with a note
+        append_failure(tag, vid, f"{vid}.mp4", "moov atom not found")
+    assert main(cli(root, cache, tmp_path / "runs", "--epochs", "1")) == 0
+    results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
+    assert results["n_videos"]["test"] == 8 and any("skipping 2 of 18" in n for n in results["notes"])
+
+
+def test_cache_from_another_encoder_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DEBUG", raising=False)
+    root, cache = make_tiny(tmp_path)
+    make_tiny(tmp_path, encoder="vit-other", D=12)
+    runs = tmp_path / "runs"
+    main(cli(root, cache, runs, "--epochs", "1", "--tag", "vit-tiny-random_seg12"))
+    ckpt = runs / "synthetic" / "s4-multiscale" / "version_0" / "checkpoints" / "last.ckpt"
+    err = one_line_error(capsys, cli(root, cache, runs, "--epochs", "2", "--resume", str(ckpt), "--tag",
+                                     "vit-other_seg12"))
+    assert "does not match the checkpoint" in err and "'vit-other' instead of 'vit-tiny-random'" in err
+    err = one_line_error(capsys, ["eval", "--ckpt", str(ckpt), "--tag", "vit-other_seg12"])
+    assert "hidden_size 12 instead of 8" in err
+
+
+def test_checkpoints_load_weights_only(tmp_path, capsys, monkeypatch):
+    """A checkpoint that needs arbitrary unpickling is refused with a message, never executed."""
+    monkeypatch.delenv("DEBUG", raising=False)
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"hyper_parameters": {"config": Path("x")}, "state_dict": {}}, bad)
+    assert "weights_only=True" in one_line_error(capsys, ["eval", "--ckpt", str(bad)])
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tiny, tmp_path):
+    root, cache = tiny
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "heads", *cli(root, cache, runs, "--epochs", "2", "--devices", "2",
+                                                               "--accelerator", "cpu")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = sorted(runs.rglob("results.json"))
+    assert [p.parent.name for p in written] == ["version_0"]
+    results = json.loads(written[0].read_text())
+    assert results["global_step"] == 2 * 3  # 18 train videos / 2 ranks = 9 each, batch 4: 3 steps per epoch
+    assert proc.stdout.strip().splitlines()[-1].startswith("s4-multiscale on synthetic: test acc")
+    assert proc.stdout.count("test acc") == 1
