@@ -38,14 +38,16 @@ def median_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> tupl
 
 def interleaved_medians(fns: dict[str, Callable[[], Any]], repeat: int = 5,
                         warmup: int = 1) -> dict[str, float]:
-    """Median wall time (s) of each function, timed in alternation (a b a b ...) so that a change of load on a
-    shared machine hits every side alike; `warmup` untimed rounds first."""
+    """Median wall time (s) of each function, timed in alternation (a b, b a, a b, ...) so that a change of
+    load on a shared machine, or running first in a round, hits every side alike; `warmup` untimed rounds
+    first."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
+    for round_number in range(repeat):
+        order = list(fns.items()) if round_number % 2 == 0 else list(fns.items())[::-1]
+        for name, fn in order:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
