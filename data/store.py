@@ -290,8 +290,9 @@ class ShardWriter:
     created, version and rank. Tokens are stored as float16, chunks (1, P, D), without compression (read
     speed matters more than disk space).
 
-    Use as a context manager: a clean exit seals the open shard; an exception in the middle of `add` leaves it
-    as `.partial`, exactly like a killed process.
+    Use as a context manager: the open shard is sealed on exit, also when an exception ends the block (a
+    video whose `add` failed is not in it; if it cannot be undone, the shard stays `.partial`, like a killed
+    writer's).
     """
 
     def __init__(self, directory, attrs: Mapping[str, Any], rank: int = 0, max_videos: int = 256,
@@ -373,7 +374,10 @@ class ShardWriter:
     def _seal(self) -> None:
         if self._file is None:
             return
-        assert not self._dirty
+        if self._dirty:  # a video could not be written nor undone: abandon the shard as .partial
+            self._file.close()
+            self._file = None
+            return
         partial = self._path
         self._file.flush()
         self._file.close()
@@ -399,18 +403,32 @@ class ShardWriter:
         size = tokens.shape[0] * tokens.shape[1] * tokens.shape[2] * DTYPE.itemsize
         if self._file is not None and self._count > 0 and self._bytes + size > self.max_bytes:
             self._seal()
+        tokens = tokens.astype(DTYPE, copy=False)  # (T, P, D) float16
+        if not np.isfinite(tokens).all():
+            raise StoreError(f"Tokens of {video_id!r} contain NaN or inf (as float16, which overflows past "
+                             "65504): check the encoder's output for this video")
         if self._file is None:
             self._open_shard()
         self._dirty = True
-        group = self._file["videos"].create_group(name)
-        group.attrs["video_id"] = video_id
-        group.attrs["timestamps"] = timestamps
-        group.attrs["duration"] = float(duration)
-        group.attrs["source"] = str(source)
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all chunks allocated at once, in segment order
-        group.create_dataset("tokens", data=tokens.astype(DTYPE, copy=False), dcpl=dcpl, fill_time="never",
-                             chunks=(1, tokens.shape[1], tokens.shape[2]))
+        videos = self._file["videos"]
+        try:
+            group = videos.create_group(name)
+            group.attrs["video_id"] = video_id
+            group.attrs["timestamps"] = timestamps
+            group.attrs["duration"] = float(duration)
+            group.attrs["source"] = str(source)
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all chunks allocated at once, in segment order
+            group.create_dataset("tokens", data=tokens, dcpl=dcpl, fill_time="never",
+                                 chunks=(1, tokens.shape[1], tokens.shape[2]))
+        except BaseException:
+            try:  # undo the half-written video so that the shard's other videos can still be sealed
+                if name in videos:
+                    del videos[name]
+                self._dirty = False
+            except Exception:
+                pass  # stays dirty: the shard is abandoned as .partial, like a killed writer's
+            raise
         self._dirty = False
         self._ids.add(video_id)
         self._token_shape = (tokens.shape[1], tokens.shape[2])
@@ -428,12 +446,7 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._dirty and self._file is not None:
-            # A half-written video: leave the shard as .partial (what a killed writer leaves), never seal it.
-            self._file.close()
-            self._file = None
-            return
-        self.close()
+        self.close()  # seals the complete videos (a half-written one was undone or leaves a .partial)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -223,6 +223,32 @@ def test_writer_rejects_bad_videos(tmp_path, tokens, timestamps, match):
             writer.add("v", tokens, timestamps, 1.0, "s")
 
 
+def test_writer_rejects_non_finite_tokens(tmp_path):
+    tokens = make_tokens(0, 2)
+    tokens[1, 0, 0] = 1e6  # overflows float16
+    with ShardWriter(tmp_path, ATTRS) as writer:
+        with pytest.raises(StoreError, match="NaN or inf"):
+            writer.add("v", tokens, np.arange(2.0), 1.0, "s")
+
+
+def test_failed_add_is_undone_and_the_rest_sealed(tmp_path, monkeypatch):
+    original = h5py.Group.create_dataset
+
+    def disk_full(self, name, *args, **kwargs):
+        if self.attrs.get("video_id") == "bad":
+            raise OSError("No space left on device")
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", disk_full)
+    with ShardWriter(tmp_path, ATTRS) as writer:
+        writer.add("good", make_tokens(0, 2), np.arange(2.0), 1.0, "s")
+        with pytest.raises(OSError):
+            writer.add("bad", make_tokens(1, 2), np.arange(2.0), 1.0, "s")
+        writer.add("after", make_tokens(2, 2), np.arange(2.0), 1.0, "s")
+    store = FeatureStore(tmp_path)
+    assert store.ids() == ["after", "good"] and not store.partial_paths()
+
+
 def test_writer_rejects_duplicates_and_changing_dims(tmp_path):
     attrs = {"encoder": "e", "segments": 4}  # no dims declared: the first video fixes (P, D)
     with ShardWriter(tmp_path, attrs) as writer:
