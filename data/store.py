@@ -403,7 +403,8 @@ class ShardWriter:
         size = tokens.shape[0] * tokens.shape[1] * tokens.shape[2] * DTYPE.itemsize
         if self._file is not None and self._count > 0 and self._bytes + size > self.max_bytes:
             self._seal()
-        tokens = tokens.astype(DTYPE, copy=False)  # (T, P, D) float16
+        with np.errstate(over="ignore"):  # overflow is reported below, with the video's name
+            tokens = tokens.astype(DTYPE, copy=False)  # (T, P, D) float16
         if not np.isfinite(tokens).all():
             raise StoreError(f"Tokens of {video_id!r} contain NaN or inf (as float16, which overflows past "
                              "65504): check the encoder's output for this video")
