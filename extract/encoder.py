@@ -248,7 +248,8 @@ def load_encoder(name: str | None = None, pool: int | None = None, device: str |
 
 def describe(encoder: FrozenEncoder) -> str:
     """One log line that names the encoder honestly."""
-    shape = f"{encoder.tokens_per_frame} tokens x {encoder.hidden_size} per frame, input {encoder.image_size[0]} px"
+    h, w = encoder.grid
+    shape = f"CLS + {h}x{w} tokens x {encoder.hidden_size} channels per frame, input {encoder.image_size[0]} px"
     if encoder.name == TINY_RANDOM:
         return (f"encoder {TINY_RANDOM}: a RANDOMLY initialised tiny ViT (seed {TINY_SEED}, hash "
                 f"{encoder.weights_hash}); its features carry no meaning -- tests and demo only; {shape}")
