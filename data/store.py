@@ -406,8 +406,8 @@ class ShardWriter:
         with np.errstate(over="ignore"):  # overflow is reported below, with the video's name
             tokens = tokens.astype(DTYPE, copy=False)  # (T, P, D) float16
         if not np.isfinite(tokens).all():  # stored anyway (training reports a NaN loss), but say so now
-            warnings.warn(f"Tokens of {video_id!r} contain NaN or inf (as float16, which overflows past 65504): "
-                          "check the encoder's output for this video", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"Tokens of {video_id!r} contain NaN or inf (as float16, which overflows past "
+                          "65504): check the encoder's output for this video", RuntimeWarning, stacklevel=2)
         if self._file is None:
             self._open_shard()
         self._dirty = True
