@@ -92,21 +92,32 @@ class MultiScaleBlock(nn.Module):
         self.dropout_p = dropout
         self.linear = nn.Linear(d_model, self.d_out)
 
-    def channel_dropout(self, z: torch.Tensor) -> torch.Tensor:
-        """Drops whole channels per sample (the paper's Dropout2d intent): mask (B, 1, H) over (B, L, H)."""
+    def residual(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x + channel_dropout(z): whole channels dropped per sample (the paper's Dropout2d intent), mask (B, 1, H),
+        fused into one addcmul so the (B, L, H) product is never stored separately."""
         if not self.training or self.dropout_p == 0.0:
-            return z
+            return x + z  # (B, L, H)
         keep = 1.0 - self.dropout_p
         mask = torch.empty(z.shape[0], 1, z.shape[2], device=z.device, dtype=z.dtype).bernoulli_(keep)  # (B, 1, H)
-        return z * mask.div_(keep)  # (B, L, H)
+        return torch.addcmul(x, z, mask.div_(keep))  # (B, L, H)
+
+    def pool_project(self, x: torch.Tensor) -> torch.Tensor:
+        """AvgPool1d(2) over L, then Linear: (B, L, H) -> (B, L/2, H_out). The pair sum feeds the GEMM and the 1/2 of
+        the average rides on its alpha, so the pooled (B, L/2, H) average is never materialised."""
+        B, L, H = x.shape
+        half = L // 2
+        pairs = x[:, : 2 * half].reshape(B * half, 2, H)  # (B·L/2, 2, H)
+        summed = pairs[:, 0] + pairs[:, 1]  # (B·L/2, H)
+        out = torch.addmm(self.linear.bias, summed, self.linear.weight.t(), alpha=0.5)  # (B·L/2, H_out)
+        return out.view(B, half, self.d_out)  # (B, L/2, H_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L/2, H/2) (multi-scale) or (B, L, H) (single-scale)."""
         z = self.mixer(self.norm(x))  # (B, L, H)
-        x = x + self.channel_dropout(z)  # (B, L, H)
+        x = self.residual(x, z)  # (B, L, H)
         if self.multiscale:
-            x = avg_pool2(x)  # (B, L/2, H)
-        return F.gelu(self.linear(x))  # (B, L', H_out)
+            return F.gelu(self.pool_project(x))  # (B, L/2, H/2)
+        return F.gelu(self.linear(x))  # (B, L, H)
 
 
 class MultiScaleStack(nn.Module):

@@ -25,6 +25,14 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the message names the step and what to try."""
 
 
+def make_adamw(groups: list[dict], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one pass per step over all parameters) where PyTorch supports it."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
 class HeadModule(pl.LightningModule):
     """`head` maps (B, T, P, D) -> (B, n_outputs); `config` (plain types only) is saved with every checkpoint so
     that `python -m heads eval` can rebuild the head and find its cache."""
@@ -150,7 +158,7 @@ class HeadModule(pl.LightningModule):
 
         hp = self.hparams
         groups = param_groups(self.head, lr=hp.lr, weight_decay=hp.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = make_adamw(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         # Stepped by this module at the end of validation (see _step_plateau), not by Lightning: Lightning steps
         # epoch schedulers after the epoch's checkpoints are written, so a resumed run would miss one step.
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
