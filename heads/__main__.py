@@ -38,7 +38,7 @@ def train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--plateau-factor", type=float, default=0.5, help="LR factor on a val-metric plateau")
     p.add_argument("--plateau-patience", type=int, default=5, help="epochs without improvement before reducing")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--devices", type=_int_or_str, default=None, help="[auto]; >1 (or --nodes >1) uses DDP")
+    p.add_argument("--devices", type=_int_or_str, default=1, help="[1]; >1 (or --nodes >1) uses DDP; 'auto' = all")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--accelerator", default=None, help="cpu | gpu | auto [auto]")
     p.add_argument("--precision", default=None, help="Lightning precision, e.g. 16-mixed / bf16-mixed [32]")

@@ -144,11 +144,45 @@ def test_fast_dev_run_every_head(tiny, name):
     assert trainer.global_step == 1 and 0.0 <= model.eval_outputs["test"]["metric"] <= 1.0
 
 
+class Regression:
+    """A duck-typed regression dataset (like LVU's like/view tasks) over the tiny cache's ids."""
+
+    name, splits, task_type, num_classes, clip = "reg", ("train", "test"), "regression", None, ("window", 4)
+
+    def __init__(self, ids):
+        from data import Record
+
+        self._records = {"train": [Record(v, float(i % 5) / 2) for i, v in enumerate(ids[:12])],
+                         "test": [Record(v, 1.0) for v in ids[12:18]]}
+
+    def records(self, split):
+        return self._records[split]
+
+
+def test_regression_windows_fast_dev_run(tiny):
+    root, cache = tiny
+    tag = next((cache / "synthetic").iterdir())
+    from data.store import FeatureStore
+
+    store = FeatureStore(tag)
+    dm = FeatureDataModule(store, Regression(store.ids()), batch_size=4, workers=0)
+    assert len(dm.video_ids("val")) == 1 and len(dm.video_ids("train")) == 11  # held out: no val split
+    model = HeadModule(build_head("s4-multiscale", 8, 1, dm.seq_len, **{"d_model": 16, "n_layers": 2}), {},
+                       task_type="regression", n_outputs=1)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    out = model.eval_outputs["test"]
+    assert model.monitor == "val/mse" and out["scores"] is None and len(out["preds"]) == 6
+    assert out["metric"] == pytest.approx(np.mean((np.array(out["preds"]) - 1.0) ** 2), rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- the command line
 def test_train_writes_run_directory_and_eval_matches(tiny, tmp_path, capsys):
     root, cache = tiny
     runs = tmp_path / "runs"
-    assert main(cli(root, cache, runs, "--epochs", "3", "--lr", "1e-2")) == 0
+    assert main(cli(root, cache, runs, "--epochs", "3", "--lr", "1e-2", "--workers", "2")) == 0
     run = runs / "synthetic" / "s4-multiscale" / "version_0"
     for name in ("results.json", "config.json", "metrics.csv", "predictions.csv", "checkpoints/best.ckpt",
                  "checkpoints/last.ckpt"):
@@ -220,6 +254,8 @@ def test_bad_configuration_is_one_line(tiny, tmp_path, capsys, monkeypatch):
     empty.mkdir()
     err = one_line_error(capsys, cli(root, empty, runs))
     assert "no cached features for synthetic" in err and "make extract DATASET=synthetic" in err
+    no_dataset = [a for a in cli(root, empty, runs) if a not in ("--dataset", "synthetic")]
+    assert "no cached features for synthetic" in one_line_error(capsys, no_dataset)  # empty cache: synthetic
     assert "does not exist" in one_line_error(capsys, ["eval", "--ckpt", str(tmp_path / "nope.ckpt")])
 
 
