@@ -10,6 +10,8 @@ written so that a run resumed from last.ckpt continues with exactly the schedule
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,11 @@ from data.cli import UserError
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the message names the step and what to try."""
+
+
+def _describe(loss: torch.Tensor) -> str:
+    value = loss.item()
+    return str(value) if not math.isfinite(value) else "non-finite on another DDP rank"
 
 
 def make_adamw(groups: list[dict], lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -74,9 +81,13 @@ class HeadModule(pl.LightningModule):
         tokens, labels, _ = batch
         out = self(tokens)  # (B, n_outputs)
         loss = self.loss(out, labels)
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank stops at the same step (a rank that raised alone would leave the others waiting)
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite:
             raise TrainingDiverged(
-                f"training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"training loss became {_describe(loss)} at step {self.global_step} (epoch {self.current_epoch}, "
                 f"batch {batch_idx}); lower the learning rate (--lr / LR=), check the cached features for NaN, "
                 f"and resume from the run's checkpoints/last.ckpt (RESUME=)")
         preds = out.detach().squeeze(-1) if self.regression else out.detach().argmax(-1)
