@@ -15,7 +15,8 @@ Design (defaults in `SyntheticConfig`):
   equally often, so not even a single position's marginal is biased. Any 2..2*steps classes are allowed.
 - Timing: length ~ U[seconds]; step shares ~ Dirichlet(8, ..., 8) (exchangeable: same expected duration);
   distractor bursts (grey noise, 1-4 frames) replace ~8 % of the frames at uniform positions; pixel noise on top.
-- Files: `<root>/videos/<id>.mp4` (H.264 via PyAV's bundled FFmpeg, else MPEG-4 Part 2), `<root>/labels.csv`
+- Files: `<root>/videos/<id>.mp4` (H.264 via PyAV's bundled FFmpeg, constant quantiser and one thread so that the
+  bytes are reproducible; MPEG-4 Part 2 where H.264 is missing), `<root>/labels.csv`
   (`video_id,split,label`, written last, so its presence means the set is complete) and `<root>/meta.json`
   (config, seed, class orders, step names). Deterministic from the seed: the same seed gives identical labels.csv
   bytes and identical decoded frames; each video has its own RNG stream, so generation parallelises.
@@ -29,9 +30,11 @@ import colorsys
 import csv
 import io
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +196,21 @@ def pick_codec() -> str:
     return "mpeg4"
 
 
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, 3H/2, W) uint8 planar YUV 4:2:0 (BT.601, limited range), in numpy.
+
+    Done in numpy so that the encoder's input does not depend on which SIMD path FFmpeg's swscale takes.
+    """
+    rgb = frames.astype(np.float32)  # (T, H, W, 3)
+    t, h, w, _ = rgb.shape
+    y = 16.0 + rgb @ np.array([65.481, 128.553, 24.966], np.float32) / 255.0  # (T, H, W)
+    cb = 128.0 + rgb @ np.array([-37.797, -74.203, 112.0], np.float32) / 255.0  # (T, H, W)
+    cr = 128.0 + rgb @ np.array([112.0, -93.786, -18.214], np.float32) / 255.0  # (T, H, W)
+    half = lambda plane: plane.reshape(t, h // 2, 2, w // 2, 2).mean((2, 4)).reshape(t, h // 4, w)  # noqa: E731
+    planes = np.concatenate([y, half(cb), half(cr)], axis=1)  # (T, 3H/2, W)
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:
     """Encode (T, H, W, 3) uint8 frames into an .mp4; single-threaded so the bytes do not depend on scheduling."""
     import av
@@ -204,12 +222,17 @@ def write_video(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         if codec == "mpeg4":
-            stream.codec_context.qscale = 3
-            stream.options = {"qscale": "3"}
+            stream.options = {"qscale": "3", "threads": "1"}
         else:
-            stream.options = {"crf": "18", "preset": "veryfast", "bframes": "0", "g": str(2 * fps)}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # Reproducible x264: one thread, constant quantiser, no macroblock-tree/lookahead rate control. With
+            # crf + mbtree, libx264 gave different bitstreams (and decoded frames) for the same input in ~1 of 3 runs,
+            # even single-threaded (measured; asm=0 or disabling mbtree/lookahead removed it).
+            stream.options = {"qp": "20", "preset": "veryfast", "bframes": "0", "g": str(2 * fps), "threads": "1",
+                              "x264-params": "mbtree=0:rc-lookahead=0:sync-lookahead=0"}
+        for index, pixels in enumerate(rgb_to_yuv420p(frames)):
+            frame = av.VideoFrame.from_ndarray(pixels, format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, fps)  # explicit: no guessed timestamps
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -264,7 +287,8 @@ def generate(root: str | os.PathLike, seed: int = 0, workers: int | None = None,
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     done = 0
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: the caller may hold torch/OpenMP threads, which a forked child can deadlock on
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for _ in pool.map(_make_one, jobs, chunksize=4):
                 done += 1
                 _progress(progress, done, len(jobs))

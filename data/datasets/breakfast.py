@@ -38,7 +38,10 @@ class Breakfast(VideoDataset):
     source = "https://serre-lab.clps.brown.edu/resource/breakfast-actions-dataset/ (BreakfastII_15fps_qvga_sync)"
 
     num_classes = len(ACTIVITIES)
-    class_names = list(ACTIVITIES)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(ACTIVITIES)
 
     def _check_root(self) -> None:
         super()._check_root()
