@@ -26,19 +26,21 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "BACKENDS",
+    "CAUCHY",
     "cauchy_keops",
     "cauchy_keops_at",
     "cauchy_naive",
     "cauchy_naive_at",
     "cauchy_torch",
+    "kernel_from_spectrum",
     "keops_available",
     "resolve_backend",
     "rfft_nodes",
     "ssm_kernel",
+    "torch_kernel",
 ]
 
 
@@ -67,47 +69,175 @@ def cauchy_naive(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------- torch
-def _powers(lam_log: torch.Tensor, n: int, step: int) -> torch.Tensor:
-    """exp(k * step * log(lam)) for k < n.  lam_log (H, M) complex128 -> (H, M, n) complex128."""
-    k = torch.arange(n, dtype=torch.float64, device=lam_log.device) * step  # (n,)
-    return torch.exp(lam_log[..., None] * k)  # (H, M, n)
+def _blocks(L: int) -> tuple[int, int]:
+    """Block size b ~ sqrt(L) and block count J with J * b >= L (k = b*j + r)."""
+    b = math.isqrt(max(L - 1, 0)) + 1
+    return b, -(-L // b)
 
 
-def _cauchy_torch_dense(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
-    """Structured-node Cauchy sums for one channel chunk.  v (Q, h, M), a (h, M) -> (Q, h, K).
+def _geometric(v: torch.Tensor, a: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """coef (Q, H, M) and log(lam) (H, M) in complex128: x_k = 2 Re sum_m coef_m lam_m^k.
 
     With lam = (2+a)/(2-a) (the bilinear pole) and w^L = 1,
         1 / (2(1-w) - (1+w) a) = 1/((2-a)(1 - lam w)) = sum_{k<L} lam^k w^k / ((2-a)(1-lam^L)),
-    so D(w_l) = rfft(x)[l] with the REAL sequence x_k = 2 Re sum_m coef_m lam_m^k, coef = v / ((2-a)(1-lam^L)).
-    Writing k = b*j + r (b ~ sqrt L), x[(q, j), r] = 2 Re sum_m (coef lam^{bj})[q, j, m] * (lam^r)[m, r]: a batched
-    GEMM of tiny factors, done in real arithmetic ([Re, -Im] @ [Re; Im]) so only Re is ever formed.
-    Powers are taken in float64 (exp of k*log lam: angles reach L*pi) and cast to the working precision.
+    so D(w_l) = rfft(x)[l] for the REAL sequence x_k = 2 Re sum_m coef_m lam_m^k, coef = v / ((2-a)(1-lam^L)).
     """
-    Q, h, M = v.shape
-    real = v.real.dtype  # float32 for complex64 input
-    b = max(1, math.isqrt(L - 1) + 1) if L > 1 else 1  # block size ~ sqrt(L)
-    J = -(-L // b)  # blocks, J * b >= L
-    a64 = a.to(torch.complex128)  # (h, M)
-    lam_log = torch.log((2 + a64) / (2 - a64))  # (h, M)
-    lam_L = torch.exp(lam_log * L)  # (h, M)
-    coef = v.to(torch.complex128) / ((2 - a64) * (1 - lam_L))  # (Q, h, M)
-    outer = coef[:, :, :, None] * _powers(lam_log, J, b)[None]  # (Q, h, M, J)
-    inner = _powers(lam_log, b, 1)  # (h, M, b)
-    left = outer.permute(1, 0, 3, 2).reshape(h, Q * J, M)  # (h, Q*J, M)
-    left = torch.cat([left.real, -left.imag], dim=-1).to(real)  # (h, Q*J, 2M)
-    right = torch.cat([inner.real, inner.imag], dim=-2).to(real)  # (h, 2M, b)
-    x = 2 * torch.bmm(left, right)  # (h, Q*J, b)
-    x = x.reshape(h, Q, J * b)[..., :L]  # (h, Q, L)
-    D = torch.fft.rfft(x, n=L)  # (h, Q, K)
-    return D.permute(1, 0, 2)  # (Q, h, K)
+    a64 = a.to(torch.complex128)  # (H, M)
+    lam_log = torch.log((2 + a64) / (2 - a64))  # (H, M)
+    coef = v.to(torch.complex128) / ((2 - a64) * (1 - torch.exp(lam_log * L)))  # (Q, H, M)
+    return coef, lam_log
+
+
+def _power_table(lam_log: torch.Tensor, t: torch.Tensor, cplx: torch.dtype) -> torch.Tensor:
+    """lam^t = exp(t log lam) for t (n,) float64: lam_log (..., 1) broadcast -> (..., n) in `cplx`.
+
+    Angles t*Im(log lam) reach L*pi, beyond float32, so the exponent is formed and the angle reduced mod 2 pi in
+    float64; the transcendental functions then run in the working precision (complex64: ~1e-7 relative).
+    """
+    if cplx == torch.complex128:
+        return torch.exp(lam_log * t)
+    mag = torch.exp((lam_log.real * t).to(torch.float32))
+    phase = torch.remainder(lam_log.imag * t, 2 * math.pi).to(torch.float32)
+    return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+
+
+def _factors(coef: torch.Tensor, lam_log: torch.Tensor, L: int, real: torch.dtype):
+    """GEMM factors of x for a chunk: left (h, Q*J, 2M), right (h, 2M, b) with x = 2 * left @ right, and the
+    power tables p_out = lam^{bj} (h, J, M), p_in = lam^r (h, M, b).
+
+    x[(q, j), r] = 2 Re sum_m (coef lam^{bj})[q, j, m] (lam^r)[m, r] (k = b*j + r), in real arithmetic
+    ([Re, -Im] @ [Re; Im]) so only the real part is ever formed.
+    """
+    Q, h, M = coef.shape
+    b, J = _blocks(L)
+    cplx = torch.complex64 if real == torch.float32 else torch.complex128
+    t_out = torch.arange(J, dtype=torch.float64, device=coef.device)[:, None] * b  # (J, 1)
+    t_in = torch.arange(b, dtype=torch.float64, device=coef.device)  # (b,)
+    p_out = _power_table(lam_log[:, None, :], t_out, cplx)  # (h, J, M)
+    p_in = _power_table(lam_log[:, :, None], t_in, cplx)  # (h, M, b)
+    # conj(coef lam^{bj}) as interleaved (re, -im) pairs: a fresh product, so view_as_real costs no copy
+    outer = coef.to(cplx).conj().transpose(0, 1)[:, :, None, :] * p_out.conj()[:, None]  # (h, Q, J, M)
+    left = torch.view_as_real(outer).reshape(h, Q * J, 2 * M)  # (h, Q*J, 2M) = [Re, -Im] per mode
+    right = torch.stack([p_in.real, p_in.imag], dim=2).reshape(h, 2 * M, b)  # (h, 2M, b) = [Re; Im] per mode
+    return left, right, p_out, p_in
+
+
+def _sequence(left: torch.Tensor, right: torch.Tensor, Q: int, L: int) -> torch.Tensor:
+    """x (h, Q, L) from the GEMM factors."""
+    h = left.shape[0]
+    return (2 * torch.bmm(left, right)).reshape(h, Q, -1)[..., :L]  # (h, Q, L)
+
+
+def _factor_grads(coef, g_left, g_right, p_out, p_in, L: int):
+    """Adjoint of `_factors`: (grad coef (Q, h, M), grad log lam (h, M)) from grad left / right (torch's
+    conjugate-Wirtinger convention: grad z = dl/dRe z + i dl/dIm z; for z = a b, grad a = conj(b) grad z)."""
+    Q, h, M = coef.shape
+    b, J = _blocks(L)
+    g_outer = torch.view_as_complex(g_left.reshape(h, Q, J, M, 2)).conj()  # (h, Q, J, M): g_re - i g_imneg
+    g_right = g_right.reshape(h, M, 2, b)  # (h, M, 2, b)
+    g_in = torch.complex(g_right[:, :, 0], g_right[:, :, 1])  # (h, M, b)
+    t_out = torch.arange(J, dtype=g_left.dtype, device=g_left.device)[:, None] * b  # (J, 1)
+    t_in = torch.arange(b, dtype=g_left.dtype, device=g_left.device)  # (b,)
+    pc = p_out.conj()  # (h, J, M)
+    grad_coef = torch.einsum("hjm,hqjm->qhm", pc, g_outer)  # (Q, h, M)
+    weighted = torch.einsum("hjm,hqjm->qhm", pc * t_out, g_outer)  # (Q, h, M) sum_j t_j conj(p) g
+    grad_lam = (coef.to(weighted.dtype).conj() * weighted).sum(0) + (t_in * p_in.conj() * g_in).sum(-1)  # (h, M)
+    return grad_coef, grad_lam
 
 
 def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
-    """Same values as `cauchy_naive` at the rfft nodes of length L, via one real GEMM + rfft per chunk.
+    """Same values as `cauchy_naive` at the rfft nodes of length L: one small real GEMM + one rfft.
 
-    Returns the full (Q, H, K) spectrum (not memory-bounded by itself: `ssm_kernel` chunks channels around it).
+    Returns the full (Q, H, K) spectrum with plain autograd (for comparisons; `ssm_kernel` uses the fused,
+    memory-bounded `_StructuredKernel` instead).
     """
-    return _cauchy_torch_dense(v, a, L)
+    coef, lam_log = _geometric(v, a, L)
+    left, right, _, _ = _factors(coef, lam_log, L, v.real.dtype)
+    x = _sequence(left, right, v.shape[0], L)  # (H, Q, L)
+    return torch.fft.rfft(x, n=L).transpose(0, 1)  # (Q, H, K)
+
+
+class _StructuredKernel(torch.autograd.Function):
+    """k = Woodbury-corrected S4 kernel from the geometric form, chunked over channels, hand-written backward.
+
+    Forward per chunk: x = 2 left @ right (h, 4, L); D_q = rfft(x_q) for q = 1..3 only, because irfft(D_0) = x_0:
+        k = 2 dt (x_0 - irfft(T)),  T = s D1 D2 R,  R = 1 / (1 + s D3),  s = dt (1 + w).
+    Saved for backward: the tiny coef/log(lam)/dt, a1 = R D1 and a2 = R D2 (two (H, K) complex spectra), and k.
+    Backward per chunk, with Y = rfft(-2 dt g):  grad x_0 = 2 dt g,  grad x_1 = irfft(conj(s a2) Y),
+    grad x_2 = irfft(conj(s a1) Y),  grad x_3 = -irfft(conj(s^2 a1 a2) Y)  (the rfft/irfft adjoint weights cancel),
+    grad dt = sum g k / dt + sum_l Re(conj((1+w) a1 a2) c_l Y_l / L) (c_l = 1 at the DC/Nyquist bins, else 2);
+    then the two GEMM adjoints and the closed-form adjoint of the factor construction (recomputed per chunk).
+    FFTs per chunk: 3 rfft + 1 irfft forward, 1 rfft + 3 irfft backward; nothing of size H*N*L is formed.
+    """
+
+    @staticmethod
+    def forward(ctx, coef, lam_log, dt, L: int, chunk: int, real: torch.dtype):
+        Q, H, _ = coef.shape
+        cplx = torch.complex64 if real == torch.float32 else torch.complex128
+        nodes = rfft_nodes(L, cplx, coef.device)  # (K,)
+        k = torch.empty(H, L, dtype=real, device=coef.device)  # (H, L)
+        a1 = torch.empty(H, L // 2 + 1, dtype=cplx, device=coef.device)  # (H, K)
+        a2 = torch.empty_like(a1)  # (H, K)
+        dtr = dt.detach().to(real)  # (H,)
+        for lo in range(0, H, chunk):
+            hi = min(H, lo + chunk)
+            left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
+            x = _sequence(left, right, Q, L)  # (h, 4, L)
+            D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
+            s = dtr[lo:hi, None] * (1 + nodes)  # (h, K)
+            R = 1 / (1 + s * D[:, 2])  # (h, K)
+            a1[lo:hi] = R * D[:, 0]
+            a2[lo:hi] = R * D[:, 1]
+            T = s * a1[lo:hi] * D[:, 1]  # (h, K)
+            k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
+        ctx.save_for_backward(coef, lam_log, dt, a1, a2, k)
+        ctx.L, ctx.chunk, ctx.real = L, chunk, real
+        return k
+
+    @staticmethod
+    def backward(ctx, g):
+        coef, lam_log, dt, a1, a2, k = ctx.saved_tensors
+        L, chunk, real = ctx.L, ctx.chunk, ctx.real
+        Q, H, _ = coef.shape
+        b, J = _blocks(L)
+        nodes = rfft_nodes(L, a1.dtype, g.device)  # (K,)
+        weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=real, device=g.device)  # (K,) c_l / L
+        weight[0] = 1.0 / L
+        if L % 2 == 0:
+            weight[-1] = 1.0 / L
+        dtr = dt.to(real)  # (H,)
+        g = g.to(real)  # (H, L)
+        grad_coef = torch.empty_like(coef)  # (Q, H, M)
+        grad_lam = torch.empty_like(lam_log)  # (H, M)
+        grad_dt = torch.empty_like(dtr)  # (H,)
+        gx = torch.zeros(min(chunk, H), Q, J * b, dtype=real, device=g.device)  # (h, 4, J*b), tail stays 0
+        for lo in range(0, H, chunk):
+            hi = min(H, lo + chunk)
+            h = hi - lo
+            dt_c = dtr[lo:hi, None]  # (h, 1)
+            s = dt_c * (1 + nodes)  # (h, K)
+            p1, p2 = a1[lo:hi], a2[lo:hi]  # (h, K)
+            grad_dt[lo:hi] = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # from the 2 dt factor
+            Y = torch.fft.rfft(-2 * dt_c * g[lo:hi], n=L)  # (h, K)
+            p12 = p1 * p2  # (h, K)
+            grad_dt[lo:hi] += ((1 + nodes) * p12).conj().mul_(Y).real.mul_(weight).sum(-1)
+            spectra = torch.stack([(s * p2).conj() * Y, (s * p1).conj() * Y, -(s * s * p12).conj() * Y], 1)
+            gx[:h, 0, :L] = 2 * dt_c * g[lo:hi]
+            gx[:h, 1:, :L] = torch.fft.irfft(spectra, n=L)  # (h, 3, L)
+            gxm = gx[:h].reshape(h, Q * J, b)  # (h, 4J, b)
+            left, right, p_out, p_in = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
+            g_left = 2 * torch.bmm(gxm, right.transpose(1, 2))  # (h, 4J, 2M)
+            g_right = 2 * torch.bmm(left.transpose(1, 2), gxm)  # (h, 2M, b)
+            gc, gl = _factor_grads(coef[:, lo:hi], g_left, g_right, p_out, p_in, L)
+            grad_coef[:, lo:hi] = gc
+            grad_lam[lo:hi] = gl
+        return grad_coef, grad_lam, grad_dt.to(dt.dtype), None, None, None
+
+
+def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int = 64) -> torch.Tensor:
+    """The `torch` backend end to end: k (H, L) with peak extra memory ~ one chunk + two (H, K) spectra."""
+    coef, lam_log = _geometric(v, a, L)
+    return _StructuredKernel.apply(coef, lam_log, dt, L, min(chunk, v.shape[1]), v.real.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------- keops
@@ -135,27 +265,29 @@ def keops_available() -> bool:
 def _keops_routine(dtype: str):
     """One Genred: per (node i, mode j) one shared complex reciprocal, four complex outputs (8 reals).
 
-    Node variables (Vi): Zt = 2(1-w), E = 1+w, their products Z2 = Zt^2, ZE = Zt*E, E2 = E^2 (complex as 2 reals).
-    Mode variables (Vj): ar = Re a, aa = |a|^2, c1 = 2 Re v (4), c2 = 2 Re(v conj a) (4).
-    v/(Zt - E a) + conj(v)/(Zt - E conj a) = (c1 Zt - c2 E) / den,  den = Z2 - 2 ar ZE + aa E2;
+    Node variable n = Vi(10) packs Zt = 2(1-w), E = 1+w and the products Zt^2, Zt*E, E^2 (complex as 2 reals).
+    Mode variable p = Vj(10) packs Re a, |a|^2, c1 = 2 Re v (4 pairs), c2 = 2 Re(v conj a) (4 pairs). Then
+        v/(Zt - E a) + conj(v)/(Zt - E conj a) = (c1 Zt - c2 E) / den,   den = Zt^2 - 2 Re(a) Zt E + |a|^2 E^2,
     so U = Zt conj(den)/|den|^2 and W = E conj(den)/|den|^2 are shared by the four pairs: out = c1 (x) U - c2 (x) W.
-    Real operations only (the complex-op backward is what PyKeOps 2.x is reported to break).
+    Real operations only (the complex-op backward is what PyKeOps 2.x is reported to break), and one packed
+    differentiable variable, so the backward is a single extra compiled formula.
     """
     if dtype not in _KEOPS_ROUTINES:
         from pykeops.torch import Genred
 
-        den = "(Z2 - IntCst(2) * ar * ZE + aa * E2)"
+        zt, e, z2, ze, e2 = (f"Extract(n, {i}, 2)" for i in range(0, 10, 2))
+        den = f"({z2} - IntCst(2) * Elem(p, 0) * {ze} + Elem(p, 1) * {e2})"
         dr, di = f"Elem({den}, 0)", f"Elem({den}, 1)"
         inv = f"Inv({dr} * {dr} + {di} * {di})"
 
-        def cmul_conj_den(x):  # x * conj(den) / |den|^2 as 2 reals
+        def times_conj_den(x):  # x * conj(den) / |den|^2 as 2 reals
             xr, xi = f"Elem({x}, 0)", f"Elem({x}, 1)"
             return f"(Concat({xr} * {dr} + {xi} * {di}, {xi} * {dr} - {xr} * {di}) * {inv})"
 
-        formula = f"TensorProd(c1, {cmul_conj_den('Zt')}) - TensorProd(c2, {cmul_conj_den('E')})"
-        variables = ["Zt = Vi(2)", "E = Vi(2)", "Z2 = Vi(2)", "ZE = Vi(2)", "E2 = Vi(2)",
-                     "ar = Vj(1)", "aa = Vj(1)", "c1 = Vj(4)", "c2 = Vj(4)"]
-        _KEOPS_ROUTINES[dtype] = Genred(formula, variables, reduction_op="Sum", axis=1, dtype=dtype)
+        formula = (f"TensorProd(Extract(p, 2, 4), {times_conj_den(zt)})"
+                   f" - TensorProd(Extract(p, 6, 4), {times_conj_den(e)})")
+        _KEOPS_ROUTINES[dtype] = Genred(formula, ["n = Vi(10)", "p = Vj(10)"], reduction_op="Sum", axis=1,
+                                        dtype=dtype)
     return _KEOPS_ROUTINES[dtype]
 
 
@@ -165,18 +297,13 @@ def cauchy_keops_at(v: torch.Tensor, a: torch.Tensor, nodes: torch.Tensor) -> to
     assert Q == 4, "the KeOps formula is written for the four (B|P) x (C~|Q) pairs"
     real = v.real.dtype
     routine = _keops_routine("float64" if real == torch.float64 else "float32")
+    nodes = nodes.to(v.dtype)
     zt, e = 2 * (1 - nodes), 1 + nodes  # (K,)
-
-    def node_var(x):  # complex (K,) -> (H, K, 2) real, broadcast over channels
-        return torch.view_as_real(x.to(v.dtype)).expand(H, -1, -1).contiguous()  # (H, K, 2)
-
-    c1 = (2 * v.real).permute(1, 2, 0).contiguous()  # (H, M, 4)
-    c2 = (2 * (v * a.conj()).real).permute(1, 2, 0).contiguous()  # (H, M, 4)
-    ar = a.real[..., None].contiguous()  # (H, M, 1)
-    aa = (a.real**2 + a.imag**2)[..., None].contiguous()  # (H, M, 1)
-    backend = "GPU" if v.is_cuda else "CPU"
-    out = routine(node_var(zt), node_var(e), node_var(zt * zt), node_var(zt * e), node_var(e * e),
-                  ar, aa, c1, c2, backend=backend)  # (H, K, 8)
+    n = torch.view_as_real(torch.stack([zt, e, zt * zt, zt * e, e * e], dim=-1))  # (K, 5, 2)
+    n = n.reshape(1, -1, 10).expand(H, -1, -1).contiguous()  # (H, K, 10)
+    p = torch.cat([a.real[..., None], (a.real**2 + a.imag**2)[..., None],
+                   (2 * v.real).permute(1, 2, 0), (2 * (v * a.conj()).real).permute(1, 2, 0)], dim=-1)  # (H, M, 10)
+    out = routine(n, p.contiguous(), backend="GPU" if v.is_cuda else "CPU")  # (H, K, 8)
     out = torch.view_as_complex(out.reshape(H, -1, 4, 2).contiguous())  # (H, K, 4)
     return out.permute(2, 0, 1)  # (4, H, K)
 
@@ -187,53 +314,47 @@ def cauchy_keops(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ kernel assembly
-# name -> (Cauchy function, channels per checkpointed chunk or None for one unchunked call)
-BACKENDS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], int | None]] = {
-    "naive": (cauchy_naive, None),
-    "torch": (cauchy_torch, 64),
-    "keops": (cauchy_keops, None),
-}
-
-
-def _kernel_from_spectrum(D: torch.Tensor, dt: torch.Tensor, L: int) -> torch.Tensor:
-    """Woodbury rank-1 correction, bilinear factor, inverse rfft.  D (4, h, K), dt (h,) -> k (h, L).
+def kernel_from_spectrum(D: torch.Tensor, dt: torch.Tensor, L: int) -> torch.Tensor:
+    """Woodbury rank-1 correction, bilinear factor, inverse rfft.  D (4, H, K), dt (H,) -> k (H, L).
 
     With r = dt (1+w) D (the paper's dt-scaled Cauchy sums), k_f = 2/(1+w) [r00 - r01 r10 / (1 + r11)]
     = 2 dt [D00 - s D01 D10 / (1 + s D11)],  s = dt (1+w): no division by (1+w), exact at w = -1.
     Pair order in D: (C~,B), (C~,P), (Q,B), (Q,P).
     """
     nodes = rfft_nodes(L, D.dtype, D.device)  # (K,)
-    s = dt[:, None].to(D.dtype) * (1 + nodes)  # (h, K)
-    k_f = D[0] - s * D[1] * D[2] / (1 + s * D[3])  # (h, K)
-    k_f = 2 * dt[:, None] * k_f  # (h, K)
-    return torch.fft.irfft(k_f, n=L)  # (h, L)
+    s = dt[:, None].to(D.dtype) * (1 + nodes)  # (H, K)
+    k_f = D[0] - s * D[1] * D[2] / (1 + s * D[3])  # (H, K)
+    k_f = 2 * dt[:, None] * k_f  # (H, K)
+    return torch.fft.irfft(k_f, n=L)  # (H, L)
 
 
-def _chunk_kernel(fn, L: int, v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-    return _kernel_from_spectrum(fn(v, a, L), dt, L)  # (h, L)
+# Cauchy sums at the rfft nodes: name -> fn(v (4, H, M), a (H, M), L) -> D (4, H, K)
+CAUCHY: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "naive": cauchy_naive,
+    "torch": cauchy_torch,
+    "keops": cauchy_keops,
+}
+
+
+def _spectrum_kernel(cauchy):
+    return lambda v, a, dt, L: kernel_from_spectrum(cauchy(v, a, L), dt, L)
+
+
+# Whole kernels: name -> fn(v, a, dt, L) -> k (H, L). `torch` is the fused bounded-memory path.
+BACKENDS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "naive": _spectrum_kernel(cauchy_naive),
+    "torch": torch_kernel,
+    "keops": _spectrum_kernel(cauchy_keops),
+}
 
 
 def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backend: str = "auto") -> torch.Tensor:
-    """The S4 convolution kernel from the NPLR parameters.
+    """The S4 convolution kernel from the NPLR parameters, with the named (or measured-best) backend.
 
     v (4, H, M) complex = B * conj(C) per pair [(C~,B), (C~,P), (Q,B), (Q,P)]; a (H, M) = dt * A_diag; dt (H,).
-    Returns k (H, L) real. Backends that ask for it run per chunk of channels under `torch.utils.checkpoint`, so
-    autograd keeps only the tiny inputs of each chunk and the (H, L) output: the peak extra memory is one chunk.
+    Returns k (H, L) real.
     """
-    name = resolve_backend(backend, v.device)
-    fn, chunk = BACKENDS[name]
-    H = v.shape[1]
-    if chunk is None or H <= chunk:
-        return _chunk_kernel(fn, L, v, a, dt)  # (H, L)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (v, a, dt))
-    parts = []
-    for lo in range(0, H, chunk):
-        args = (v[:, lo:lo + chunk], a[lo:lo + chunk], dt[lo:lo + chunk])
-        if grad:
-            parts.append(checkpoint(_chunk_kernel, fn, L, *args, use_reentrant=False))  # (h, L)
-        else:
-            parts.append(_chunk_kernel(fn, L, *args))  # (h, L)
-    return torch.cat(parts, dim=0)  # (H, L)
+    return BACKENDS[resolve_backend(backend, v.device)](v, a, dt, L)
 
 
 # Measured on this project's 2-core CPU (bench/s4_kernel.py, H=1024, N=64, L=11,820, forward+backward):
