@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from heads.optim import param_groups
-from heads.s4 import S4, hippo_legs_nplr
+from heads.s4 import S4, fft_length, hippo_legs_nplr
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +94,21 @@ def test_layer_is_causal_and_shaped():
     y2 = layer(u2)
     assert torch.allclose(y[..., : t + 1], y2[..., : t + 1], atol=1e-5)
     assert not torch.allclose(y[..., t + 1:], y2[..., t + 1:], atol=1e-3)
+
+
+def test_layer_output_is_the_direct_causal_convolution():
+    """y = Linear(GELU(sum_{j<=t} K_j u_{t-j} + D u_t)): the FFT length choice must not change the convolution."""
+    torch.manual_seed(0)
+    layer = S4(3, d_state=8, l_max=45, backend="naive").double().eval()
+    u = torch.randn(2, 3, 45, dtype=torch.float64)
+    K = layer.kernel(45).detach()  # (H, L)
+    conv = torch.stack([(K[:, : t + 1].flip(-1) * u[..., : t + 1]).sum(-1) for t in range(45)], -1)  # (B, H, L)
+    pre = conv + layer.D.detach()[:, None] * u
+    ref = layer.output_linear(torch.nn.functional.gelu(pre).transpose(1, 2)).transpose(1, 2)
+    with torch.no_grad():
+        assert torch.allclose(layer(u), ref, atol=1e-10)
+    assert fft_length(2 * 11820) == 24000 and fft_length(90) == 90 and fft_length(97) == 100
+    assert all(fft_length(n) >= n for n in range(1, 300))
 
 
 def test_shorter_input_uses_truncated_l_max_kernel():
