@@ -138,9 +138,9 @@ def _factor_grads(coef, g_left, g_right, p_out, p_in, L: int):
     g_in = torch.complex(g_right[:, :, 0], g_right[:, :, 1])  # (h, M, b)
     t_out = torch.arange(J, dtype=g_left.dtype, device=g_left.device)[:, None] * b  # (J, 1)
     t_in = torch.arange(b, dtype=g_left.dtype, device=g_left.device)  # (b,)
-    pc = p_out.conj()  # (h, J, M)
-    grad_coef = torch.einsum("hjm,hqjm->qhm", pc, g_outer)  # (Q, h, M)
-    weighted = torch.einsum("hjm,hqjm->qhm", pc * t_out, g_outer)  # (Q, h, M) sum_j t_j conj(p) g
+    prod = p_out.conj()[:, None] * g_outer  # (h, Q, J, M)
+    grad_coef = prod.sum(2).transpose(0, 1)  # (Q, h, M)
+    weighted = (prod * t_out).sum(2).transpose(0, 1)  # (Q, h, M) sum_j t_j conj(p) g
     grad_lam = (coef.to(weighted.dtype).conj() * weighted).sum(0) + (t_in * p_in.conj() * g_in).sum(-1)  # (h, M)
     return grad_coef, grad_lam
 
