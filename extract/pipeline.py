@@ -30,7 +30,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data.store import ShardWriter, append_failure
+from data.store import ShardWriter, StoreError, append_failure
 from extract.encoder import FrozenEncoder
 from extract.video import SampledVideo, Sampling, VideoError
 
@@ -184,7 +184,11 @@ class VideoAssembler:
         if not np.isfinite(tokens).all():
             self._fail(video_id, record["path"], "the encoder produced inf/NaN values (float16 overflow?)")
             return
-        self.writer.add(video_id, tokens, times, record["duration"], record["path"])
+        try:
+            self.writer.add(video_id, tokens, times, record["duration"], record["path"])
+        except StoreError as exc:  # the writer undoes a refused add; the shard's other videos still seal
+            self._fail(video_id, record["path"], f"store: {exc}")
+            return
         self.stats.extracted += 1
         self.stats.frames += expected
         if self.on_video:
