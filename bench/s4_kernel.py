@@ -4,8 +4,9 @@
 Each measurement runs in its own subprocess (fresh allocator, no cross-talk). Peak extra memory = peak RSS
 (VmHWM, reset through /proc/self/clear_refs) minus the RSS after the inputs and a warm-up are in place, so it counts
 everything the kernel computation allocates: its output, saved tensors, temporaries and the gradients.
-Time = median of `repeats` forward+backward passes (forward also reported). The kernel is k = S4 kernel of a
-freshly initialised layer (HiPPO-LegS, N = 64), upstream gradient random.
+Time = median of `repeats` forward+backward passes (forward also reported), wall clock; `cpu_s` is the process
+CPU time of the same passes (all threads), a contention-robust companion when other jobs share the cores.
+The kernel is that of a freshly initialised layer (HiPPO-LegS, N = 64); the upstream gradient is random.
 Full run: H = 1024, N = 64 at L = 11,820 (the paper's LVU length) and L = 2,048 (where `naive` fits).
 `--quick`: every available backend at tiny sizes in seconds (part of `make test` through `python -m bench --quick`).
 On CUDA the same code times the GPU (peak extra = torch.cuda.max_memory_allocated delta).
@@ -55,18 +56,18 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
     v, a, dt = (t.detach().requires_grad_() for t in layer._nplr())
     g = torch.randn(H, L, device=device)
 
-    def step() -> tuple[float, float]:
+    def step() -> tuple[float, float, float]:
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         sync()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         k = ssm_kernel(v, a, dt, L, backend)  # (H, L)
         sync()
         t1 = time.perf_counter()
         k.backward(g)
         sync()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         v.grad = a.grad = dt.grad = None
-        return t1 - t0, t2 - t0
+        return t1 - t0, t2 - t0, c2 - c0
 
     # warm-up at a small channel count: imports, KeOps compilation, FFT plans
     small = min(H, 8)
@@ -82,6 +83,7 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         except OSError:
             pass
+    load = os.getloadavg()[0]
     times = [step() for _ in range(repeats)]
     if device == "cuda":
         extra = (torch.cuda.max_memory_allocated() - base) / 2**20
@@ -89,8 +91,9 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
         extra = _rss_mb("VmHWM") - base
     return {
         "backend": backend, "H": H, "N": 64, "L": L, "device": device, "threads": torch.get_num_threads(),
-        "s": statistics.median(t for _, t in times), "forward_s": statistics.median(f for f, _ in times),
-        "all_s": [round(t, 4) for _, t in times], "extra_mb": round(extra, 1), "repeats": repeats,
+        "s": statistics.median(t for _, t, _ in times), "forward_s": statistics.median(f for f, _, _ in times),
+        "cpu_s": statistics.median(c for _, _, c in times), "all_s": [round(t, 4) for _, t, _ in times],
+        "extra_mb": round(extra, 1), "repeats": repeats, "load_before": round(load, 2),
         "memory": "peak CUDA allocation delta" if device == "cuda" else "peak RSS delta (VmHWM)",
     }
 
@@ -103,11 +106,14 @@ def _available(backend: str) -> bool:
     return keops_available()
 
 
-def _subprocess(backend: str, H: int, L: int, repeats: int, device: str, timeout: float) -> dict:
+def _subprocess(backend: str, H: int, L: int, repeats: int, device: str, timeout: float,
+                threads: int | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", backend, str(H), str(L), str(repeats), device]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"backend": backend, "H": H, "L": L, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -117,7 +123,8 @@ def _subprocess(backend: str, H: int, L: int, repeats: int, device: str, timeout
     return {"backend": backend, "H": H, "L": L, "error": f"exit {proc.returncode}: {tail[0][:300]}"}
 
 
-def run(quick: bool = False, device: str | None = None, repeats: int | None = None) -> dict:
+def run(quick: bool = False, device: str | None = None, repeats: int | None = None,
+        threads: int | None = None) -> dict:
     """Measure every available backend; returns {"kernel": {backend: {"s", "extra_mb"}}, "cases": [...], ...}."""
     import torch
 
@@ -130,7 +137,7 @@ def run(quick: bool = False, device: str | None = None, repeats: int | None = No
             results.append({"backend": backend, "H": H, "L": L, "skipped": "pykeops cannot compile here"})
             continue
         timeout = 120 if quick else (900 if backend == "keops" and device == "cpu" else 600)
-        results.append(_subprocess(backend, H, L, repeats, device, timeout))
+        results.append(_subprocess(backend, H, L, repeats, device, timeout, threads))
         print(_row(results[-1]), flush=True)
     L_head = max(L for _, _, L in cases)
     summary = {r["backend"]: {"s": r["s"], "extra_mb": r["extra_mb"]} for r in results
@@ -142,8 +149,8 @@ def run(quick: bool = False, device: str | None = None, repeats: int | None = No
 def _row(r: dict) -> str:
     head = f"{r['backend']:>6} H={r['H']:<5} L={r['L']:<6}"
     if "s" in r:
-        return (f"{head} fwd+bwd {r['s']:8.3f} s  (fwd {r['forward_s']:.3f} s)  extra {r['extra_mb']:8.1f} MB"
-                f"  [{r['device']}, {r['threads']} threads]")
+        return (f"{head} fwd+bwd {r['s']:8.3f} s  (fwd {r['forward_s']:.3f} s, cpu {r['cpu_s']:.3f} s)"
+                f"  extra {r['extra_mb']:8.1f} MB  [{r['device']}, {r['threads']} threads, load {r['load_before']}]")
     return f"{head} {r.get('error') or r.get('skipped')}"
 
 
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, every backend, seconds")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in each measurement [torch default]")
     parser.add_argument("--out", default=None, help="JSON path [bench/results/s4_kernel.json; quick: not saved]")
     parser.add_argument("--one", nargs=5, metavar=("BACKEND", "H", "L", "REPEATS", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         backend, H, L, repeats, device = args.one
         print(json.dumps(measure(backend, int(H), int(L), int(repeats), device)))
         return 0
-    result = run(quick=args.quick, device=args.device, repeats=args.repeats)
+    result = run(quick=args.quick, device=args.device, repeats=args.repeats, threads=args.threads)
     out = args.out or (None if args.quick else str(ROOT / "bench" / "results" / "s4_kernel.json"))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
