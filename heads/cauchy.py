@@ -12,12 +12,15 @@ where a = dt * A_diag (already dt-scaled) and v = B * conj(C) per pair. With z =
 (1/(1+w)) * [sum v/(z-a) + conj(v)/(z-conj(a))], i.e. the paper's Cauchy sum divided by (1+w); the factor cancels
 against the bilinear correction 2/(1+w), so `ssm_kernel` never divides by (1+w).
 
-API (the choice, documented): every backend is `fn(v, a, L) -> D` with v (Q, H, M) complex, a (H, M) complex and
-D (Q, H, K) complex at the structured nodes of length L. `naive` and `keops` evaluate the formula at explicit nodes
-(`cauchy_naive_at` / `cauchy_keops_at` take any nodes w); `torch` exploits the structure of the rfft nodes (the sum
-is one DFT of a real sequence, computed as a small batched GEMM + one rfft). `ssm_kernel(v, a, dt, L, backend)` runs
-a backend, the Woodbury rank-1 correction and the inverse rfft, chunking channels under checkpointing where the
-backend asks for bounded memory. `BACKENDS` is the registry; `resolve_backend("auto", device)` picks by measurement.
+API (the choice, documented), two registries with interchangeable members:
+  CAUCHY[name](v, a, L) -> D   v (Q, H, M) complex, a (H, M) complex, D (Q, H, K) at the rfft nodes of length L.
+      `naive` and `keops` evaluate the formula at explicit nodes (`cauchy_naive_at` / `cauchy_keops_at` take any
+      nodes w); `torch` uses the structure of the rfft nodes: the sum is the DFT of a REAL sequence, built by a small
+      batched GEMM and transformed by one rfft. Tests compare these spectra directly.
+  BACKENDS[name](v, a, dt, L) -> k (H, L)   the whole kernel: Cauchy sums, Woodbury rank-1 correction, inverse
+      rfft. `naive`/`keops` compose CAUCHY with `kernel_from_spectrum`; `torch` is the fused, channel-chunked
+      `_StructuredKernel` with a hand-written backward, so its peak memory is bounded (nothing of size H*N*L).
+`ssm_kernel(v, a, dt, L, backend)` dispatches; `resolve_backend("auto", device)` picks the measured winner.
 """
 
 from __future__ import annotations
@@ -361,8 +364,10 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
     return BACKENDS[resolve_backend(backend, v.device)](v, a, dt, L)
 
 
-# Measured on this project's 2-core CPU (bench/s4_kernel.py, H=1024, N=64, L=11,820, forward+backward):
-# see AUTO_CPU below; "auto" on CUDA is keops (the GPU path) when it compiles, else torch.
+# "auto" on CPU = torch, by measurement (bench/s4_kernel.py, this project's shared 2-core CPU, 1 torch thread,
+# load ~8.5 from other jobs, N = 64, L = 11,820, forward+backward, process CPU time): at H = 128 torch 0.26 s vs
+# keops 2.9 s (11x); keops also keeps its (4, H, K) spectra, 213 MB extra at H = 128 vs 64 MB for torch.
+# Full-size figures: bench/results/s4_kernel.json. On CUDA "auto" = keops (the GPU path) when it compiles, else torch.
 AUTO_CPU = "torch"
 
 
