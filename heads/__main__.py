@@ -42,7 +42,8 @@ def train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--accelerator", default=None, help="cpu | gpu | auto [auto]")
     p.add_argument("--precision", default=None, help="Lightning precision, e.g. 16-mixed / bf16-mixed [32]")
-    p.add_argument("--resume", default=None, help="continue from a checkpoint (e.g. .../checkpoints/last.ckpt)")
+    p.add_argument("--resume", default=None,
+                   help="continue from a checkpoint (.../checkpoints/last.ckpt), or 'last' for the newest one")
     p.add_argument("--workers", type=int, default=2, help="data loader workers per process")
     p.add_argument("--d-model", type=int, default=None, help=f"[{DEFAULTS['d_model']}]")
     p.add_argument("--n-layers", type=int, default=None, help=f"[{DEFAULTS['n_layers']}]")

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -122,6 +123,35 @@ def next_version(parent: Path) -> int:
     return max(versions, default=-1) + 1
 
 
+def find_last(runs_dir: Path, head: str | None, dataset: str | None) -> Path:
+    """`--resume last`: the most recently written last.ckpt under runs_dir (of that head / dataset when given)."""
+    found = [p for p in runs_dir.glob("*/*/version_*/checkpoints/last.ckpt")
+             if (head is None or p.parents[2].name == head)
+             and (dataset is None or p.parents[3].name.split("-")[0] == dataset)]
+    if not found:
+        raise UserError(f"--resume last: no checkpoints/last.ckpt under {runs_dir}"
+                        f"{' for ' + head if head else ''}{' on ' + dataset if dataset else ''}; "
+                        f"pass the checkpoint path instead (RESUME=runs/.../checkpoints/last.ckpt)")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+class ResumeHint:
+    """Lightning callback: when training stops on an exception (Ctrl-C, NaN, a crash) say how to resume."""
+
+    def __new__(cls, run_dir: Path):
+        from pytorch_lightning.callbacks import Callback
+
+        class _Hint(Callback):
+            def on_exception(self, trainer, pl_module, exception) -> None:
+                last = run_dir / "checkpoints" / "last.ckpt"
+                if trainer.is_global_zero and last.exists():
+                    print(f"training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; resume "
+                          f"from the last finished epoch with RESUME={last} (make train) or --resume {last}",
+                          file=sys.stderr, flush=True)
+
+        return _Hint()
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True (no pickled code runs); a clear error when the file is not usable."""
     path = Path(path)
@@ -200,6 +230,8 @@ def train(args) -> tuple[dict, bool]:
         raise UserError(f"unknown HEAD {args.head!r}; valid heads: {', '.join(HEADS)}")
     cache_dir = Path(args.cache_dir)
     resume_ckpt = None
+    if args.resume == "last":
+        args.resume = str(find_last(Path(args.runs_dir), args.head if args.head_given else None, args.dataset))
     if args.resume:
         resume_ckpt = load_checkpoint(args.resume)
         prev = resume_ckpt["hyper_parameters"]["config"]
@@ -209,6 +241,7 @@ def train(args) -> tuple[dict, bool]:
         args.head = prev["head"]
         args.dataset = args.dataset or prev["dataset"]
         args.task = args.task or prev.get("task")
+        args.data_root = args.data_root or prev.get("data_root")
         args.tag = args.tag or prev["cache"]["tag"]
     dataset_name = args.dataset or default_dataset(cache_dir)
     ds = get_dataset(dataset_name, root=args.data_root, task=args.task)
@@ -279,7 +312,8 @@ def train(args) -> tuple[dict, bool]:
     kwargs = _trainer_kwargs(args, run_dir)
     trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps if args.max_steps else -1,
                          logger=loggers,
-                         callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch")],
+                         callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch"),
+                                    ResumeHint(run_dir)],
                          default_root_dir=str(run_dir), log_every_n_steps=args.log_every,
                          enable_progress_bar=args.progress, fast_dev_run=args.fast_dev_run,
                          limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,

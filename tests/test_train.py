@@ -213,8 +213,7 @@ def test_resume_equals_uninterrupted_run(tiny, tmp_path):
     run_b = tmp_path / "b" / "synthetic" / "s4-multiscale" / "version_0"
     first = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 1 and first["plateau_scheduler"] and first["optimizer_states"][0]["state"]
-    main(cli(root, cache, tmp_path / "b", "--epochs", "4", "--resume", str(run_b / "checkpoints" / "last.ckpt"),
-             *common))
+    main(cli(root, cache, tmp_path / "b", "--epochs", "4", "--resume", "last", *common))  # = run_b's last.ckpt
     a = torch.load(tmp_path / "a" / "synthetic" / "s4-multiscale" / "version_0" / "checkpoints" / "last.ckpt",
                    weights_only=True)
     b = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
