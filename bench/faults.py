@@ -101,24 +101,35 @@ def clean_reference(root: Path, cache: Path) -> Path:
     return cache / "synthetic" / TAG
 
 
-def kill_trial(root: Path, cache: Path, reference: Path, seed: int, window: float = 1.5) -> dict:
-    """One kill -9 trial; returns what it found (``problems`` is empty when everything held)."""
+def kill_trial(root: Path, cache: Path, reference: Path, seed: int, window: float = 0.3, shard_videos: int = 2) -> dict:
+    """One kill -9 trial; returns what it found (``problems`` is empty when everything held).
+
+    The moment is random in two steps, so kills spread over the whole run rather than piling up after its end: a
+    random stage s (wait until s shards are sealed; s = 0 waits for the first .partial), then a uniform delay in
+    [0, window) seconds.
+    """
     from data import get_dataset
     from data.store import FeatureStore
     from extract.__main__ import main
 
     rng = random.Random(seed)
     directory = cache / "synthetic" / TAG
+    total = len(get_dataset("synthetic", root=root).all_video_ids())
+    stage = rng.randrange(max(1, -(-total // shard_videos)))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "extract", *extract_args(root, cache)], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "extract", *extract_args(root, cache, shard_videos)],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
-    # Wait until it writes (its first shard opens after the first video is encoded), then a random extra delay.
-    while proc.poll() is None and not (directory.is_dir() and any(directory.glob("shard-*"))):
-        if time.monotonic() - started > 120:
-            break
-        time.sleep(0.005)
+
+    def reached() -> bool:
+        if not directory.is_dir():
+            return False
+        sealed = len(list(directory.glob("shard-*.h5")))
+        return sealed >= stage and (sealed > 0 or any(directory.glob("shard-*.partial")))
+
+    while proc.poll() is None and not reached() and time.monotonic() - started < 120:
+        time.sleep(0.002)
     delay = rng.uniform(0.0, window)
     time.sleep(delay)
     killed = proc.poll() is None
@@ -161,7 +172,8 @@ def kill_trial(root: Path, cache: Path, reference: Path, seed: int, window: floa
         if mismatched:
             problems.append(f"tokens differ from the clean run {mismatched}")
     return {
-        "seed": seed, "delay_s": round(delay, 3), "killed": killed, "sealed_before": len(set(counts_before)),
+        "seed": seed, "stage": stage, "delay_s": round(delay, 3), "killed": killed,
+        "sealed_before": len(set(counts_before)),
         "partials_left": partials, "videos": len(ids), "reencoded_frames": sum(seen), "lost": len(lost),
         "duplicated": len(duplicated), "problems": problems,
     }
@@ -180,7 +192,8 @@ def run(trials: int = 10, quick: bool = False, out: Path | None = None, workdir:
             result = kill_trial(root, tmp / f"trial{trial:02d}", reference, seed=trial)
             result["seconds"] = round(time.perf_counter() - start, 2)
             results.append(result)
-            print(f"trial {trial:2d}: killed={result['killed']!s:5} after +{result['delay_s']:.2f} s, "
+            print(f"trial {trial:2d}: killed={result['killed']!s:5} at stage {result['stage']} "
+                  f"+{result['delay_s']:.2f} s, "
                   f"{result['sealed_before']:2d}/{result['videos']} sealed, {result['partials_left']} .partial, "
                   f"rerun encoded {result['reencoded_frames']:3d} frames, lost {result['lost']}, "
                   f"{'OK' if not result['problems'] else 'PROBLEMS: ' + '; '.join(result['problems'])}", flush=True)

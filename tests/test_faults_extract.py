@@ -50,7 +50,7 @@ def args_for(root: Path, cache: Path, *extra: str) -> list[str]:
 def test_kill_9_then_rerun_loses_nothing(dataset, tmp_path):
     reference = clean_reference(dataset, tmp_path / "clean")
     for seed in (1, 2):
-        result = kill_trial(dataset, tmp_path / f"trial{seed}", reference, seed=seed, window=1.0)
+        result = kill_trial(dataset, tmp_path / f"trial{seed}", reference, seed=seed)
         assert result["problems"] == [], result
         assert result["lost"] == 0 and result["duplicated"] == 0
 
