@@ -158,3 +158,30 @@ def test_video_file_kinds_have_readable_reasons(tmp_path):
             with pytest.raises(VideoError) as info:
                 SampledVideo(path, sampling, size=16).read()
             assert info.value.kind == EXPECTED[kind][0], (kind, str(info.value))
+
+
+def test_cache_of_other_weights_is_refused(dataset, tmp_path, capsys):
+    """Same tag (same folder name and sampling) but different weights: never mix them in one cache."""
+    from transformers import ViTConfig, ViTModel
+
+    def save(seed: int) -> Path:
+        import torch
+
+        torch.manual_seed(seed)
+        model = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+        model.save_pretrained(tmp_path / "my-vit")
+        return tmp_path / "my-vit"
+
+    root = copy_dataset(dataset, tmp_path / "data")
+    videos = sorted((root / "videos").glob("*.mp4"))
+    held_back = videos[-1].rename(tmp_path / videos[-1].name)
+    args = args_for(root, tmp_path / "cache", "--segments", "4")
+    args[args.index("vit-tiny-random")] = str(save(0))
+    assert main(args) == 0
+    held_back.rename(videos[-1])
+    save(1)
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, args)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and "other weights" in err and "CACHE_DIR" in err
