@@ -18,6 +18,8 @@ Parameters mirror the paper code's layout so its checkpoints map one to one:
 The kernel is computed at `l_max` and truncated to L; `l_max=None` computes it at each input's length. An input longer
 than `l_max` raises a ValueError (the paper code instead doubles l_max in place, a silent state change that a saved
 checkpoint does not record); `double_length()` offers that operation explicitly: C~ <- C~ (I + A_bar^l_max).
+The paper's ViS4mer builds every block's S4 with the SAME l_max (the input length), so blocks after an AvgPool
+truncate a kernel computed at the full length; C~ of a paper checkpoint is only meaningful at that l_max.
 """
 
 from __future__ import annotations
