@@ -364,10 +364,10 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
     return BACKENDS[resolve_backend(backend, v.device)](v, a, dt, L)
 
 
-# "auto" on CPU = torch, by measurement (bench/s4_kernel.py, this project's shared 2-core CPU, 1 torch thread,
-# load ~8.5 from other jobs, N = 64, L = 11,820, forward+backward, process CPU time): at H = 128 torch 0.26 s vs
-# keops 2.9 s (11x); keops also keeps its (4, H, K) spectra, 213 MB extra at H = 128 vs 64 MB for torch.
-# Full-size figures: bench/results/s4_kernel.json. On CUDA "auto" = keops (the GPU path) when it compiles, else torch.
+# "auto" on CPU = torch, by measurement (bench/s4_kernel.py --threads 1 on this project's shared 2-core CPU with
+# load ~8.5 from other jobs; H = 1024, N = 64, L = 11,820, forward+backward): torch 2.9 s wall / 1.7 s CPU and
+# 204 MB extra, keops 42 s wall / 18.6 s CPU and 1.06 GB (it keeps the (4, H, K) spectra); at L = 2,048 torch
+# 0.25 s CPU vs keops 3.0 s vs naive 4.2 s (2.2 GB). On CUDA "auto" = keops (the GPU path) when it compiles.
 AUTO_CPU = "torch"
 
 
