@@ -140,6 +140,11 @@ def run(quick: bool = False, device: str | None = None, repeats: int | None = No
         timeout = 120 if quick else (900 if slow else 600)
         results.append(_subprocess(backend, H, L, 1 if slow else repeats, device, timeout, threads))
         print(_row(results[-1]), flush=True)
+    busy = [r for r in results if r.get("load_before", 0) > (os.cpu_count() or 1) and r.get("threads", 1) > 1]
+    if busy:
+        print(f"note: load {busy[0]['load_before']} > {os.cpu_count()} cores during {len(busy)} multi-threaded "
+              "measurement(s): OpenMP regions wait for descheduled worker threads, so these times are inflated "
+              "(up to ~100x seen here); rerun when quiet or with --threads 1", flush=True)
     L_head = max(L for _, _, L in cases)
     summary = {r["backend"]: {"s": r["s"], "extra_mb": r["extra_mb"]} for r in results
                if r.get("L") == L_head and "s" in r}
