@@ -293,8 +293,8 @@ def _keops_routine(dtype: str):
 
         formula = (f"TensorProd(Extract(p, 2, 4), {times_conj_den(zt)})"
                    f" - TensorProd(Extract(p, 6, 4), {times_conj_den(e)})")
-        _KEOPS_ROUTINES[dtype] = Genred(formula, ["n = Vi(10)", "p = Vj(10)"], reduction_op="Sum", axis=1,
-                                        dtype=dtype)
+        # (PyKeOps 2.3 infers the precision from the tensors; the cache key keeps one routine per dtype anyway)
+        _KEOPS_ROUTINES[dtype] = Genred(formula, ["n = Vi(10)", "p = Vj(10)"], reduction_op="Sum", axis=1)
     return _KEOPS_ROUTINES[dtype]
 
 
