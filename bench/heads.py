@@ -99,7 +99,8 @@ def in_subprocess(jobs: list[dict], timeout: float = 900) -> list[dict]:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     except subprocess.TimeoutExpired:
-        return [{"variant": j["variant"], "L": j["T"] * j["P"], "step_s": "timeout", "peak_gb": "timeout"}
+        bound = f"timeout (> {timeout / (jobs[0].get('steps', 3) + 1):.0f} s/step)"
+        return [{"variant": j["variant"], "L": j["T"] * j["P"], "step_s": bound, "peak_gb": "timeout"}
                 for j in jobs]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or len(lines) != len(jobs):
@@ -115,7 +116,8 @@ def _ratio(a, b):
     return round(a / b, 2) if isinstance(a, float) and isinstance(b, float) and b > 0 else None
 
 
-def run(quick: bool = False, steps: int = 3, mem_budget_gb: float = 12.0, verbose: bool = True) -> dict:
+def run(quick: bool = False, steps: int = 3, mem_budget_gb: float = 12.0, verbose: bool = True,
+        job_timeout: float = 900.0) -> dict:
     setting = QUICK if quick else LVU
     scaling_t = QUICK_T if quick else SCALING_T
     say = print if verbose else (lambda *a, **k: None)
@@ -131,7 +133,7 @@ def run(quick: bool = False, steps: int = 3, mem_budget_gb: float = 12.0, verbos
         lvu, scale = [], []
         for job in lvu_jobs:
             say(f"  lvu {job['variant']} (L={job['T'] * job['P']}) ...", flush=True)
-            lvu += in_subprocess([job])
+            lvu += in_subprocess([job], timeout=job_timeout)
             say(f"    -> {lvu[-1]['step_s']} s/step, peak {lvu[-1]['peak_gb']} GB", flush=True)
         for job in scale_jobs:
             same = [r for r in lvu if r["variant"] == job["variant"] and r["L"] == job["T"] * job["P"]]
@@ -139,7 +141,7 @@ def run(quick: bool = False, steps: int = 3, mem_budget_gb: float = 12.0, verbos
                 scale += same
                 continue
             say(f"  scaling {job['variant']} L={job['T'] * job['P']} ...", flush=True)
-            scale += in_subprocess([job])
+            scale += in_subprocess([job], timeout=job_timeout)
             say(f"    -> {scale[-1]['step_s']} s/step", flush=True)
     out = {
         "setting": {**setting, "L": setting["T"] * setting["P"], "batch": 1, "steps": steps, "quick": quick,
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (>= 3)")
     parser.add_argument("--mem-budget-gb", type=float, default=12.0,
                         help="address-space budget of the materialized-attention subprocess (beyond it: OOM)")
+    parser.add_argument("--job-timeout", type=float, default=900.0, help="seconds per measured configuration")
     parser.add_argument("--out", default=None, help="JSON path [bench/results/heads.json, quick: heads-quick.json]")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.steps < 3:
         raise ValueError(f"--steps must be >= 3 (medians of at least 3 steps), got {args.steps}")
-    out = run(quick=args.quick, steps=args.steps, mem_budget_gb=args.mem_budget_gb)
+    out = run(quick=args.quick, steps=args.steps, mem_budget_gb=args.mem_budget_gb, job_timeout=args.job_timeout)
     print_table(out)
     path = Path(args.out or REPO / "bench" / "results" / ("heads-quick.json" if args.quick else "heads.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
