@@ -182,8 +182,8 @@ class _StructuredKernel(torch.autograd.Function):
         a1 = torch.empty(H, L // 2 + 1, dtype=cplx, device=coef.device)  # (H, K)
         a2 = torch.empty_like(a1)  # (H, K)
         dtr = dt.detach().to(real)  # (H,)
-        for lo in range(0, H, chunk):
-            hi = min(H, lo + chunk)
+
+        def one(lo: int, hi: int) -> None:
             left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
             x = _sequence(left, right, Q, L)  # (h, 4, L)
             D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
@@ -193,6 +193,8 @@ class _StructuredKernel(torch.autograd.Function):
             a2[lo:hi] = R * D[:, 1]
             T = s * a1[lo:hi] * D[:, 1]  # (h, K)
             k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
+
+        _run_chunks(one, H, chunk, coef.device)
         ctx.save_for_backward(coef, lam_log, dt, a1, a2, k)
         ctx.L, ctx.chunk, ctx.real = L, chunk, real
         return k
@@ -213,35 +215,65 @@ class _StructuredKernel(torch.autograd.Function):
         grad_coef = torch.empty_like(coef)  # (Q, H, M)
         grad_lam = torch.empty_like(lam_log)  # (H, M)
         grad_dt = torch.empty_like(dtr)  # (H,)
-        gx = torch.zeros(min(chunk, H), Q, J * b, dtype=real, device=g.device)  # (h, 4, J*b), tail stays 0
-        spectra = torch.empty(min(chunk, H), 3, L // 2 + 1, dtype=a1.dtype, device=g.device)  # (h, 3, K)
-        for lo in range(0, H, chunk):
-            hi = min(H, lo + chunk)
+
+        def one(lo: int, hi: int) -> None:
             h = hi - lo
             dt_c = dtr[lo:hi, None]  # (h, 1)
             s = dt_c * (1 + nodes)  # (h, K)
             p1, p2 = a1[lo:hi], a2[lo:hi]  # (h, K)
-            grad_dt[lo:hi] = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # from the 2 dt factor
+            gdt = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # (h,) from the 2 dt factor
             Y = torch.fft.rfft(g[lo:hi], n=L).mul_(-2 * dt_c)  # (h, K) spectrum of grad y = -2 dt g
             p12 = p1 * p2  # (h, K)
-            grad_dt[lo:hi] += ((1 + nodes) * p12).conj_physical_().mul_(Y).real.mul_(weight).sum(-1)
-            cY = s.conj_physical().mul_(Y).mul_(2)  # (h, K) 2 conj(s) Y: the GEMM adjoint's factor 2 folded in here
-            torch.mul(p2.conj(), cY, out=spectra[:h, 0])
-            torch.mul(p1.conj(), cY, out=spectra[:h, 1])
-            torch.mul((s * p12).conj_physical_().neg_(), cY, out=spectra[:h, 2])
-            torch.mul(g[lo:hi], 4 * dt_c, out=gx[:h, 0, :L])
-            gx[:h, 1:, :L] = torch.fft.irfft(spectra[:h], n=L)  # (h, 3, L) = 2 grad x_{1..3}
-            gxm = gx[:h].reshape(h, Q * J, b)  # (h, 4J, b) = 2 grad x
+            grad_dt[lo:hi] = gdt + ((1 + nodes) * p12).conj_physical_().mul_(Y).real.mul_(weight).sum(-1)
+            cY = s.conj_physical().mul_(Y).mul_(2)  # (h, K) 2 conj(s) Y: the GEMM adjoint's factor 2 folded in
+            spectra = torch.empty(h, 3, L // 2 + 1, dtype=a1.dtype, device=g.device)  # (h, 3, K)
+            torch.mul(p2.conj(), cY, out=spectra[:, 0])
+            torch.mul(p1.conj(), cY, out=spectra[:, 1])
+            torch.mul((s * p12).conj_physical_().neg_(), cY, out=spectra[:, 2])
+            gx = torch.empty(h, Q, J * b, dtype=real, device=g.device)  # (h, 4, J*b) = 2 grad x, zero tail
+            gx[..., L:] = 0
+            torch.mul(g[lo:hi], 4 * dt_c, out=gx[:, 0, :L])
+            gx[:, 1:, :L] = torch.fft.irfft(spectra, n=L)  # (h, 3, L)
+            gxm = gx.reshape(h, Q * J, b)  # (h, 4J, b)
             left, right, p_out, p_in = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
             g_left = torch.bmm(gxm, right.transpose(1, 2))  # (h, 4J, 2M) (x = 2 left @ right)
             g_right = torch.bmm(left.transpose(1, 2), gxm)  # (h, 2M, b)
             gc, gl = _factor_grads(coef[:, lo:hi], g_left, g_right, p_out, p_in, L)
             grad_coef[:, lo:hi] = gc
             grad_lam[lo:hi] = gl
+
+        _run_chunks(one, H, chunk, g.device)
         return grad_coef, grad_lam, grad_dt.to(dt.dtype), None, None, None
 
 
-def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int = 32) -> torch.Tensor:
+def _run_chunks(fn, H: int, chunk: int, device) -> None:
+    """Call fn(lo, hi) over channel chunks. On CPU with T > 1 torch threads, T Python threads each take whole
+    chunks with ONE intra-op thread: coarse-grained parallelism needs no per-op OpenMP barrier, so it keeps both
+    cores busy even when other jobs share them (per-op barriers waiting for a descheduled worker made the 2-thread
+    run 10-100x slower than 1 thread on this project's loaded 2-core machine). Chunks write disjoint slices."""
+    spans = [(lo, min(H, lo + chunk)) for lo in range(0, H, chunk)]
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads <= 1 or len(spans) < 2:
+        for lo, hi in spans:
+            fn(lo, hi)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    grad_mode = torch.is_grad_enabled()
+
+    def init() -> None:
+        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: this worker only
+        torch.set_grad_enabled(grad_mode)
+
+    try:
+        with ThreadPoolExecutor(min(threads, len(spans)), initializer=init) as pool:
+            for future in [pool.submit(fn, lo, hi) for lo, hi in spans]:
+                future.result()
+    finally:
+        torch.set_num_threads(threads)  # MKL's count is process-wide: restore it
+
+
+def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int = 16) -> torch.Tensor:
     """The `torch` backend end to end: k (H, L) with peak extra memory ~ one chunk + two (H, K) spectra."""
     coef, lam_log = _geometric(v, a, L)
     return _StructuredKernel.apply(coef, lam_log, dt, L, min(chunk, v.shape[1]), v.real.dtype)
