@@ -396,10 +396,10 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
     return BACKENDS[resolve_backend(backend, v.device)](v, a, dt, L)
 
 
-# "auto" on CPU = torch, by measurement (bench/s4_kernel.py --threads 1 on this project's shared 2-core CPU with
-# load ~8.5 from other jobs; H = 1024, N = 64, L = 11,820, forward+backward): torch 2.9 s wall / 1.7 s CPU and
-# 204 MB extra, keops 42 s wall / 18.6 s CPU and 1.06 GB (it keeps the (4, H, K) spectra); at L = 2,048 torch
-# 0.25 s CPU vs keops 3.0 s vs naive 4.2 s (2.2 GB). On CUDA "auto" = keops (the GPU path) when it compiles.
+# "auto" on CPU = torch, by measurement (bench/s4_kernel.py on this project's 2-core CPU shared with other jobs,
+# load ~4.6-5; H = 1024, N = 64, L = 11,820, forward+backward, median of 3): torch 1.76 s wall / 1.76 s CPU and
+# 208 MB extra; keops (one pass) 37.7 s wall / 28.8 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
+# At L = 2,048: torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB). On CUDA "auto" = keops when it compiles.
 AUTO_CPU = "torch"
 
 
