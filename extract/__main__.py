@@ -187,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                 if stale:
                     log(f"removed {len(stale)} .partial shard(s) left by a killed run; their videos are redone")
         attrs = {**encoder_attrs, **sampling.as_attrs()}
-        torch.set_grad_enabled(False)
-        stats, rank = run_predict(
-            encoder, items, directory, attrs, sampling, batch=args.batch, workers=args.workers, devices=args.devices,
-            nodes=args.nodes, accelerator=args.accelerator, max_videos=args.shard_videos,
-            max_bytes=int(args.shard_gb * 2**30), threads=args.threads, progress=not args.no_progress,
-        )
+        with torch.no_grad():  # a context, not a global switch: callers (tests, the demo) keep their grad mode
+            stats, rank = run_predict(
+                encoder, items, directory, attrs, sampling, batch=args.batch, workers=args.workers,
+                devices=args.devices, nodes=args.nodes, accelerator=args.accelerator, max_videos=args.shard_videos,
+                max_bytes=int(args.shard_gb * 2**30), threads=args.threads, progress=not args.no_progress,
+            )
     elapsed = time.perf_counter() - start
     if rank != 0:
         return 1 if stats and stats.failed else 0
