@@ -148,12 +148,146 @@ def _factor_grads(coef, g_left, g_right, p_out, p_in, L: int):
     return grad_coef, grad_lam
 
 
+# ---------------------------------------------------------------- mixed-radix spectra (L with a large prime factor)
+_SMOOTH = 11  # pocketfft has fast radix passes up to 11; a larger prime factor p costs a generic O(p) pass
+
+
+def _split(L: int) -> tuple[int, int]:
+    """L = P * R with P the product of L's prime factors > 11 (1 when L is 11-smooth) and R = L / P."""
+    P, n, f = 1, L, 2
+    while f * f <= n:
+        while n % f == 0:
+            P *= f if f > _SMOOTH else 1
+            n //= f
+        f += 1
+    if n > _SMOOTH:
+        P *= n
+    return P, L // P
+
+
+_PLANS: dict = {}
+
+
+def _plan(L: int, cplx: torch.dtype, device) -> dict:
+    """Constants of the mixed-radix evaluation for length L (cached). The spectra live on an (R, Pc) grid
+    (u < R, t < Pc = P//2 + 1) holding X(P u + t); every rfft bin l < K is one grid entry, directly or (for
+    t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t): `uk`, `tk`, `flip` (K,) say where.
+    theta (Pc,) complex128 = exp(-2 pi i t / P); tw (R, Pc) = w^{r t}; nodes (R, Pc) = w^{P u + t}; weight (R, Pc)
+    = c_l / L at the grid entries of the bins l < K (c_l = 1 at the DC/Nyquist bins, else 2), 0 elsewhere."""
+    key = (L, cplx, str(device))
+    if key not in _PLANS:
+        P, R = _split(L)
+        Pc = P // 2 + 1
+        t = torch.arange(Pc, dtype=torch.float64, device=device)  # (Pc,)
+        r = torch.arange(R, dtype=torch.float64, device=device)  # (R,)
+        theta = torch.polar(torch.ones_like(t), -2 * math.pi * t / P)  # (Pc,)
+        ang = lambda x: torch.polar(torch.ones_like(x), -2 * math.pi * torch.remainder(x, L) / L).to(cplx)  # noqa: E731
+        l = torch.arange(L // 2 + 1, device=device)  # (K,)
+        tl, ul = l % P, l // P
+        flip = tl >= Pc
+        tk, uk = torch.where(flip, P - tl, tl), torch.where(flip, R - 1 - ul, ul)  # (K,) grid entry of bin l
+        weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=torch.float64, device=device)  # (K,)
+        weight[0] = 1.0 / L
+        if L % 2 == 0:
+            weight[-1] = 1.0 / L
+        weight_grid = torch.zeros(R, Pc, dtype=torch.float64, device=device)
+        weight_grid[uk, tk] = weight
+        _PLANS[key] = dict(P=P, R=R, Pc=Pc, theta=theta, tw=ang(r[:, None] * t), nodes=ang(P * r[:, None] + t),
+                           weight=weight_grid.to(torch.float32 if cplx == torch.complex64 else torch.float64),
+                           tk=tk, uk=uk, flip=flip)
+    return _PLANS[key]
+
+
+def _grid_to_bins(X: torch.Tensor, plan: dict) -> torch.Tensor:
+    """(..., R, Pc) grid -> (..., K) rfft bins (a gather; conj for the bins stored as their mirror)."""
+    X = X[..., plan["uk"], plan["tk"]]  # (..., K)
+    return torch.where(plan["flip"], X.conj(), X)
+
+
+def _bins_to_grid(Y: torch.Tensor, plan: dict) -> torch.Tensor:
+    """Adjoint of `_grid_to_bins`: (..., K) -> (..., R, Pc), zero at the grid entries no bin reads."""
+    out = Y.new_zeros(*Y.shape[:-1], plan["R"], plan["Pc"])
+    out[..., plan["uk"], plan["tk"]] = torch.where(plan["flip"], Y.conj(), Y)
+    return out
+
+
+def _spectral_factors(cp: torch.Tensor, lam_log: torch.Tensor, L: int, real: torch.dtype):
+    """Real GEMM factors of the mixed-radix spectra: rho (h, Q*R, 2M) and sd (h, 2M, 2*Pc), plus the tables.
+
+    Split k = R j + r (j < P, r < R) and l = P u + t. The DFT over j of a geometric sequence is closed-form:
+        X_q(l) = sum_r e^{-2 pi i u r / R} w^{r t} A_qr(t),
+        A_qr(t) = sum_m G_mt rho_qmr + G~_mt conj(rho_qmr) = sum_m S_mt Re(rho_qmr) + Dd_mt Im(rho_qmr),
+        rho = cp lam^r,  G = 1 / (1 - lam^R theta_t),  G~ = 1 / (1 - conj(lam)^R theta_t),
+        S = G + G~,  Dd = i (G - G~),  cp = v / (2 - a) (= coef (1 - lam^L)).
+    A_qr(t) is Hermitian in t (a DFT over j of the real x_{Rj+r}), so only t < Pc = P//2 + 1 is formed: one real
+    GEMM [Re rho, Im rho] (Q R x 2M) @ [S; Dd] (2M x Pc complex as 2 Pc interleaved reals) per channel, 2 L M
+    multiply-adds per pair (as many as the time-domain GEMM), whose output is already complex (Q, R, Pc); then a
+    twiddle, length-R FFTs along r. The generic length-P FFT pass (P = 197 at L = 11,820) is replaced by the
+    pair-independent (M, Pc) tables S, Dd (complex128: 1 - lam^R theta cancels when |lam^R| ~ 1).
+    """
+    Q, h, M = cp.shape
+    cplx = torch.complex64 if real == torch.float32 else torch.complex128
+    plan = _plan(L, cplx, cp.device)
+    R, Pc, theta = plan["R"], plan["Pc"], plan["theta"]
+    mu = torch.exp(R * lam_log)  # (h, M) lam^R in complex128
+    G = torch.reciprocal((1 - mu[..., None] * theta).to(cplx))  # (h, M, Pc) the difference in complex128
+    Gt = torch.reciprocal((1 - mu.conj()[..., None] * theta).to(cplx))  # (h, M, Pc)
+    sd = torch.stack([G + Gt, (G - Gt) * 1j], dim=2)  # (h, M, 2, Pc) [S; Dd]
+    sd = torch.view_as_real(sd).reshape(h, 2 * M, 2 * Pc)  # (h, (m, s), (t, c))
+    p_in = _power_table(lam_log[:, None, :], torch.arange(R, dtype=torch.float64, device=cp.device)[:, None], cplx)
+    rho = cp.to(cplx).transpose(0, 1)[:, :, None, :] * p_in[:, None]  # (h, Q, R, M)
+    rho = torch.view_as_real(rho).reshape(h, Q * R, 2 * M)  # (h, (q, r), (m, s))
+    return rho, sd, (mu, G, Gt, p_in)
+
+
+def _spectral(rho: torch.Tensor, sd: torch.Tensor, Q: int, L: int) -> torch.Tensor:
+    """The spectra on the (R, Pc) grid of `_plan`: (h, Q, R, Pc), from the factors of `_spectral_factors`.
+    `_grid_to_bins(D, plan)` gives the (h, Q, K) rfft bins; plain autograd works through both."""
+    h = rho.shape[0]
+    plan = _plan(L, torch.complex64 if rho.dtype == torch.float32 else torch.complex128, rho.device)
+    A = torch.view_as_complex(torch.bmm(rho, sd).reshape(h, Q, plan["R"], plan["Pc"], 2))  # (h, Q, R, Pc)
+    return torch.fft.fft(A * plan["tw"], dim=2)  # (h, Q, R, Pc): X_q(P u + t) at [q, u, t]
+
+
+def _spectral_grads(cp, lam_log, gD, L: int, real: torch.dtype):
+    """Adjoint of `_spectral_factors` + `_spectral`: grad cp (Q, h, M), grad log lam (h, M) from grad D on the grid
+    (h, Q, R, Pc) (torch's conjugate-Wirtinger convention; for holomorphic z = f(x), grad x = conj(f'(x)) grad z)."""
+    Q, h, M = cp.shape
+    cplx = gD.dtype
+    plan = _plan(L, cplx, gD.device)
+    R, Pc, theta = plan["R"], plan["Pc"], plan["theta"]
+    gA = torch.fft.ifft(gD, dim=2, norm="forward")  # (h, Q, R, Pc), laid out as (h, Q, Pc, R) by the FFT
+    if cplx == torch.complex64:  # the transposing copy as 8-byte integers: torch's fast path, ~2x a complex copy
+        gA = gA.view(torch.int64).contiguous().view(cplx)
+    gA = gA.contiguous().mul_(plan["tw"].conj())  # (h, Q, R, Pc)
+    gA = torch.view_as_real(gA).reshape(h, Q * R, 2 * Pc)  # (h, (q, r), (t, c)) a view
+    rho, sd, (mu, G, Gt, p_in) = _spectral_factors(cp, lam_log, L, real)
+    g_rho = torch.view_as_complex(torch.bmm(gA, sd.transpose(1, 2)).reshape(h, Q, R, M, 2))  # (h, Q, R, M)
+    g_sd = torch.view_as_complex(torch.bmm(rho.transpose(1, 2), gA).reshape(h, M, 2, Pc, 2))  # (h, M, 2, Pc)
+    gS, gDd = g_sd[:, :, 0], g_sd[:, :, 1]  # (h, M, Pc)
+    gG, gGt = gS - 1j * gDd, gS + 1j * gDd  # S = G + G~, Dd = i (G - G~)
+    th = theta.to(cplx)  # (Pc,)
+    g_mu = ((th * G * G).conj() * gG).sum(-1) + ((th * Gt * Gt).conj() * gGt).sum(-1).conj()  # (h, M)
+    grad_cp = (p_in.conj()[:, None] * g_rho).sum(2).transpose(0, 1)  # (Q, h, M)
+    g_pow = (cp.to(cplx).conj().transpose(0, 1)[:, :, None, :] * g_rho).sum(1)  # (h, R, M)
+    r = torch.arange(R, dtype=real, device=gD.device)[:, None]  # (R, 1)
+    grad_lam = (R * mu).conj() * g_mu.to(mu.dtype) + (r * p_in.conj() * g_pow).sum(1).to(mu.dtype)  # (h, M)
+    return grad_cp.to(cp.dtype), grad_lam
+
+
 def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
-    """Same values as `cauchy_naive` at the rfft nodes of length L: one small real GEMM + one rfft.
+    """Same values as `cauchy_naive` at the rfft nodes of length L, without any (H, M, K) tensor: for 11-smooth L
+    one small real GEMM + one rfft, otherwise the mixed-radix evaluation of `_spectral_factors`.
 
     Returns the full (Q, H, K) spectrum with plain autograd (for comparisons; `ssm_kernel` uses the fused,
     memory-bounded `_StructuredKernel` instead).
     """
+    if _split(L)[0] > 1:
+        cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (Q, H, M)
+        lam_log = torch.log((2 + a.to(torch.complex128)) / (2 - a.to(torch.complex128)))  # (H, M)
+        left, right, _ = _spectral_factors(cp, lam_log, L, v.real.dtype)
+        D = _spectral(left, right, v.shape[0], L)  # (H, Q, R, Pc)
+        return _grid_to_bins(D, _plan(L, v.dtype, v.device)).transpose(0, 1)  # (Q, H, K)
     coef, lam_log = _geometric(v, a, L)
     left, right, _, _ = _factors(coef, lam_log, L, v.real.dtype)
     x = _sequence(left, right, v.shape[0], L)  # (H, Q, L)
@@ -163,87 +297,121 @@ def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
 class _StructuredKernel(torch.autograd.Function):
     """k = Woodbury-corrected S4 kernel from the geometric form, chunked over channels, hand-written backward.
 
-    Forward per chunk: x = 2 left @ right (h, 4, L); D_q = rfft(x_q) for q = 1..3 only, because irfft(D_0) = x_0:
+    Forward per chunk: x_0 = 2 left @ right (h, L) in the time domain (irfft(D_0) = x_0), the spectra D_q of
+    pairs q = 1..3 at the K rfft nodes, and
         k = 2 dt (x_0 - irfft(T)),  T = s D1 D2 R,  R = 1 / (1 + s D3),  s = dt (1 + w).
-    Saved for backward: the tiny coef/log(lam)/dt, a1 = R D1 and a2 = R D2 (two (H, K) complex spectra), and k.
-    Backward per chunk, with Y = rfft(-2 dt g):  grad x_0 = 2 dt g,  grad x_1 = irfft(conj(s a2) Y),
-    grad x_2 = irfft(conj(s a1) Y),  grad x_3 = -irfft(conj(s^2 a1 a2) Y)  (the rfft/irfft adjoint weights cancel),
-    grad dt = sum g k / dt + sum_l Re(conj((1+w) a1 a2) c_l Y_l / L) (c_l = 1 at the DC/Nyquist bins, else 2);
-    then the two GEMM adjoints and the closed-form adjoint of the factor construction (recomputed per chunk).
-    FFTs per chunk: 3 rfft + 1 irfft forward, 1 rfft + 3 irfft backward; nothing of size H*N*L is formed.
+    D_q comes from one of two exact evaluations of the same sums:
+      * 11-smooth L (`cp is None`): x_q by the time-domain GEMM, D_q = rfft(x_q) (pocketfft is fast there);
+      * L with a prime factor > 11 (11,820 = 60 * 197): the mixed-radix `_spectral` (closed-form DFT over the
+        197-axis, real GEMM, length-60 FFTs) with no length-L transform at all.
+    Saved for backward: the tiny coef/cp/log(lam)/dt, a1 = R D1 and a2 = R D2 (two (H, K) complex spectra), and k.
+    Backward per chunk, with Y = rfft(-2 dt g) and W = c_l / L (c_l = 1 at the DC/Nyquist bins, else 2):
+        grad D1 = conj(s a2) W Y,  grad D2 = conj(s a1) W Y,  grad D3 = -conj(s^2 a1 a2) W Y,  grad x_0 = 2 dt g,
+        grad dt = sum g k / dt + sum_l Re(conj((1+w) a1 a2) W_l Y_l);
+    then the adjoint of the D evaluation (3 irfft + GEMM adjoints, or `_spectral_grads`) and of the x_0 GEMM.
+    Length-L FFTs per chunk: mixed path 1 irfft forward + 1 rfft backward; smooth path 3+1 forward, 1+3 backward.
+    Nothing of size H*N*L is formed.
     """
 
     @staticmethod
-    def forward(ctx, coef, lam_log, dt, L: int, chunk: int, real: torch.dtype):
-        Q, H, _ = coef.shape
+    def forward(ctx, coef, cp, lam_log, dt, L: int, chunk: int, real: torch.dtype):
+        H, dev = lam_log.shape[0], lam_log.device
         cplx = torch.complex64 if real == torch.float32 else torch.complex128
-        nodes = rfft_nodes(L, cplx, coef.device)  # (K,)
-        k = torch.empty(H, L, dtype=real, device=coef.device)  # (H, L)
-        a1 = torch.empty(H, L // 2 + 1, dtype=cplx, device=coef.device)  # (H, K)
-        a2 = torch.empty_like(a1)  # (H, K)
+        mixed = cp is not None
+        plan = _plan(L, cplx, dev) if mixed else None
+        nodes = plan["nodes"] if mixed else rfft_nodes(L, cplx, dev)  # (R, Pc) grid or (K,) bins
+        k = torch.empty(H, L, dtype=real, device=dev)  # (H, L)
+        a1 = torch.empty(H, *nodes.shape, dtype=cplx, device=dev)  # (H, R, Pc) or (H, K)
+        a2 = torch.empty_like(a1)
         dtr = dt.detach().to(real)  # (H,)
 
         def one(lo: int, hi: int) -> None:
-            left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
-            x = _sequence(left, right, Q, L)  # (h, 4, L)
-            D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
-            s = dtr[lo:hi, None] * (1 + nodes)  # (h, K)
-            R = 1 / (1 + s * D[:, 2])  # (h, K)
-            a1[lo:hi] = R * D[:, 0]
-            a2[lo:hi] = R * D[:, 1]
-            T = s * a1[lo:hi] * D[:, 1]  # (h, K)
-            k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
+            if mixed:  # cp (4, H, M): the four spectra on the (R, Pc) grid
+                D = _spectral(*_spectral_factors(cp[:, lo:hi], lam_log[lo:hi], L, real)[:2], 4, L)  # (h,4,R,Pc)
+                D0, D1, D2, D3 = D.unbind(1)  # (h, R, Pc)
+            else:  # coef (4, H, M): the four sequences in the time domain; irfft(rfft(x_0)) = x_0
+                left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
+                x = _sequence(left, right, 4, L)  # (h, 4, L)
+                D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
+                D1, D2, D3 = D.unbind(1)  # (h, K)
+            dt_c = dtr[lo:hi].reshape(-1, *([1] * nodes.dim()))  # (h, 1[, 1])
+            s = dt_c * (1 + nodes)  # (h, ...)
+            Rw = torch.reciprocal(1 + s * D3)  # (h, ...)
+            torch.mul(Rw, D1, out=a1[lo:hi])
+            torch.mul(Rw, D2, out=a2[lo:hi])
+            T = s * a1[lo:hi] * D2  # (h, ...)
+            if mixed:
+                k[lo:hi] = torch.fft.irfft(_grid_to_bins(D0 - T, plan), n=L).mul_(2 * dtr[lo:hi, None])  # (h, L)
+            else:
+                k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
 
-        _run_chunks(one, H, chunk, coef.device)
-        ctx.save_for_backward(coef, lam_log, dt, a1, a2, k)
+        _run_chunks(one, H, chunk, dev)
+        ctx.mixed = mixed
+        ctx.save_for_backward(cp[:0] if mixed else coef, cp if mixed else coef[:0], lam_log, dt, a1, a2, k)
         ctx.L, ctx.chunk, ctx.real = L, chunk, real
         return k
 
     @staticmethod
     def backward(ctx, g):
-        coef, lam_log, dt, a1, a2, k = ctx.saved_tensors
-        L, chunk, real = ctx.L, ctx.chunk, ctx.real
-        Q, H, _ = coef.shape
+        coef, cp, lam_log, dt, a1, a2, k = ctx.saved_tensors
+        L, chunk, real, mixed = ctx.L, ctx.chunk, ctx.real, ctx.mixed
+        Q, H = coef.shape[0], lam_log.shape[0]
         b, J = _blocks(L)
-        nodes = rfft_nodes(L, a1.dtype, g.device)  # (K,)
-        weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=real, device=g.device)  # (K,) c_l / L
-        weight[0] = 1.0 / L
-        if L % 2 == 0:
-            weight[-1] = 1.0 / L
+        if mixed:
+            plan = _plan(L, a1.dtype, g.device)
+            nodes, weight = plan["nodes"], plan["weight"]  # (R, Pc) each
+        else:
+            nodes = rfft_nodes(L, a1.dtype, g.device)  # (K,)
+            weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=real, device=g.device)  # (K,) c_l / L
+            weight[0] = 1.0 / L
+            if L % 2 == 0:
+                weight[-1] = 1.0 / L
         dtr = dt.to(real)  # (H,)
         g = g.to(real)  # (H, L)
-        grad_coef = torch.empty_like(coef)  # (Q, H, M)
+        grad_coef = torch.empty_like(coef)  # (4, H, M) smooth path, (0, H, M) mixed
+        grad_cp = torch.empty_like(cp) if mixed else None  # (4, H, M)
         grad_lam = torch.empty_like(lam_log)  # (H, M)
         grad_dt = torch.empty_like(dtr)  # (H,)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
-            dt_c = dtr[lo:hi, None]  # (h, 1)
-            s = dt_c * (1 + nodes)  # (h, K)
-            p1, p2 = a1[lo:hi], a2[lo:hi]  # (h, K)
+            dt_c = dtr[lo:hi].reshape(-1, *([1] * nodes.dim()))  # (h, 1[, 1])
+            s = dt_c * (1 + nodes)  # (h, ...)
+            p1, p2 = a1[lo:hi], a2[lo:hi]  # (h, ...)
             gdt = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # (h,) from the 2 dt factor
-            Y = torch.fft.rfft(g[lo:hi], n=L).mul_(-2 * dt_c)  # (h, K) spectrum of grad y = -2 dt g
-            p12 = p1 * p2  # (h, K)
-            grad_dt[lo:hi] = gdt + ((1 + nodes) * p12).conj_physical_().mul_(Y).real.mul_(weight).sum(-1)
-            cY = s.conj_physical().mul_(Y).mul_(2)  # (h, K) 2 conj(s) Y: the GEMM adjoint's factor 2 folded in
+            Y = torch.fft.rfft(g[lo:hi], n=L).mul_(-2 * dtr[lo:hi, None])  # (h, K) spectrum of grad y = -2 dt g
+            if mixed:
+                Y = _bins_to_grid(Y, plan)  # (h, R, Pc)
+            WY = Y.mul_(weight)  # (h, ...) grad T
+            p12 = p1 * p2  # (h, ...)
+            grad_dt[lo:hi] = gdt + ((1 + nodes) * p12).conj_physical_().mul_(WY).real.flatten(1).sum(-1)
+            cY = s.conj_physical().mul_(WY)  # (h, ...) conj(s) grad T
+            if mixed:  # grad D_0 = -grad T
+                gD = torch.empty(h, 4, plan["R"], plan["Pc"], dtype=a1.dtype, device=g.device)  # (h, 4, R, Pc)
+                torch.neg(WY, out=gD[:, 0])
+                torch.mul(p2.conj(), cY, out=gD[:, 1])
+                torch.mul(p1.conj(), cY, out=gD[:, 2])
+                torch.mul((s * p12).conj_physical_().neg_(), cY, out=gD[:, 3])
+                grad_cp[:, lo:hi], grad_lam[lo:hi] = _spectral_grads(cp[:, lo:hi], lam_log[lo:hi], gD, L, real)
+                return
+            # smooth path: 2 grad x_q = irfft(2 grad D_q / W) (the factor 2 of x = 2 left @ right), 2 grad x_0 = 4 dt g
+            gx = torch.empty(h, Q, J * b, dtype=real, device=g.device)  # (h, 4, J*b) = 2 grad x, zero tail
+            gx[..., L:] = 0
+            torch.mul(g[lo:hi], 4 * dtr[lo:hi, None], out=gx[:, 0, :L])
             spectra = torch.empty(h, 3, L // 2 + 1, dtype=a1.dtype, device=g.device)  # (h, 3, K)
+            cY = cY.mul_(2 / weight)
             torch.mul(p2.conj(), cY, out=spectra[:, 0])
             torch.mul(p1.conj(), cY, out=spectra[:, 1])
             torch.mul((s * p12).conj_physical_().neg_(), cY, out=spectra[:, 2])
-            gx = torch.empty(h, Q, J * b, dtype=real, device=g.device)  # (h, 4, J*b) = 2 grad x, zero tail
-            gx[..., L:] = 0
-            torch.mul(g[lo:hi], 4 * dt_c, out=gx[:, 0, :L])
             gx[:, 1:, :L] = torch.fft.irfft(spectra, n=L)  # (h, 3, L)
-            gxm = gx.reshape(h, Q * J, b)  # (h, 4J, b)
+            gxm = gx.reshape(h, Q * J, b)  # (h, 4 J, b)
             left, right, p_out, p_in = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
-            g_left = torch.bmm(gxm, right.transpose(1, 2))  # (h, 4J, 2M) (x = 2 left @ right)
+            g_left = torch.bmm(gxm, right.transpose(1, 2))  # (h, 4 J, 2M) (x = 2 left @ right)
             g_right = torch.bmm(left.transpose(1, 2), gxm)  # (h, 2M, b)
-            gc, gl = _factor_grads(coef[:, lo:hi], g_left, g_right, p_out, p_in, L)
-            grad_coef[:, lo:hi] = gc
-            grad_lam[lo:hi] = gl
+            grad_coef[:, lo:hi], grad_lam[lo:hi] = _factor_grads(coef[:, lo:hi], g_left, g_right, p_out, p_in, L)
 
         _run_chunks(one, H, chunk, g.device)
-        return grad_coef, grad_lam, grad_dt.to(dt.dtype), None, None, None
+        return (None if mixed else grad_coef), grad_cp, grad_lam, grad_dt.to(dt.dtype), None, None, None
 
 
 def _run_chunks(fn, H: int, chunk: int, device) -> None:
@@ -276,7 +444,11 @@ def _run_chunks(fn, H: int, chunk: int, device) -> None:
 def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int = 16) -> torch.Tensor:
     """The `torch` backend end to end: k (H, L) with peak extra memory ~ one chunk + two (H, K) spectra."""
     coef, lam_log = _geometric(v, a, L)
-    return _StructuredKernel.apply(coef, lam_log, dt, L, min(chunk, v.shape[1]), v.real.dtype)
+    chunk = min(chunk, v.shape[1])
+    if _split(L)[0] == 1:  # 11-smooth L: time-domain sequences + pocketfft
+        return _StructuredKernel.apply(coef, None, lam_log, dt, L, chunk, v.real.dtype)
+    cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (4, H, M) = coef (1 - lam^L)
+    return _StructuredKernel.apply(None, cp, lam_log, dt, L, chunk, v.real.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------- keops

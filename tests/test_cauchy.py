@@ -9,6 +9,7 @@ from heads.cauchy import (
     AUTO_CPU,
     BACKENDS,
     CAUCHY,
+    _split,
     cauchy_naive_at,
     keops_available,
     resolve_backend,
@@ -44,8 +45,17 @@ def test_naive_is_the_papers_cauchy_sum_over_one_plus_w():
     assert torch.allclose(cauchy_naive_at(v, a, nodes), paper / (1 + nodes), rtol=1e-12, atol=0)
 
 
+def test_split_isolates_the_large_prime_factors():
+    """`torch` uses pocketfft for 11-smooth L and the mixed-radix closed form (L = P * R) otherwise."""
+    assert _split(11820) == (197, 60)
+    assert _split(2048) == (1, 2048)
+    assert _split(37) == (37, 1)
+    assert _split(78) == (13, 6)
+    assert _split(2 * 13 * 17 * 11) == (13 * 17, 22)
+
+
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("L", [37, 40])
+@pytest.mark.parametrize("L", [37, 40, 78, 94])  # prime, smooth, 6 * 13 and 2 * 47 (mixed radix, R > 1)
 def test_backend_spectrum_and_kernel_equal_naive(backend, L):
     v, a, dt = _inputs(4, 8, L)
     assert _rel(CAUCHY[backend](v, a, L), CAUCHY["naive"](v, a, L)) <= 1e-10
@@ -60,8 +70,8 @@ def test_backend_spectrum_and_kernel_equal_naive(backend, L):
 
 
 @pytest.mark.parametrize("backend", FAST)
-def test_backend_gradcheck_float64(backend):
-    L = 24
+@pytest.mark.parametrize("L", [24, 26])  # 11-smooth (time domain + rfft) and 2 * 13 (mixed radix)
+def test_backend_gradcheck_float64(backend, L):
     v, a, dt = _inputs(3, 8, L)
     if backend == "torch":  # chunk 2 < H = 3: exercises the chunk loop and the ragged last chunk
         fn = lambda v, a, dt: torch_kernel(v, a, dt, L, chunk=2)  # noqa: E731
@@ -97,11 +107,12 @@ def test_float32_matches_naive_at_paper_N_and_long_L(backend):
         assert _rel(x, y) <= 1e-4
 
 
-def test_torch_kernel_chunking_does_not_change_values():
-    v, a, dt = (t.detach() for t in _inputs(5, 8, 33))
-    ref = torch_kernel(v, a, dt, 33, chunk=5)
+@pytest.mark.parametrize("L", [33, 39])  # both `torch` paths
+def test_torch_kernel_chunking_does_not_change_values(L):
+    v, a, dt = (t.detach() for t in _inputs(5, 8, L))
+    ref = torch_kernel(v, a, dt, L, chunk=5)
     for chunk in (1, 2, 3):
-        assert torch.allclose(torch_kernel(v, a, dt, 33, chunk=chunk), ref, rtol=0, atol=1e-13)
+        assert torch.allclose(torch_kernel(v, a, dt, L, chunk=chunk), ref, rtol=0, atol=1e-13)
 
 
 def test_resolve_backend():
