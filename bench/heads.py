@@ -11,7 +11,7 @@ separately, the growth over the RSS before the first step ("extra").
 Targets (2-core CPU): s4 <= 1.5 s/step and <= 1.5 GB; >= 6x faster than sdpa; >= 8x less peak memory than
 materialized; step(L=23,640) <= 10x step(L=2,955).
 
-    python bench/heads.py [--quick] [--steps 3] [--mem-budget-gb 12] [--out bench/results/heads.json]
+    python bench/heads.py [--quick] [--steps 3] [--mem-budget-gb GB] [--out bench/results/heads.json]
 `run(quick)` returns the figures for `python -m bench`.
 """
 
@@ -40,6 +40,18 @@ VARIANTS = {  # label -> (head, extra cfg)
     "transformer-multiscale (sdpa)": ("transformer-multiscale", {"attention": "sdpa"}),
     "transformer-multiscale (materialized)": ("transformer-multiscale", {"attention": "materialized"}),
 }
+
+
+def default_budget_gb() -> float:
+    """3/4 of the memory available now (MemAvailable), so an attention run that does not fit fails as "OOM" in
+    its own subprocess instead of waking the kernel's OOM killer."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return round(0.75 * int(line.split()[1]) / 1e6, 1)
+    except OSError:
+        pass
+    return 12.0
 
 
 def _rss_gb() -> float:
@@ -116,9 +128,10 @@ def _ratio(a, b):
     return round(a / b, 2) if isinstance(a, float) and isinstance(b, float) and b > 0 else None
 
 
-def run(quick: bool = False, steps: int = 3, mem_budget_gb: float = 12.0, verbose: bool = True,
+def run(quick: bool = False, steps: int = 3, mem_budget_gb: float | None = None, verbose: bool = True,
         job_timeout: float = 900.0) -> dict:
     setting = QUICK if quick else LVU
+    mem_budget_gb = mem_budget_gb or default_budget_gb()
     scaling_t = QUICK_T if quick else SCALING_T
     say = print if verbose else (lambda *a, **k: None)
     base = {"P": setting["P"], "d": setting["d"], "layers": setting["layers"], "classes": setting["classes"],
@@ -192,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: every code path in seconds")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (>= 3)")
-    parser.add_argument("--mem-budget-gb", type=float, default=12.0,
-                        help="address-space budget of the materialized-attention subprocess (beyond it: OOM)")
+    parser.add_argument("--mem-budget-gb", type=float, default=None,
+                        help="address-space budget of the materialized-attention subprocess, beyond it: OOM "
+                             "[3/4 of MemAvailable]")
     parser.add_argument("--job-timeout", type=float, default=900.0, help="seconds per measured configuration")
     parser.add_argument("--out", default=None, help="JSON path [bench/results/heads.json, quick: heads-quick.json]")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
