@@ -169,10 +169,10 @@ _PLANS: dict = {}
 
 
 def _plan(L: int, cplx: torch.dtype, device) -> dict:
-    """Constants of the mixed-radix evaluation for length L (cached). The spectra live on an (R, Pc) grid
-    (u < R, t < Pc = P//2 + 1) holding X(P u + t); every rfft bin l < K is one grid entry, directly or (for
-    t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t): `uk`, `tk`, `flip` (K,) say where.
-    theta (Pc,) complex128 = exp(-2 pi i t / P); tw (R, Pc) = w^{r t}; nodes (R, Pc) = w^{P u + t}; weight (R, Pc)
+    """Constants of the mixed-radix evaluation for length L (cached). The spectra live on a (Pc, R) grid
+    (t < Pc = P//2 + 1, u < R) holding X(P u + t); every rfft bin l < K is one grid entry, directly or (for
+    t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t): `tk`, `uk`, `flip` (K,) say where.
+    theta (Pc,) complex128 = exp(-2 pi i t / P); tw (R, Pc) = w^{r t}; nodes (Pc, R) = w^{P u + t}; weight (Pc, R)
     = c_l / L at the grid entries of the bins l < K (c_l = 1 at the DC/Nyquist bins, else 2), 0 elsewhere."""
     key = (L, cplx, str(device))
     if key not in _PLANS:
@@ -190,24 +190,24 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
         weight[0] = 1.0 / L
         if L % 2 == 0:
             weight[-1] = 1.0 / L
-        weight_grid = torch.zeros(R, Pc, dtype=torch.float64, device=device)
-        weight_grid[uk, tk] = weight
-        _PLANS[key] = dict(P=P, R=R, Pc=Pc, theta=theta, tw=ang(r[:, None] * t), nodes=ang(P * r[:, None] + t),
+        weight_grid = torch.zeros(Pc, R, dtype=torch.float64, device=device)
+        weight_grid[tk, uk] = weight
+        _PLANS[key] = dict(P=P, R=R, Pc=Pc, theta=theta, tw=ang(r[:, None] * t), nodes=ang(P * r + t[:, None]),
                            weight=weight_grid.to(torch.float32 if cplx == torch.complex64 else torch.float64),
                            tk=tk, uk=uk, flip=flip)
     return _PLANS[key]
 
 
 def _grid_to_bins(X: torch.Tensor, plan: dict) -> torch.Tensor:
-    """(..., R, Pc) grid -> (..., K) rfft bins (a gather; conj for the bins stored as their mirror)."""
-    X = X[..., plan["uk"], plan["tk"]]  # (..., K)
+    """(..., Pc, R) grid -> (..., K) rfft bins (a gather; conj for the bins stored as their mirror)."""
+    X = X[..., plan["tk"], plan["uk"]]  # (..., K)
     return torch.where(plan["flip"], X.conj(), X)
 
 
 def _bins_to_grid(Y: torch.Tensor, plan: dict) -> torch.Tensor:
-    """Adjoint of `_grid_to_bins`: (..., K) -> (..., R, Pc), zero at the grid entries no bin reads."""
-    out = Y.new_zeros(*Y.shape[:-1], plan["R"], plan["Pc"])
-    out[..., plan["uk"], plan["tk"]] = torch.where(plan["flip"], Y.conj(), Y)
+    """Adjoint of `_grid_to_bins`: (..., K) -> (..., Pc, R), zero at the grid entries no bin reads."""
+    out = Y.new_zeros(*Y.shape[:-1], plan["Pc"], plan["R"])
+    out[..., plan["tk"], plan["uk"]] = torch.where(plan["flip"], Y.conj(), Y)
     return out
 
 
@@ -240,34 +240,41 @@ def _spectral_factors(cp: torch.Tensor, lam_log: torch.Tensor, L: int, real: tor
     return rho, sd, (mu, G, Gt, p_in)
 
 
+def _transpose(x: torch.Tensor) -> torch.Tensor:
+    """x (..., a, b) complex -> contiguous (..., b, a). complex64 moves as 8-byte integers (torch's fast copy path,
+    several times a complex copy); without autograd only (the backward and no-grad forwards)."""
+    x = x.transpose(-1, -2)
+    if x.dtype == torch.complex64 and not (torch.is_grad_enabled() and x.requires_grad):
+        return x.view(torch.int64).contiguous().view(torch.complex64)
+    return x.contiguous()
+
+
 def _spectral(rho: torch.Tensor, sd: torch.Tensor, Q: int, L: int) -> torch.Tensor:
-    """The spectra on the (R, Pc) grid of `_plan`: (h, Q, R, Pc), from the factors of `_spectral_factors`.
+    """The spectra on the (Pc, R) grid of `_plan`: (h, Q, Pc, R), from the factors of `_spectral_factors`.
     `_grid_to_bins(D, plan)` gives the (h, Q, K) rfft bins; plain autograd works through both."""
     h = rho.shape[0]
     plan = _plan(L, torch.complex64 if rho.dtype == torch.float32 else torch.complex128, rho.device)
     A = torch.view_as_complex(torch.bmm(rho, sd).reshape(h, Q, plan["R"], plan["Pc"], 2))  # (h, Q, R, Pc)
-    return torch.fft.fft(A * plan["tw"], dim=2)  # (h, Q, R, Pc): X_q(P u + t) at [q, u, t]
+    A = _transpose(A * plan["tw"])  # (h, Q, Pc, R): the FFT axis innermost
+    return torch.fft.fft(A, dim=-1)  # (h, Q, Pc, R): X_q(P u + t) at [q, t, u]
 
 
 def _spectral_grads(cp, lam_log, gD, L: int, real: torch.dtype):
     """Adjoint of `_spectral_factors` + `_spectral`: grad cp (Q, h, M), grad log lam (h, M) from grad D on the grid
-    (h, Q, R, Pc) (torch's conjugate-Wirtinger convention; for holomorphic z = f(x), grad x = conj(f'(x)) grad z)."""
+    (h, Q, Pc, R) (torch's conjugate-Wirtinger convention; for holomorphic z = f(x), grad x = conj(f'(x)) grad z)."""
     Q, h, M = cp.shape
     cplx = gD.dtype
     plan = _plan(L, cplx, gD.device)
     R, Pc, theta = plan["R"], plan["Pc"], plan["theta"]
-    gA = torch.fft.ifft(gD, dim=2, norm="forward")  # (h, Q, R, Pc), laid out as (h, Q, Pc, R) by the FFT
-    if cplx == torch.complex64:  # the transposing copy as 8-byte integers: torch's fast path, ~2x a complex copy
-        gA = gA.view(torch.int64).contiguous().view(cplx)
-    gA = gA.contiguous().mul_(plan["tw"].conj())  # (h, Q, R, Pc)
+    gA = _transpose(torch.fft.ifft(gD, dim=-1, norm="forward")).mul_(plan["tw"].conj())  # (h, Q, R, Pc)
     gA = torch.view_as_real(gA).reshape(h, Q * R, 2 * Pc)  # (h, (q, r), (t, c)) a view
     rho, sd, (mu, G, Gt, p_in) = _spectral_factors(cp, lam_log, L, real)
     g_rho = torch.view_as_complex(torch.bmm(gA, sd.transpose(1, 2)).reshape(h, Q, R, M, 2))  # (h, Q, R, M)
     g_sd = torch.view_as_complex(torch.bmm(rho.transpose(1, 2), gA).reshape(h, M, 2, Pc, 2))  # (h, M, 2, Pc)
     gS, gDd = g_sd[:, :, 0], g_sd[:, :, 1]  # (h, M, Pc)
     gG, gGt = gS - 1j * gDd, gS + 1j * gDd  # S = G + G~, Dd = i (G - G~)
-    th = theta.to(cplx)  # (Pc,)
-    g_mu = ((th * G * G).conj() * gG).sum(-1) + ((th * Gt * Gt).conj() * gGt).sum(-1).conj()  # (h, M)
+    th = theta.to(cplx)  # (Pc,)  dG/dmu = theta G^2, dG~/dconj(mu) = theta G~^2; vecdot(x, y) = sum conj(x) y
+    g_mu = torch.linalg.vecdot(G * G * th, gG) + torch.linalg.vecdot(Gt * Gt * th, gGt).conj()  # (h, M)
     grad_cp = (p_in.conj()[:, None] * g_rho).sum(2).transpose(0, 1)  # (Q, h, M)
     g_pow = (cp.to(cplx).conj().transpose(0, 1)[:, :, None, :] * g_rho).sum(1)  # (h, R, M)
     r = torch.arange(R, dtype=real, device=gD.device)[:, None]  # (R, 1)
@@ -286,7 +293,7 @@ def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
         cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (Q, H, M)
         lam_log = torch.log((2 + a.to(torch.complex128)) / (2 - a.to(torch.complex128)))  # (H, M)
         left, right, _ = _spectral_factors(cp, lam_log, L, v.real.dtype)
-        D = _spectral(left, right, v.shape[0], L)  # (H, Q, R, Pc)
+        D = _spectral(left, right, v.shape[0], L)  # (H, Q, Pc, R)
         return _grid_to_bins(D, _plan(L, v.dtype, v.device)).transpose(0, 1)  # (Q, H, K)
     coef, lam_log = _geometric(v, a, L)
     left, right, _, _ = _factors(coef, lam_log, L, v.real.dtype)
@@ -319,16 +326,16 @@ class _StructuredKernel(torch.autograd.Function):
         cplx = torch.complex64 if real == torch.float32 else torch.complex128
         mixed = cp is not None
         plan = _plan(L, cplx, dev) if mixed else None
-        nodes = plan["nodes"] if mixed else rfft_nodes(L, cplx, dev)  # (R, Pc) grid or (K,) bins
+        nodes = plan["nodes"] if mixed else rfft_nodes(L, cplx, dev)  # (Pc, R) grid or (K,) bins
         k = torch.empty(H, L, dtype=real, device=dev)  # (H, L)
-        a1 = torch.empty(H, *nodes.shape, dtype=cplx, device=dev)  # (H, R, Pc) or (H, K)
+        a1 = torch.empty(H, *nodes.shape, dtype=cplx, device=dev)  # (H, Pc, R) or (H, K)
         a2 = torch.empty_like(a1)
         dtr = dt.detach().to(real)  # (H,)
 
         def one(lo: int, hi: int) -> None:
-            if mixed:  # cp (4, H, M): the four spectra on the (R, Pc) grid
-                D = _spectral(*_spectral_factors(cp[:, lo:hi], lam_log[lo:hi], L, real)[:2], 4, L)  # (h,4,R,Pc)
-                D0, D1, D2, D3 = D.unbind(1)  # (h, R, Pc)
+            if mixed:  # cp (4, H, M): the four spectra on the (Pc, R) grid
+                D = _spectral(*_spectral_factors(cp[:, lo:hi], lam_log[lo:hi], L, real)[:2], 4, L)  # (h,4,Pc,R)
+                D0, D1, D2, D3 = D.unbind(1)  # (h, Pc, R)
             else:  # coef (4, H, M): the four sequences in the time domain; irfft(rfft(x_0)) = x_0
                 left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
                 x = _sequence(left, right, 4, L)  # (h, 4, L)
@@ -359,7 +366,7 @@ class _StructuredKernel(torch.autograd.Function):
         b, J = _blocks(L)
         if mixed:
             plan = _plan(L, a1.dtype, g.device)
-            nodes, weight = plan["nodes"], plan["weight"]  # (R, Pc) each
+            nodes, weight = plan["nodes"], plan["weight"]  # (Pc, R) each
         else:
             nodes = rfft_nodes(L, a1.dtype, g.device)  # (K,)
             weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=real, device=g.device)  # (K,) c_l / L
@@ -381,17 +388,17 @@ class _StructuredKernel(torch.autograd.Function):
             gdt = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # (h,) from the 2 dt factor
             Y = torch.fft.rfft(g[lo:hi], n=L).mul_(-2 * dtr[lo:hi, None])  # (h, K) spectrum of grad y = -2 dt g
             if mixed:
-                Y = _bins_to_grid(Y, plan)  # (h, R, Pc)
+                Y = _bins_to_grid(Y, plan)  # (h, Pc, R)
             WY = Y.mul_(weight)  # (h, ...) grad T
-            p12 = p1 * p2  # (h, ...)
-            grad_dt[lo:hi] = gdt + ((1 + nodes) * p12).conj_physical_().mul_(WY).real.flatten(1).sum(-1)
+            sp12 = s * p1 * p2  # (h, ...) s a1 a2: dT/ddt = (1 + w) a1 a2 = sp12 / dt
+            grad_dt[lo:hi] = gdt + torch.linalg.vecdot(sp12.flatten(1), WY.flatten(1)).real / dtr[lo:hi]
             cY = s.conj_physical().mul_(WY)  # (h, ...) conj(s) grad T
             if mixed:  # grad D_0 = -grad T
-                gD = torch.empty(h, 4, plan["R"], plan["Pc"], dtype=a1.dtype, device=g.device)  # (h, 4, R, Pc)
+                gD = torch.empty(h, 4, plan["Pc"], plan["R"], dtype=a1.dtype, device=g.device)  # (h, 4, Pc, R)
                 torch.neg(WY, out=gD[:, 0])
                 torch.mul(p2.conj(), cY, out=gD[:, 1])
                 torch.mul(p1.conj(), cY, out=gD[:, 2])
-                torch.mul((s * p12).conj_physical_().neg_(), cY, out=gD[:, 3])
+                torch.mul(sp12.conj_physical_().neg_(), cY, out=gD[:, 3])
                 grad_cp[:, lo:hi], grad_lam[lo:hi] = _spectral_grads(cp[:, lo:hi], lam_log[lo:hi], gD, L, real)
                 return
             # smooth path: 2 grad x_q = irfft(2 grad D_q / W) (the factor 2 of x = 2 left @ right), 2 grad x_0 = 4 dt g
@@ -402,7 +409,7 @@ class _StructuredKernel(torch.autograd.Function):
             cY = cY.mul_(2 / weight)
             torch.mul(p2.conj(), cY, out=spectra[:, 0])
             torch.mul(p1.conj(), cY, out=spectra[:, 1])
-            torch.mul((s * p12).conj_physical_().neg_(), cY, out=spectra[:, 2])
+            torch.mul(sp12.conj_physical_().neg_(), cY, out=spectra[:, 2])
             gx[:, 1:, :L] = torch.fft.irfft(spectra, n=L)  # (h, 3, L)
             gxm = gx.reshape(h, Q * J, b)  # (h, 4 J, b)
             left, right, p_out, p_in = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
@@ -441,11 +448,13 @@ def _run_chunks(fn, H: int, chunk: int, device) -> None:
         torch.set_num_threads(threads)  # MKL's count is process-wide: restore it
 
 
-def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int = 16) -> torch.Tensor:
-    """The `torch` backend end to end: k (H, L) with peak extra memory ~ one chunk + two (H, K) spectra."""
+def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int | None = None) -> torch.Tensor:
+    """The `torch` backend end to end: k (H, L) with peak extra memory ~ one chunk + two (H, K) spectra.
+    `chunk` channels per task (default: 8 on the mixed-radix path, 16 on the smooth path; measured)."""
     coef, lam_log = _geometric(v, a, L)
-    chunk = min(chunk, v.shape[1])
-    if _split(L)[0] == 1:  # 11-smooth L: time-domain sequences + pocketfft
+    smooth = _split(L)[0] == 1
+    chunk = min(chunk or (16 if smooth else 8), v.shape[1])
+    if smooth:  # 11-smooth L: time-domain sequences + pocketfft
         return _StructuredKernel.apply(coef, None, lam_log, dt, L, chunk, v.real.dtype)
     cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (4, H, M) = coef (1 - lam^L)
     return _StructuredKernel.apply(None, cp, lam_log, dt, L, chunk, v.real.dtype)
