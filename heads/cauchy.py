@@ -15,11 +15,16 @@ against the bilinear correction 2/(1+w), so `ssm_kernel` never divides by (1+w).
 API (the choice, documented), two registries with interchangeable members:
   CAUCHY[name](v, a, L) -> D   v (Q, H, M) complex, a (H, M) complex, D (Q, H, K) at the rfft nodes of length L.
       `naive` and `keops` evaluate the formula at explicit nodes (`cauchy_naive_at` / `cauchy_keops_at` take any
-      nodes w); `torch` uses the structure of the rfft nodes: the sum is the DFT of a REAL sequence, built by a small
-      batched GEMM and transformed by one rfft. Tests compare these spectra directly.
+      nodes w); `torch` uses the structure of the rfft nodes: the sum is the DFT of a REAL sequence that is a sum of
+      geometric sequences. For 11-smooth L it is built by a small batched GEMM and transformed by one rfft; when L
+      has a prime factor > 11 (LVU: 11,820 = 197 * 60, where pocketfft/MKL need a slow generic 197-point pass) the
+      DFT is split L = P * R, its P-axis taken in closed form (a geometric series: an (M, P/2) reciprocal table per
+      channel), the modes summed by one real GEMM and the R-axis done by length-R FFTs (`_spectral_factors`).
+      Tests compare these spectra directly.
   BACKENDS[name](v, a, dt, L) -> k (H, L)   the whole kernel: Cauchy sums, Woodbury rank-1 correction, inverse
       rfft. `naive`/`keops` compose CAUCHY with `kernel_from_spectrum`; `torch` is the fused, channel-chunked
-      `_StructuredKernel` with a hand-written backward, so its peak memory is bounded (nothing of size H*N*L).
+      `_StructuredKernel` with a hand-written backward, so its peak memory is bounded (nothing of size H*N*L);
+      on the mixed-radix path it needs only 2 length-L transforms per channel (irfft forward, rfft backward).
 `ssm_kernel(v, a, dt, L, backend)` dispatches; `resolve_backend("auto", device)` picks the measured winner.
 """
 
@@ -304,18 +309,19 @@ def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
 class _StructuredKernel(torch.autograd.Function):
     """k = Woodbury-corrected S4 kernel from the geometric form, chunked over channels, hand-written backward.
 
-    Forward per chunk: x_0 = 2 left @ right (h, L) in the time domain (irfft(D_0) = x_0), the spectra D_q of
-    pairs q = 1..3 at the K rfft nodes, and
-        k = 2 dt (x_0 - irfft(T)),  T = s D1 D2 R,  R = 1 / (1 + s D3),  s = dt (1 + w).
-    D_q comes from one of two exact evaluations of the same sums:
-      * 11-smooth L (`cp is None`): x_q by the time-domain GEMM, D_q = rfft(x_q) (pocketfft is fast there);
-      * L with a prime factor > 11 (11,820 = 60 * 197): the mixed-radix `_spectral` (closed-form DFT over the
-        197-axis, real GEMM, length-60 FFTs) with no length-L transform at all.
-    Saved for backward: the tiny coef/cp/log(lam)/dt, a1 = R D1 and a2 = R D2 (two (H, K) complex spectra), and k.
+        k = 2 dt irfft(D0 - T),  T = s D1 D2 R,  R = 1 / (1 + s D3),  s = dt (1 + w),
+    with the four pair spectra D_q at the K rfft nodes from one of two exact evaluations of the same sums:
+      * 11-smooth L (`cp is None`, coef (4, H, M)): x_q by the time-domain GEMM, D_q = rfft(x_q) for q = 1..3 and
+        x_0 used directly (irfft(D_0) = x_0), so k = 2 dt (x_0 - irfft(T)) (pocketfft is fast at such L);
+      * L with a prime factor > 11 (`cp` (4, H, M), 11,820 = 197 * 60): `_spectral` on the (Pc, R) grid of `_plan`
+        (closed-form DFT over the 197-axis, one real GEMM, length-60 FFTs), the Woodbury algebra on that grid, one
+        gather to the rfft bins and one irfft.
+    Saved for backward: the tiny coef/cp/log(lam)/dt, a1 = R D1 and a2 = R D2 (two (H, K)-sized complex spectra), k.
     Backward per chunk, with Y = rfft(-2 dt g) and W = c_l / L (c_l = 1 at the DC/Nyquist bins, else 2):
-        grad D1 = conj(s a2) W Y,  grad D2 = conj(s a1) W Y,  grad D3 = -conj(s^2 a1 a2) W Y,  grad x_0 = 2 dt g,
-        grad dt = sum g k / dt + sum_l Re(conj((1+w) a1 a2) W_l Y_l);
-    then the adjoint of the D evaluation (3 irfft + GEMM adjoints, or `_spectral_grads`) and of the x_0 GEMM.
+        grad T = W Y,  grad D0 = -W Y,  grad D1 = conj(s a2) W Y,  grad D2 = conj(s a1) W Y,
+        grad D3 = -conj(s^2 a1 a2) W Y,  grad dt = sum g k / dt + sum_l Re(conj((1+w) a1 a2) W_l Y_l);
+    then the adjoint of the D evaluation: `_spectral_grads` (inverse length-60 FFTs, two GEMMs, the tables'
+    closed-form adjoint), or 3 irfft + the time-domain GEMM adjoints (grad x_0 = 2 dt g).
     Length-L FFTs per chunk: mixed path 1 irfft forward + 1 rfft backward; smooth path 3+1 forward, 1+3 backward.
     Nothing of size H*N*L is formed.
     """
@@ -577,10 +583,14 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
     return BACKENDS[resolve_backend(backend, v.device)](v, a, dt, L)
 
 
-# "auto" on CPU = torch, by measurement (bench/s4_kernel.py on this project's 2-core CPU shared with other jobs,
-# load ~4.6-5; H = 1024, N = 64, L = 11,820, forward+backward, median of 3): torch 1.76 s wall / 1.76 s CPU and
-# 208 MB extra; keops (one pass) 37.7 s wall / 28.8 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
-# At L = 2,048: torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB). On CUDA "auto" = keops when it compiles.
+# "auto" on CPU = torch, by measurement (bench/s4_kernel.py on this project's 2-core AMD EPYC, shared with another
+# job using ~2 cores, load 2-2.4, so wall times swing 2x; H = 1024, N = 64, L = 11,820, forward+backward, median of 3,
+# 2 threads). torch, mixed-radix path (this version): 0.77-1.38 s wall, 1.39-1.81 s CPU, 178-185 MB extra; the
+# previous time-domain + length-L rfft path, run alternately in the same conditions: 0.89-1.93 s wall, 1.72-1.92 s
+# CPU, 203-206 MB (1.76 s at load ~4.6-5 before). Single thread, same process, alternating: 1.07 s vs 1.53 s.
+# keops (one pass) 37.7 s wall / 28.8 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
+# At L = 2,048 (11-smooth: time-domain path, unchanged): torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB).
+# On CUDA "auto" = keops when it compiles.
 AUTO_CPU = "torch"
 
 
