@@ -441,14 +441,20 @@ def _run_chunks(fn, H: int, chunk: int, device) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     grad_mode = torch.is_grad_enabled()
+    inference = torch.is_inference_mode_enabled()  # Lightning validates under inference_mode: tensors made there
+    # are inference tensors, and a worker thread not in that mode may not write into them
 
     def init() -> None:
         torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: this worker only
         torch.set_grad_enabled(grad_mode)
 
+    def call(lo: int, hi: int) -> None:
+        with torch.inference_mode(inference):
+            fn(lo, hi)
+
     try:
         with ThreadPoolExecutor(min(threads, len(spans)), initializer=init) as pool:
-            for future in [pool.submit(fn, lo, hi) for lo, hi in spans]:
+            for future in [pool.submit(call, lo, hi) for lo, hi in spans]:
                 future.result()
     finally:
         torch.set_num_threads(threads)  # MKL's count is process-wide: restore it
@@ -583,13 +589,13 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
     return BACKENDS[resolve_backend(backend, v.device)](v, a, dt, L)
 
 
-# "auto" on CPU = torch, by measurement (bench/s4_kernel.py on this project's 2-core AMD EPYC, shared with another
-# job using ~2 cores, load 2-2.4, so wall times swing 2x; H = 1024, N = 64, L = 11,820, forward+backward, median of 3,
-# 2 threads). torch, mixed-radix path (this version): 0.77-1.38 s wall, 1.39-1.81 s CPU, 178-185 MB extra; the
-# previous time-domain + length-L rfft path, run alternately in the same conditions: 0.89-1.93 s wall, 1.72-1.92 s
-# CPU, 203-206 MB (1.76 s at load ~4.6-5 before). Single thread, same process, alternating: 1.07 s vs 1.53 s.
-# keops (one pass) 37.7 s wall / 28.8 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
-# At L = 2,048 (11-smooth: time-domain path, unchanged): torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB).
+# "auto" on CPU = torch, by measurement (bench/s4_kernel.py, H = 1024, N = 64, L = 11,820, forward+backward, median
+# of 3, on this project's 2-core AMD EPYC while another job kept 2-4 more threads busy, so wall ~ CPU time):
+#   torch (mixed-radix path): 1.45 s wall / 1.35 s CPU, 185 MB extra (full bench run, load 2.0); run alternately with
+#     the previous time-domain + length-L rfft path in separate processes: 1.30-1.39 s vs 1.71-1.77 s (2 threads,
+#     load 3.9), 1.19 s vs 1.57-1.61 s (1 thread), 174-185 MB vs 198-206 MB; 0.77-0.98 s vs 0.89-1.76 s at load 2.2.
+#   keops (one pass): 36.4 s wall / 28.1 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
+# At L = 2,048 (11-smooth: the time-domain path, unchanged): torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB).
 # On CUDA "auto" = keops when it compiles.
 AUTO_CPU = "torch"
 

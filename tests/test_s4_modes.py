@@ -1,0 +1,23 @@
+"""The S4 layer under the autograd modes Lightning uses: validation and test run inside torch.inference_mode."""
+
+import torch
+
+from heads.s4 import S4
+
+
+def test_inference_mode_matches_no_grad_with_threaded_chunks():
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the torch backend splits channel chunks over threads when it has more than one
+    try:
+        layer = S4(64, l_max=None, backend="torch").eval()
+        x = torch.randn(2, 64, 300)  # (B, H, L)
+        with torch.no_grad():
+            expected = layer(x)
+        layer._cache = None  # recompute the kernel inside inference_mode rather than reuse the eval cache
+        with torch.inference_mode():
+            got = layer(x.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert got.shape == (2, 64, 300)
+    torch.testing.assert_close(got, expected)
