@@ -593,7 +593,7 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
 # of 3, on this project's 2-core AMD EPYC while another job kept 2-4 more threads busy, so wall ~ CPU time):
 #   torch (mixed-radix path): 1.45 s wall / 1.35 s CPU, 185 MB extra (full bench run, load 2.0); run alternately with
 #     the previous time-domain + length-L rfft path in separate processes: 1.30-1.39 s vs 1.71-1.77 s (2 threads,
-#     load 3.9), 1.19 s vs 1.57-1.61 s (1 thread), 174-185 MB vs 198-206 MB; 0.77-0.98 s vs 0.89-1.76 s at load 2.2.
+#     load 3.9), 1.19 s vs 1.57-1.61 s (1 thread), 174-185 MB vs 198-206 MB; 0.77-1.38 s vs 0.89-1.93 s at load 1.9-2.4.
 #   keops (one pass): 36.4 s wall / 28.1 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
 # At L = 2,048 (11-smooth: the time-domain path, unchanged): torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB).
 # On CUDA "auto" = keops when it compiles.
