@@ -449,7 +449,9 @@ def _run_chunks(fn, H: int, chunk: int, device) -> None:
         torch.set_grad_enabled(grad_mode)
 
     def call(lo: int, hi: int) -> None:
-        with torch.inference_mode(inference):
+        if not inference:  # NB inference_mode(False) would switch grad mode ON: enter it only when needed
+            return fn(lo, hi)
+        with torch.inference_mode():
             fn(lo, hi)
 
     try:

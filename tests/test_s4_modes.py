@@ -21,3 +21,20 @@ def test_inference_mode_matches_no_grad_with_threaded_chunks():
         torch.set_num_threads(threads)
     assert got.shape == (2, 64, 300)
     torch.testing.assert_close(got, expected)
+
+
+def test_training_backward_with_threaded_chunks_after_inference():
+    """Training after an inference-mode pass (Lightning's sanity check) still gets gradients."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        layer = S4(64, l_max=None, backend="torch")
+        x = torch.randn(2, 64, 300)  # (B, H, L)
+        with torch.inference_mode():
+            layer.eval()(x)
+        layer.train()
+        layer(x).square().mean().backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
