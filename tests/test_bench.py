@@ -1,0 +1,36 @@
+"""`make bench QUICK=1` runs inside the test suite, so the benchmarks cannot rot (issue: bench figures, latest.json).
+
+The quick run exercises every benchmark path at tiny sizes; here we check that it finishes and that the JSON has the
+keys the README and the plots rely on. Timings themselves are never asserted (they live in bench/, not in tests).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_section(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "quick.json").read_text())
+    assert results["device"]
+    for section in ("store", "kernel", "heads", "extract"):
+        assert "error" not in results[section], results[section]
+    assert results["store"]["read_ratio"] > 0
+    assert {"naive", "torch"} <= set(results["kernel"])
+    for backend in ("naive", "torch"):
+        assert results["kernel"][backend]["s"] > 0 and results["kernel"][backend]["extra_mb"] >= 0
+    heads = results["heads"]
+    assert {"lvu_step_s", "lvu_peak_gb", "scaling_step_s"} <= set(heads)
+    assert any(name.startswith("s4-multiscale") for name in heads["lvu_step_s"])
+    assert {"encoder_fps", "end_to_end_fps", "bytes_per_value"} <= set(results["extract"])
+    assert (tmp_path / "quick-kernel.png").stat().st_size > 0
