@@ -28,7 +28,8 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert results["store"]["read_ratio"] > 0
     assert {"naive", "torch"} <= set(results["kernel"])
     for backend in ("naive", "torch"):
-        assert results["kernel"][backend]["s"] > 0 and results["kernel"][backend]["extra_mb"] >= 0
+        assert results["kernel"][backend]["s"] > 0
+        assert isinstance(results["kernel"][backend]["extra_mb"], (int, float))  # an RSS delta: may dip below 0
     heads = results["heads"]
     assert {"lvu_step_s", "lvu_peak_gb", "scaling_step_s"} <= set(heads)
     assert any(name.startswith("s4-multiscale") for name in heads["lvu_step_s"])
