@@ -14,10 +14,13 @@ TORCH_PIN := torch==2.13.0
 ##   TASK         LVU task (relationship ... view_count) or Breakfast split s1..s4   [dataset default]
 ##   DATA_ROOT    folder holding the raw data set      [data/raw/<dataset>]
 ##   ENCODER      HF hub id, local model folder, or vit-tiny-random   [google/vit-large-patch16-224-in21k]
-##   FPS | SEGMENTS  sampling at extraction            [LVU: FPS=1; others: SEGMENTS=128]
+##   FPS | SEGMENTS  sampling at extraction   [LVU: FPS=1; breakfast, coin: SEGMENTS=128; synthetic: SEGMENTS=64]
 ##   FRAMES_PER_SEGMENT, POOL, BATCH, WORKERS, CACHE_DIR [1, none, 32, 2, cache]
 ##   HEAD         s4-multiscale | s4-singlescale | transformer-multiscale | transformer | mean-pool   [s4-multiscale]
-##   EPOCHS, LR, SEED, ACCELERATOR, DEVICES, NODES, RESUME   [100, 1e-3, 0, auto, 1, 1, none]
+##   EPOCHS, BATCH, LR, SEED   [100, 16, 1e-3, 0]
+##   ACCELERATOR, DEVICES, NODES   [auto, 1, 1]; DEVICES>1 or NODES>1 trains with DDP
+##   RESUME       runs/.../checkpoints/last.ckpt, or 'last' for the newest run   [none]
+##   TAG          cache tag to train on (cache/<dataset>/<tag>)   [most recent]
 ##   CKPT (make eval), RUN (make report), QUICK=1 (make bench), DEBUG=1 (full tracebacks)
 
 opt = $(if $($(1)),--$(2) '$($(1))')
@@ -28,7 +31,7 @@ EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA
 TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
 	$(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) $(call opt,LR,lr) $(call opt,SEED,seed) \
 	$(call opt,DEVICES,devices) $(call opt,NODES,nodes) $(call opt,ACCELERATOR,accelerator) \
-	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers)
+	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers) $(call opt,TAG,tag)
 
 .PHONY: help install test lint clean data extract train eval demo bench report
 

@@ -31,15 +31,21 @@ def read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
     """metrics.csv -> {metric: [(epoch, value), ...]}; step-level rows are averaged per epoch."""
     sums: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            epoch = _float(row.get("epoch", ""))
-            if epoch is None:
+        rows = list(csv.DictReader(handle))
+    step_epoch = sorted((_float(r.get("step", "")), _float(r.get("epoch", ""))) for r in rows
+                        if _float(r.get("step", "")) is not None and _float(r.get("epoch", "")) is not None)
+    for row in rows:
+        epoch = _float(row.get("epoch", ""))
+        step = _float(row.get("step", ""))
+        if epoch is None and step is not None:  # e.g. Lightning's learning-rate rows: epoch of that step
+            epoch = next((e for s, e in step_epoch if s >= step), None)
+        if epoch is None:
+            continue
+        for key, text in row.items():
+            value = _float(text)
+            if key in ("epoch", "step") or value is None:
                 continue
-            for key, text in row.items():
-                value = _float(text)
-                if key in ("epoch", "step") or value is None:
-                    continue
-                sums[key][epoch].append(value)
+            sums[key][epoch].append(value)
     return {key: sorted((e, sum(v) / len(v)) for e, v in per_epoch.items()) for key, per_epoch in sums.items()}
 
 
@@ -53,7 +59,7 @@ def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title:
     groups: dict[str, list[str]] = defaultdict(list)
     for key in sorted(metrics):
         quantity = key.split("/", 1)[-1].replace("_epoch", "").replace("_step", "")
-        if quantity in ("lr", "lr-AdamW") or key.startswith("lr"):
+        if key.startswith("lr"):
             quantity = "learning rate"
         groups[quantity].append(key)
     n = max(1, len(groups))
@@ -117,9 +123,10 @@ def plot_predictions(labels: list[float], preds: list[float], task_type: str, cl
         image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
         fig.colorbar(image, ax=ax, fraction=0.046)
         names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
-        if k <= 30:
-            ax.set_xticks(range(k), names, rotation=90, fontsize=7)
-            ax.set_yticks(range(k), names, fontsize=7)
+        if k <= 30:  # columns by index, rows "index name" (long names would squeeze the matrix)
+            ax.set_xticks(range(k), [str(i) for i in range(k)], fontsize=7)
+            ax.set_yticks(range(k), [f"{i} {n}" if len(n) <= 60 else f"{i} {n[:57]}..." for i, n in enumerate(names)],
+                          fontsize=7)
             for i in range(k):
                 for j in range(k):
                     if matrix[i, j]:
@@ -130,8 +137,7 @@ def plot_predictions(labels: list[float], preds: list[float], task_type: str, cl
         accuracy = float(np.trace(matrix) / max(1.0, matrix.sum()))
         ax.set_title(f"{title}\ntest accuracy {accuracy:.3f} ({int(matrix.sum())} videos)", fontsize=9)
         path = out / "confusion.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
