@@ -1,7 +1,7 @@
 """Pictures of the benchmark figures (PNG, matplotlib's Agg backend; no display needed).
 
 `plot_all(results, out)` draws what the results hold and returns the paths it wrote:
-  scaling.png  step time (and peak memory) against L for each head, log-log
+  scaling.png  step time and peak memory (process RSS) against L for each head, log-log
   kernel.png   time and extra memory of each Cauchy-kernel backend
 """
 
@@ -26,6 +26,12 @@ def _numeric(value) -> float | None:
 
 def plot_scaling(heads: dict, path: Path) -> Path | None:
     """Step time (and peak GB when present) against L, one line per head, log-log axes."""
+    if not heads.get("scaling_peak_gb") and isinstance(heads.get("detail"), list):
+        peaks: dict = {}  # every measured (variant, L) -> peak RSS, the LVU-only materialized point included
+        for entry in heads["detail"]:
+            if isinstance(entry, dict) and _numeric(entry.get("peak_gb")) is not None and entry.get("L"):
+                peaks.setdefault(entry["variant"], {})[str(entry["L"])] = entry["peak_gb"]
+        heads = {**heads, "scaling_peak_gb": peaks}
     panels = [("scaling_step_s", "training step (s)")]
     if heads.get("scaling_peak_gb"):
         panels.append(("scaling_peak_gb", "peak memory (GB)"))
@@ -37,7 +43,7 @@ def plot_scaling(heads: dict, path: Path) -> Path | None:
             points = sorted((int(L), _numeric(v)) for L, v in series.items())
             points = [(L, v) for L, v in points if v is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=head)
+                ax.plot(*zip(*points), marker="o" if len(points) > 1 else "s", label=head)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L = T·P")
@@ -61,13 +67,19 @@ def plot_kernel(kernel: dict, path: Path) -> Path | None:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = [r[0] for r in rows]
     ax_t.bar(names, [r[1] for r in rows], color="tab:blue")
-    ax_t.set_ylabel("kernel forward + backward (s)")
+    ax_t.set_ylabel("kernel forward + backward (s, log)")
+    ax_t.set_yscale("log")
+    for name, seconds, _ in rows:
+        ax_t.annotate(f"{seconds:.2f} s", (names.index(name), seconds), ha="center", va="bottom", fontsize=8)
     ax_m.bar(names, [r[2] or 0.0 for r in rows], color="tab:orange")
     ax_m.set_ylabel("peak extra memory (MB)")
     for ax in (ax_t, ax_m):
         ax.tick_params(axis="x", rotation=20)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("S4 kernel backends")
+    size = (kernel.get("detail") or {}).get("size") or {}
+    where = ", ".join(f"{k}={v:,}" for k, v in size.items())
+    device = (kernel.get("detail") or {}).get("device", "")
+    fig.suptitle(f"S4 kernel backends ({where}{', ' + device if device else ''})" if where else "S4 kernel backends")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
