@@ -74,6 +74,43 @@ def fft_length(n: int) -> int:
     return best
 
 
+class _CausalConv(torch.autograd.Function):
+    """y = irfft(rfft(u, n) * rfft(k, n))[..., :L] with a hand-written backward.
+
+    Autograd's own backward of rfft/irfft goes through complex-to-complex transforms and zero-filled buffers; the
+    adjoint of a causal convolution is a correlation, two transforms of length n: grad_u = irfft(G conj(K))[:L] and
+    grad_k = irfft(sum_B G conj(U))[:L] (n >= 2L - 1, so the wrapped part of the correlation lands on zero padding).
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, k: torch.Tensor, n: int) -> torch.Tensor:
+        L = u.shape[-1]
+        u_f = torch.fft.rfft(u, n=n)  # (B, H, n/2+1)
+        k_f = torch.fft.rfft(k, n=n)  # (H, n/2+1)
+        ctx.save_for_backward(u_f, k_f)
+        ctx.n, ctx.L = n, L
+        return torch.fft.irfft(u_f * k_f, n=n)[..., :L]  # (B, H, L)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        u_f, k_f = ctx.saved_tensors
+        n, L = ctx.n, ctx.L
+        g_f = torch.fft.rfft(grad, n=n)  # (B, H, n/2+1)
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :L]  # (B, H, L)
+        if ctx.needs_input_grad[1]:
+            grad_k = torch.fft.irfft((g_f * u_f.conj()).sum(0), n=n)[..., :L]  # (H, L)
+        return grad_u, grad_k, None
+
+
+def causal_conv(u: torch.Tensor, k: torch.Tensor, n: int) -> torch.Tensor:
+    """Causal convolution of u (B, H, L) with per-channel kernels k (H, L) through FFTs of length n >= 2L - 1."""
+    if n < 2 * u.shape[-1] - 1:
+        raise ValueError(f"Expected an FFT length n >= 2L - 1 = {2 * u.shape[-1] - 1}, got {n}")
+    return _CausalConv.apply(u, k, n)
+
+
 def _tag(param: nn.Parameter, optim: dict) -> nn.Parameter:
     param._optim = dict(optim)
     return param
@@ -160,9 +197,7 @@ class S4(nn.Module):
         k = self.kernel(L)  # (H, L)
         x = u if u.dtype in (torch.float32, torch.float64) else u.float()  # (B, H, L) no half-precision FFTs
         n = fft_length(2 * L)  # the paper uses n = 2L; any n >= 2L - 1 is the same causal convolution
-        k_f = torch.fft.rfft(k, n=n)  # (H, n/2+1)
-        u_f = torch.fft.rfft(x, n=n)  # (B, H, n/2+1)
-        y = torch.fft.irfft(u_f * k_f, n=n)[..., :L]  # (B, H, L) causal convolution
+        y = causal_conv(x, k.to(x.dtype), n)  # (B, H, L)
         y = y + x * self.D[:, None]  # (B, H, L)
         y = F.gelu(y)  # (B, H, L)
         if self.training and self.dropout > 0:  # channel-wise: one mask entry per (batch, channel)

@@ -38,3 +38,17 @@ def test_training_backward_with_threaded_chunks_after_inference():
     finally:
         torch.set_num_threads(threads)
     assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+
+
+def test_causal_conv_matches_direct_convolution_in_value_and_gradient():
+    from heads.s4 import causal_conv, fft_length
+
+    torch.manual_seed(0)
+    B, H, L = 2, 3, 17
+    u = torch.randn(B, H, L, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(H, L, dtype=torch.float64, requires_grad=True)
+    n = fft_length(2 * L)
+    direct = torch.stack([(u[..., : t + 1] * k.flip(-1)[..., L - 1 - t:]).sum(-1) for t in range(L)], -1)  # (B, H, L)
+    torch.testing.assert_close(causal_conv(u, k, n), direct)
+    assert torch.autograd.gradcheck(lambda a, b: causal_conv(a, b, n), (u, k))
+    assert torch.autograd.gradcheck(lambda a, b: causal_conv(a, b, 2 * L - 1), (u, k))  # the shortest valid length
