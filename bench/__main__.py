@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
+from bench.common import write_json
 from data.cli import run_cli
 
 SECTIONS = {  # key in latest.json -> module
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "quick" if args.quick else "latest"
     path = out / f"{name}.json"
-    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    write_json(path, results)
     from bench.plots import plot_all
 
     pictures = plot_all(results, out, prefix="quick-" if args.quick else "")

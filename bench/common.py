@@ -76,13 +76,28 @@ def to_jsonable(value: Any) -> Any:
 
 def save_json(name: str, data: dict, out_dir: str | Path | None = None) -> Path:
     """Write `data` to `<out_dir or bench/results>/<name>.json` (atomically) and return the path."""
-    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+    return write_json(Path(out_dir if out_dir is not None else RESULTS_DIR) / f"{name}.json", data)
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write `data` as JSON to `path` (atomically, parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def proc_status_mb(field: str = "VmRSS") -> float:
+    """A memory field of /proc/self/status in MiB (VmRSS: resident now, VmHWM: peak resident); NaN elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def measure_subprocess(command: Sequence[str], timeout: float | None = None, cwd: str | Path | None = None,

@@ -16,7 +16,6 @@ machine is shared, so compare the ratio (both sides measured in the same run), n
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import write_json  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "extract.json"
 
@@ -177,9 +178,7 @@ def run(quick: bool = False, batch: int = 32, workers: int = 2, save: bool = Tru
         "device": "cuda" if torch.cuda.is_available() else "cpu", "quick": quick, "encoders": results,
     }
     if save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        path = RESULTS.with_name("extract-quick.json") if quick else RESULTS
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        path = write_json(RESULTS.with_name("extract-quick.json") if quick else RESULTS, summary)
         print(f"saved {path}")
     return summary
 

@@ -21,7 +21,6 @@ import collections
 import contextlib
 import hashlib
 import io
-import json
 import os
 import random
 import signal
@@ -33,6 +32,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import write_json  # noqa: E402
 
 SEGMENTS = 8
 TAG = f"vit-tiny-random_seg{SEGMENTS}"
@@ -209,8 +210,7 @@ def run(trials: int = 10, quick: bool = False, out: Path | None = None, workdir:
           f"{summary['failures_found']}, lost videos: {summary['lost_videos']}, duplicated videos: "
           f"{summary['duplicated_videos']}")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out, summary)
         print(f"saved {out}")
     return summary
 

@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import proc_status_mb, write_json  # noqa: E402
+
 LVU = {"T": 60, "P": 197, "d": 1024, "layers": 3, "classes": 10}
 SCALING_T = (15, 30, 60, 120)  # × 197 tokens = 2,955 / 5,910 / 11,820 / 23,640
 QUICK = {"T": 8, "P": 5, "d": 32, "layers": 3, "classes": 10}
@@ -52,11 +54,6 @@ def default_budget_gb() -> float:
     except OSError:
         pass
     return 12.0
-
-
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
 def _vm_bytes() -> int:
@@ -83,7 +80,7 @@ def measure(variant: str, T: int, P: int, d: int, layers: int, classes: int, ste
     if mem_budget_gb:
         limit = _vm_bytes() + int(mem_budget_gb * 1e9)
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    base_rss = _rss_gb()
+    base_rss = proc_status_mb("VmRSS") * 2**20 / 1e9  # GB, like ru_maxrss below
     times = []
     try:
         for i in range(steps + 1):
@@ -221,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run(quick=args.quick, steps=args.steps, mem_budget_gb=args.mem_budget_gb, job_timeout=args.job_timeout)
     print_table(out)
     path = Path(args.out or REPO / "bench" / "results" / ("heads-quick.json" if args.quick else "heads.json"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(path, out)
     print(f"saved {path}")
     return 0
 

@@ -29,19 +29,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import proc_status_mb, write_json  # noqa: E402
+
 FULL_CASES = [  # (backend, H, L)
     ("torch", 1024, 11820), ("keops", 1024, 11820),
     ("naive", 1024, 2048), ("torch", 1024, 2048), ("keops", 1024, 2048),
 ]
 QUICK_CASES = [("naive", 8, 256), ("torch", 8, 256), ("keops", 8, 256)]
 BUDGET = {"s": 0.5, "extra_mb": 256}  # issue 3 target for the best CPU backend at H=1024, L=11,820
-
-
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> dict:
@@ -78,7 +73,7 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_mb("VmRSS")
+        base = proc_status_mb("VmRSS")
         try:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         except OSError:
@@ -88,7 +83,7 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
     if device == "cuda":
         extra = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        extra = _rss_mb("VmHWM") - base
+        extra = proc_status_mb("VmHWM") - base
     return {
         "backend": backend, "H": H, "N": 64, "L": L, "device": device, "threads": torch.get_num_threads(),
         "s": statistics.median(t for _, t, _ in times), "forward_s": statistics.median(f for f, _, _ in times),
@@ -177,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.quick else str(ROOT / "bench" / "results" / "s4_kernel.json"))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
         print(f"saved {out}")
     return 0
 

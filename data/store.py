@@ -253,7 +253,8 @@ def _from_attr(value):
     return value
 
 
-def _package_version() -> str:
+def package_version() -> str:
+    """The installed version of this project ("0+unknown" when run from a tree that is not installed)."""
     try:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -363,7 +364,7 @@ class ShardWriter:
         # with the data, so (with early allocation below) a video's chunks lie back to back in the file.
         self._file = h5py.File(self._path, "w-", libver=("v110", "v110"))
         attrs = dict(self.attrs)
-        attrs.update(schema=SCHEMA, dtype="float16", rank=self.rank, version=_package_version(),
+        attrs.update(schema=SCHEMA, dtype="float16", rank=self.rank, version=package_version(),
                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         for key, value in attrs.items():
             self._file.attrs[key] = value

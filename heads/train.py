@@ -42,12 +42,9 @@ def code_version() -> str:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    try:
-        from importlib.metadata import version
+    from data.store import package_version
 
-        return version("vis4mer-pipeline")
-    except Exception:
-        return "unknown"
+    return package_version()
 
 
 def _plain(value):
