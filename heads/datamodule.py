@@ -51,14 +51,6 @@ def random_subset(num_segments: int, k: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.integers(0, num_segments, size=k))
 
 
-def read_segments(store, video_id: str, indices: np.ndarray) -> np.ndarray:
-    """store.read for arbitrary (possibly repeated) indices: one sorted unique read, then expand. (T', P, D)."""
-    if len(indices) and np.all(np.diff(indices) == 1):
-        return store.read(video_id, slice(int(indices[0]), int(indices[-1]) + 1))
-    unique, inverse = np.unique(indices, return_inverse=True)
-    return store.read(video_id, unique)[inverse]
-
-
 # --------------------------------------------------------------------------------------------------------- datasets
 class TrainClips(Dataset):
     """One random clip per video per epoch: (tokens float16 (T', P, D), label, video index)."""
@@ -82,7 +74,7 @@ class TrainClips(Dataset):
             idx = window_indices(n, start, self.size)
         else:
             idx = random_subset(n, self.size, rng)
-        tokens = read_segments(self.store, self.video_ids[i], idx)
+        tokens = self.store.read(self.video_ids[i], idx)  # any order, repeats allowed
         return torch.from_numpy(np.ascontiguousarray(tokens)), self.labels[i], i
 
 
@@ -105,7 +97,7 @@ class EvalClips(Dataset):
 
     def __getitem__(self, i: int):
         v, idx = self.items[i]
-        tokens = read_segments(self.store, self.video_ids[v], idx)
+        tokens = self.store.read(self.video_ids[v], idx)  # any order, repeats allowed
         return torch.from_numpy(np.ascontiguousarray(tokens)), self.labels[v], v
 
 
