@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads.blocks import MultiScaleStack, SegmentTokenPositions, flatten_tokens
+from heads.blocks import MultiScaleStack, SegmentTokenPositions, avg_pool2, flatten_tokens
 
 ATTENTION_KINDS = ("sdpa", "materialized")
 
@@ -45,6 +45,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H)."""
+        return self.out(self.attend(x))  # (B, L, H)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """avg_pool2(forward(x)), pooling before the output Linear (they commute): (B, L, H) -> (B, L // 2, H).
+        The multi-scale block uses it, as it does for S4, so the twin gets the same saving."""
+        return self.out(avg_pool2(self.attend(x)))  # (B, L/2, H)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention without the output projection: (B, L, H) -> (B, L, H)."""
         B, L, H = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim)  # (B, L, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, h, L, d)
@@ -55,8 +64,7 @@ class SelfAttention(nn.Module):
             scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, h, L, L)
             weights = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)  # (B, h, L, L)
             y = torch.matmul(weights, v)  # (B, h, L, d)
-        y = y.transpose(1, 2).reshape(B, L, H)  # (B, L, H)
-        return self.out(y)  # (B, L, H)
+        return y.transpose(1, 2).reshape(B, L, H)  # (B, L, H)
 
 
 class TransformerMultiScale(MultiScaleStack):

@@ -79,7 +79,9 @@ def avg_pool2(x: torch.Tensor) -> torch.Tensor:
 class MultiScaleBlock(nn.Module):
     """pre-LN -> mixer -> channel dropout -> residual -> [AvgPool1d(2)] -> Linear(H, H_out) -> GELU.
 
-    `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself).
+    `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself). A mixer may also offer
+    `forward_pooled(x)` = avg_pool2(mixer(x)) computed more cheaply (pooling before its output Linear); the
+    multi-scale block then pools its residual stream first.
     """
 
     def __init__(self, d_model: int, mixer: nn.Module, dropout: float, multiscale: bool = True):
@@ -113,6 +115,11 @@ class MultiScaleBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L/2, H/2) (multi-scale) or (B, L, H) (single-scale)."""
+        if self.multiscale and hasattr(self.mixer, "forward_pooled"):
+            # pool(x + drop(mixer(x'))) = pool(x) + drop(pool(mixer(x'))): the pooling commutes with the channel
+            # dropout and with the mixer's last position-wise Linear, which then runs on L/2 steps
+            z = self.mixer.forward_pooled(self.norm(x))  # (B, L/2, H)
+            return F.gelu(self.linear(self.residual(avg_pool2(x), z)))  # (B, L/2, H/2)
         z = self.mixer(self.norm(x))  # (B, L, H)
         x = self.residual(x, z)  # (B, L, H)
         if self.multiscale:

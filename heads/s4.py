@@ -8,7 +8,9 @@ Math (DESIGN.md "The S4 decoder"), per channel h:
   C is learned as C~ = C (I - A_bar^L) (S4 Algorithm 1), so the length-L kernel's spectrum is
   C~ (I - A_bar w)^-1 B_bar at the rfft nodes: four Cauchy sums + a Woodbury rank-1 correction (`heads.cauchy`).
   Layer: y = irfft(rfft(u, n) * rfft(K, n))[:L] + D u -> GELU -> channel dropout -> Linear(H, H), with n the
-  smallest 5-smooth size >= 2L (the same causal convolution as the paper's n = 2L, faster FFTs).
+  smallest 5-smooth size >= 2L (the same causal convolution as the paper's n = 2L, faster FFTs). On CPU the part
+  before the Linear runs channel-chunked with a hand-written backward (`fused_core`); `forward_pooled` serves the
+  multi-scale block, whose AvgPool1d(2) commutes with the Linear and so runs before it (half the GEMM work).
 
 Parameters mirror the paper code's layout so its checkpoints map one to one:
   log_dt (H,), w (M, 2) = A's diagonal as (re, im), B (H, 2, M, 2) = [B, P], C (H, 2, M, 2) = [C~, Q], D (H,),
@@ -18,19 +20,20 @@ Parameters mirror the paper code's layout so its checkpoints map one to one:
 The kernel is computed at `l_max` and truncated to L; `l_max=None` computes it at each input's length. An input longer
 than `l_max` raises a ValueError (the paper code instead doubles l_max in place, a silent state change that a saved
 checkpoint does not record); `double_length()` offers that operation explicitly: C~ <- C~ (I + A_bar^l_max).
-The paper's ViS4mer builds every block's S4 with the SAME l_max (the input length), so blocks after an AvgPool
-truncate a kernel computed at the full length; C~ of a paper checkpoint is only meaningful at that l_max.
+The paper's ViS4mer halves l_max with each block (its models.py: `l_max = int(l_max/2)` after each pool), and so
+do our stacks; C~ of a paper checkpoint is only meaningful at the l_max it was trained with.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heads.cauchy import resolve_backend, ssm_kernel
+from heads.cauchy import _run_chunks, resolve_backend, ssm_kernel
 
 SSM_OPTIM = {"lr": 1e-3, "weight_decay": 0.0}
 
@@ -111,6 +114,155 @@ def causal_conv(u: torch.Tensor, k: torch.Tensor, n: int) -> torch.Tensor:
     return _CausalConv.apply(u, k, n)
 
 
+def _pool_pairs(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """AvgPool1d(2) over the last axis: (..., L) -> (..., L // 2); an odd last step is dropped (as nn.AvgPool1d)."""
+    half = x.shape[-1] // 2
+    out = torch.add(x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2], out=out)  # (..., L/2)
+    return out.mul_(0.5)
+
+
+def _unpool_pairs(g: torch.Tensor, L: int) -> torch.Tensor:
+    """Adjoint of `_pool_pairs`: (..., L // 2) -> (..., L), each pooled gradient split over its pair, 0 at an odd
+    last step."""
+    out = g.new_empty(*g.shape[:-1], L)  # (..., L)
+    half = g.shape[-1]
+    torch.mul(g, 0.5, out=out[..., 0 : 2 * half : 2])
+    out[..., 1 : 2 * half : 2] = out[..., 0 : 2 * half : 2]
+    if L % 2:
+        out[..., -1] = 0
+    return out
+
+
+class _Workspace:
+    """Per-thread FFT buffers of `_FusedCore`, reused across the chunks one thread takes: a zero-tailed (B, c, n) input,
+    a (B, c, n/2+1) spectrum and a (c, n/2+1) kernel spectrum, sliced to the chunk's width (fresh multi-MB buffers
+    per chunk cost page faults and zero fills)."""
+
+    def __init__(self, B: int, c: int, L: int, n: int, like: torch.Tensor):
+        self.L, self.n = L, n
+        self.pad = like.new_empty(B, c, n)  # (B, c, n)
+        self.pad[..., L:] = 0
+        self.kpad = like.new_empty(c, n)  # (c, n)
+        self.kpad[..., L:] = 0
+        cplx = torch.complex128 if like.dtype == torch.float64 else torch.complex64
+        self.spec = like.new_empty(B, c, n // 2 + 1, dtype=cplx)  # (B, c, F)
+        self.kspec = like.new_empty(c, n // 2 + 1, dtype=cplx)  # (c, F)
+
+    def rfft(self, x: torch.Tensor) -> torch.Tensor:
+        """rfft(x, n) of a (B, h, L) chunk into the reused spectrum buffer.  # (B, h, F)"""
+        h = x.shape[1]
+        self.pad[:, :h, : self.L].copy_(x)
+        return torch.fft.rfft(self.pad[:, :h], out=self.spec[:, :h])
+
+    def rfft_k(self, k: torch.Tensor) -> torch.Tensor:
+        """rfft(k, n) of an (h, L) kernel chunk.  # (h, F)"""
+        h = k.shape[0]
+        self.kpad[:h, : self.L].copy_(k)
+        return torch.fft.rfft(self.kpad[:h], out=self.kspec[:h])
+
+
+def _workspace(local, B: int, c: int, L: int, n: int, like: torch.Tensor) -> _Workspace:
+    ws = getattr(local, "ws", None)
+    if ws is None:
+        ws = local.ws = _Workspace(B, c, L, n, like)
+    return ws
+
+
+class _FusedCore(torch.autograd.Function):
+    """z = scale * pool(GELU(causal_conv(u, k) + D u)), channel-chunked, with a hand-written backward.
+
+    Everything between the S4 input and its position-wise output Linear is independent per channel, so it runs over
+    channel chunks on the `heads.cauchy` thread pool: each chunk's FFT buffers (a few MB, reused per thread) stay in
+    cache and no (B, H, n) spectrum is ever allocated or kept (large fresh allocations page-fault on every step).
+    Saved for backward: u, k, D and the pre-GELU y (B, H, L); the spectra of u and k are recomputed per chunk (2 more
+    FFTs per channel instead of keeping two (B, H, n/2+1) complex tensors).
+    u (B, H, L) may be a transposed view of a (B, L, H) tensor: it is made contiguous once (whole-tensor transposes
+    are cheap, chunks of a transposed view read one element per page); z (B, H, Lo) is returned in the (B, Lo, H)
+    memory layout the output Linear reads. `scale` (B, H) is the channel-dropout multiplier or None; pool=True
+    applies AvgPool1d(2) over L (Lo = L // 2), which commutes with the per-channel scale and the position-wise Linear.
+    """
+
+    @staticmethod
+    def forward(ctx, u, k, D, scale, n: int, pool: bool, chunk: int):
+        B, H, L = u.shape
+        Lo = L // 2 if pool else L
+        u = u.contiguous()  # (B, H, L)
+        z = u.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
+        y = u.new_empty(B, H, L)  # (B, H, L) pre-GELU, kept for backward
+        local = threading.local()
+
+        def one(lo: int, hi: int) -> None:
+            ws = _workspace(local, B, chunk, L, n, u)
+            uc = u[:, lo:hi]  # (B, h, L)
+            spec = ws.rfft(uc).mul_(ws.rfft_k(k[lo:hi]))  # (B, h, F)
+            yc = y[:, lo:hi]  # (B, h, L)
+            yc.copy_(torch.fft.irfft(spec, n=n)[..., :L]).addcmul_(uc, D[lo:hi, None])
+            zc = F.gelu(yc)  # (B, h, L)
+            if pool:
+                zc = _pool_pairs(zc)  # (B, h, Lo)
+            if scale is not None:
+                zc = zc.mul_(scale[:, lo:hi, None])
+            z[:, lo:hi] = zc
+
+        _run_chunks(one, H, chunk, u.device)
+        ctx.save_for_backward(u, k, D, scale, y)
+        ctx.n, ctx.pool, ctx.chunk = n, pool, chunk
+        return z
+
+    @staticmethod
+    def backward(ctx, gz):
+        u, k, D, scale, y = ctx.saved_tensors
+        n, pool, chunk = ctx.n, ctx.pool, ctx.chunk
+        B, H, L = u.shape
+        gz = gz.contiguous()  # (B, H, Lo): usually the transposed gradient of the output Linear's input
+        need_u, need_k, need_d, need_s = ctx.needs_input_grad[:4]
+        gu = torch.empty_like(u) if need_u else None  # (B, H, L)
+        gk = torch.empty_like(k) if need_k else None  # (H, L)
+        gD = torch.empty_like(D) if need_d else None  # (H,)
+        gs = torch.empty_like(scale) if need_s else None  # (B, H)
+        local = threading.local()
+
+        def one(lo: int, hi: int) -> None:
+            ws = _workspace(local, B, chunk, L, n, u)
+            gc = gz[:, lo:hi]  # (B, h, Lo)
+            yc, uc = y[:, lo:hi], u[:, lo:hi]  # (B, h, L)
+            if need_s:
+                zc = F.gelu(yc)
+                gs[:, lo:hi] = (gc * (_pool_pairs(zc) if pool else zc)).sum(-1)
+            if scale is not None:
+                gc = gc * scale[:, lo:hi, None]
+            if pool:
+                gc = _unpool_pairs(gc, L)  # (B, h, L)
+            gy = torch.ops.aten.gelu_backward(gc, yc)  # (B, h, L)
+            if need_d:
+                gD[lo:hi] = torch.linalg.vecdot(gy, uc).sum(0)
+            G = torch.fft.rfft(gy, n=n)  # (B, h, F)
+            if need_k:
+                UG = ws.rfft(uc).conj_physical_().mul_(G)  # (B, h, F)
+                gk[lo:hi] = torch.fft.irfft(UG[0] if B == 1 else UG.sum(0), n=n)[..., :L]
+            if need_u:
+                G.mul_(ws.rfft_k(k[lo:hi]).conj_physical_())
+                gu[:, lo:hi] = torch.fft.irfft(G, n=n)[..., :L].addcmul_(gy, D[lo:hi, None])
+
+        _run_chunks(one, H, chunk, gz.device)
+        return gu, gk, gD, gs, None, None, None
+
+
+def fused_core(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor, scale: torch.Tensor | None = None,
+               pool: bool = False, n: int | None = None, chunk: int | None = None) -> torch.Tensor:
+    """S4's per-channel part: scale * pool(GELU(causal_conv(u, k) + D u)); u (B, H, L), k (H, L), D (H,),
+    scale (B, H) or None -> (B, H, L or L // 2). Chunked on CPU (`_FusedCore`); the unfused reference elsewhere."""
+    B, H, L = u.shape
+    n = n or fft_length(2 * L)
+    if u.device.type != "cpu":
+        y = F.gelu(causal_conv(u, k, n) + u * D[:, None])  # (B, H, L)
+        y = _pool_pairs(y) if pool else y
+        return y if scale is None else y * scale[..., None]
+    if chunk is None:  # ~1-2 MB of spectra per chunk (measured: 8-32 channels at n = 24,000 all within noise)
+        chunk = max(1, min(H, (1 << 18) // (B * (n // 2 + 1))))
+    return _FusedCore.apply(u, k, D, scale, n, pool, chunk)
+
+
 def _tag(param: nn.Parameter, optim: dict) -> nn.Parameter:
     param._optim = dict(optim)
     return param
@@ -189,22 +341,29 @@ class S4(nn.Module):
         return super().train(mode)
 
     # ----------------------------------------------------------------------------------------------- forward
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, H, L) -> y (B, H, L)."""
+    def core(self, u: torch.Tensor, pool: bool = False) -> torch.Tensor:
+        """Everything before the output Linear: dropout(GELU(K * u + D u)), optionally AvgPool1d(2)-ed over L.
+        u (B, H, L) -> (B, H, L) or (B, H, L // 2), in the (B, L', H) memory layout on CPU."""
         if u.dim() != 3 or u.shape[1] != self.d_model:
             raise ValueError(f"Expected input (B, H={self.d_model}, L), got {tuple(u.shape)}")
         L = u.shape[-1]
         k = self.kernel(L)  # (H, L)
         x = u if u.dtype in (torch.float32, torch.float64) else u.float()  # (B, H, L) no half-precision FFTs
-        n = fft_length(2 * L)  # the paper uses n = 2L; any n >= 2L - 1 is the same causal convolution
-        y = causal_conv(x, k.to(x.dtype), n)  # (B, H, L)
-        y = y + x * self.D[:, None]  # (B, H, L)
-        y = F.gelu(y)  # (B, H, L)
+        scale = None
         if self.training and self.dropout > 0:  # channel-wise: one mask entry per (batch, channel)
-            keep = torch.rand(y.shape[0], y.shape[1], 1, device=y.device) >= self.dropout  # (B, H, 1)
-            y = y * keep / (1 - self.dropout)  # (B, H, L)
-        y = self.output_linear(y.transpose(1, 2)).transpose(1, 2)  # (B, H, L)
-        return y
+            keep = torch.rand(x.shape[0], x.shape[1], device=x.device) >= self.dropout  # (B, H)
+            scale = keep.to(x.dtype) / (1 - self.dropout)  # (B, H)
+        # the paper uses n = 2L; any n >= 2L - 1 is the same causal convolution
+        return fused_core(x, k.to(x.dtype), self.D.to(x.dtype), scale, pool, fft_length(2 * L))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, H, L) -> y (B, H, L): `core`, then the position-wise output Linear."""
+        return self.output_linear(self.core(u).transpose(1, 2)).transpose(1, 2)  # (B, H, L)
+
+    def forward_pooled(self, u: torch.Tensor) -> torch.Tensor:
+        """AvgPool1d(2)(forward(u)) with the pooling moved before the output Linear (they commute: both are linear,
+        one over L, one over H), so the H x H Linear runs on half the steps.  u (B, H, L) -> (B, L // 2, H)."""
+        return self.output_linear(self.core(u, pool=True).transpose(1, 2))  # (B, L/2, H)
 
     # ---------------------------------------------------------------------------------------------- doubling
     def discrete_system(self) -> tuple[torch.Tensor, torch.Tensor]:

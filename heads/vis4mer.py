@@ -30,6 +30,10 @@ class S4Mixer(nn.Module):
             y = y[0]
         return y.transpose(1, 2)  # (B, L, H)
 
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """avg_pool2(forward(x)) with the pooling before S4's output Linear: (B, L, H) -> (B, L // 2, H)."""
+        return self.s4.forward_pooled(x.transpose(1, 2))  # (B, L/2, H)
+
 
 class S4MultiScale(MultiScaleStack):
     """ViS4mer: S4 blocks whose width halves and whose sequence is average-pooled by 2 after each block."""

@@ -202,3 +202,34 @@ def test_import_original_gives_the_papers_logits():
 def test_import_original_rejects_other_checkpoints():
     with pytest.raises(ValueError, match="unknown keys: fc.weight"):
         import_original({"fc.weight": torch.zeros(2, 2), **original_state_dict()})
+
+
+@pytest.mark.parametrize("name", ["s4-multiscale", "transformer-multiscale"])
+def test_pooling_before_the_mixer_output_linear_changes_nothing(name):
+    """The multi-scale block pools before the mixer's output Linear when the mixer offers `forward_pooled`; with the
+    dropout masks fixed (eval) and in training-mode gradients, that equals pooling the block's residual sum."""
+    from heads.blocks import MultiScaleBlock
+
+    class Plain(torch.nn.Module):  # the same mixer without forward_pooled: the block's generic path
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    head = build_head(name, 16, 3, 2 * 21, d_model=16, n_layers=2, dropout=0.0)  # float32: inputs are cast to it
+    x = torch.randn(2, 2, 21, 16)  # (B, T, P, D), L = 42
+    fast = head(x)
+    fast.sum().backward()
+    grads = [p.grad.clone() for p in head.parameters()]
+    head.zero_grad()
+    for block in head.blocks:
+        assert isinstance(block, MultiScaleBlock) and hasattr(block.mixer, "forward_pooled")
+        block.mixer = Plain(block.mixer)
+    slow = head(x)
+    slow.sum().backward()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, [p.grad for p in head.parameters()]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

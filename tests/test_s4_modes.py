@@ -52,3 +52,46 @@ def test_causal_conv_matches_direct_convolution_in_value_and_gradient():
     torch.testing.assert_close(causal_conv(u, k, n), direct)
     assert torch.autograd.gradcheck(lambda a, b: causal_conv(a, b, n), (u, k))
     assert torch.autograd.gradcheck(lambda a, b: causal_conv(a, b, 2 * L - 1), (u, k))  # the shortest valid length
+
+
+def _core_reference(u, k, D, scale, pool):
+    """The unfused S4 core, written out: direct causal convolution + D u -> GELU -> [AvgPool1d(2)] -> scale."""
+    L = u.shape[-1]
+    conv = torch.stack([(u[..., : t + 1] * k.flip(-1)[..., L - 1 - t:]).sum(-1) for t in range(L)], -1)  # (B, H, L)
+    z = torch.nn.functional.gelu(conv + u * D[:, None])
+    if pool:
+        z = torch.nn.functional.avg_pool1d(z, 2)  # drops an odd last step
+    return z if scale is None else z * scale[..., None]
+
+
+def test_fused_core_matches_the_unfused_layer_in_value_and_gradient():
+    """The channel-chunked CPU core (threads, reused per-thread buffers, pooling, dropout scale, transposed input)
+    equals the obvious composition, and its hand-written backward passes gradcheck."""
+    from heads.s4 import fused_core
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for B, H, L, pool, with_scale in [(2, 5, 17, True, True), (1, 4, 16, False, False), (3, 3, 9, True, False)]:
+            x = torch.randn(B, L, H, dtype=torch.float64)
+            u = x.transpose(1, 2).requires_grad_()  # (B, H, L) view of a (B, L, H) tensor, as the blocks pass it
+            k = torch.randn(H, L, dtype=torch.float64, requires_grad=True)
+            D = torch.randn(H, dtype=torch.float64, requires_grad=True)
+            scale = torch.rand(B, H, dtype=torch.float64) * 2 if with_scale else None
+            got = fused_core(u, k, D, scale, pool, chunk=2)  # H = 3..5 channels: 2-3 chunks, some uneven
+            torch.testing.assert_close(got, _core_reference(u, k, D, scale, pool))
+            assert got.shape == (B, H, L // 2 if pool else L)
+            core = lambda a, b, c, s=scale, p=pool: fused_core(a, b, c, s, p, chunk=2)  # noqa: E731
+            assert torch.autograd.gradcheck(core, (u, k, D))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pooled_forward_equals_pooling_the_layer_output():
+    """forward_pooled moves AvgPool1d(2) before the output Linear; the result is the pooled layer output."""
+    torch.manual_seed(0)
+    layer = S4(16, l_max=None, dropout=0.0).double()
+    x = torch.randn(2, 16, 41, dtype=torch.float64)  # (B, H, L), odd L
+    expected = torch.nn.functional.avg_pool1d(layer(x), 2).transpose(1, 2)  # (B, L/2, H)
+    torch.testing.assert_close(layer.forward_pooled(x), expected)
