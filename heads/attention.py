@@ -47,10 +47,15 @@ class SelfAttention(nn.Module):
         """(B, L, H) -> (B, L, H)."""
         return self.out(self.attend(x))  # (B, L, H)
 
-    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """avg_pool2(forward(x)), pooling before the output Linear (they commute): (B, L, H) -> (B, L // 2, H).
-        The multi-scale block uses it, as it does for S4, so the twin gets the same saving."""
-        return self.out(avg_pool2(self.attend(x)))  # (B, L/2, H)
+    @property
+    def projection(self) -> nn.Linear:
+        """The output projection, the last step of `forward`."""
+        return self.out
+
+    def pooled_core(self, x: torch.Tensor) -> torch.Tensor:
+        """avg_pool2 of the attention before its output projection: (B, L, H) -> (B, L // 2, H). The multi-scale
+        block uses it as it does S4's, so the twin gets the same saving."""
+        return avg_pool2(self.attend(x))  # (B, L/2, H)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """Attention without the output projection: (B, L, H) -> (B, L, H)."""

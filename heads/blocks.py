@@ -79,9 +79,10 @@ def avg_pool2(x: torch.Tensor) -> torch.Tensor:
 class MultiScaleBlock(nn.Module):
     """pre-LN -> mixer -> channel dropout -> residual -> [AvgPool1d(2)] -> Linear(H, H_out) -> GELU.
 
-    `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself). A mixer may also offer
-    `forward_pooled(x)` = avg_pool2(mixer(x)) computed more cheaply (pooling before its output Linear); the
-    multi-scale block then pools its residual stream first.
+    `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself). A mixer whose last
+    step is a position-wise Linear may expose it as `projection` and offer `pooled_core(x)` = avg_pool2 of
+    everything before it, (B, L, H) -> (B, L/2, H); the multi-scale block then pools first and runs that Linear on
+    half the steps, or folds it into its own Linear (`merged_project`).
     """
 
     def __init__(self, d_model: int, mixer: nn.Module, dropout: float, multiscale: bool = True):
@@ -113,13 +114,37 @@ class MultiScaleBlock(nn.Module):
         out = torch.addmm(self.linear.bias, summed, self.linear.weight.t(), alpha=0.5)  # (B·L/2, H_out)
         return out.view(B, half, self.d_out)  # (B, L/2, H_out)
 
+    def merged_project(self, xp: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Linear(xp + drop(projection(c))) with the mixer's output projection (W, b) folded into this block's Linear
+        (W2, b2): W2 xp + (W2 diag(m) W) c + (b2 + W2 (m * b)), m the channel-dropout multiplier (1 in eval).
+        Exact algebra; used only when the folded (H_out, H) matrix (one per sample under dropout) costs less than the
+        (L/2, H) x (H, H) projection it saves.  xp, c (B, L/2, H) -> (B, L/2, H_out)."""
+        proj = self.mixer.projection
+        W, b, W2, b2 = proj.weight, proj.bias, self.linear.weight, self.linear.bias  # (H, H) (H,) (H_out, H) (H_out,)
+        B, half, H = c.shape
+        drop = self.training and self.dropout_p > 0.0
+        per_matrix = B if drop else 1
+        if 2 * B * half * H * self.d_out + per_matrix * self.d_out * H * H >= B * half * H * (H + self.d_out):
+            return self.linear(self.residual(xp, proj(c)))  # (B, L/2, H_out): folding would not pay
+        if not drop:
+            M = W2 @ W  # (H_out, H)
+            out = F.linear(c, M, torch.addmv(b2, W2, b))  # (B, L/2, H_out)
+            return torch.add(out, F.linear(xp, W2))
+        keep = 1.0 - self.dropout_p
+        m = torch.empty(B, H, device=c.device, dtype=c.dtype).bernoulli_(keep).div_(keep)  # (B, H)
+        M = (W2[None] * m[:, None, :]) @ W  # (B, H_out, H)
+        bias = torch.addmm(b2, m * b, W2.t())  # (B, H_out)
+        out = torch.baddbmm(bias[:, None, :], c, M.transpose(1, 2))  # (B, L/2, H_out)
+        return torch.add(out, F.linear(xp, W2))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L/2, H/2) (multi-scale) or (B, L, H) (single-scale)."""
-        if self.multiscale and hasattr(self.mixer, "forward_pooled"):
+        if self.multiscale and hasattr(self.mixer, "pooled_core"):
             # pool(x + drop(mixer(x'))) = pool(x) + drop(pool(mixer(x'))): the pooling commutes with the channel
-            # dropout and with the mixer's last position-wise Linear, which then runs on L/2 steps
-            z = self.mixer.forward_pooled(self.norm(x))  # (B, L/2, H)
-            return F.gelu(self.linear(self.residual(avg_pool2(x), z)))  # (B, L/2, H/2)
+            # dropout and with the mixer's last position-wise Linear (its `projection`), which then runs on L/2 steps
+            # or is folded into this block's Linear
+            c = self.mixer.pooled_core(self.norm(x))  # (B, L/2, H) before the mixer's projection
+            return F.gelu(self.merged_project(avg_pool2(x), c))  # (B, L/2, H/2)
         z = self.mixer(self.norm(x))  # (B, L, H)
         x = self.residual(x, z)  # (B, L, H)
         if self.multiscale:

@@ -9,7 +9,7 @@ Math (DESIGN.md "The S4 decoder"), per channel h:
   C~ (I - A_bar w)^-1 B_bar at the rfft nodes: four Cauchy sums + a Woodbury rank-1 correction (`heads.cauchy`).
   Layer: y = irfft(rfft(u, n) * rfft(K, n))[:L] + D u -> GELU -> channel dropout -> Linear(H, H), with n the
   smallest 5-smooth size >= 2L (the same causal convolution as the paper's n = 2L, faster FFTs). On CPU the part
-  before the Linear runs channel-chunked with a hand-written backward (`fused_core`); `forward_pooled` serves the
+  before the Linear runs channel-chunked with a hand-written backward (`fused_core`); `core(u, pool=True)` serves the
   multi-scale block, whose AvgPool1d(2) commutes with the Linear and so runs before it (half the GEMM work).
 
 Parameters mirror the paper code's layout so its checkpoints map one to one:
@@ -135,7 +135,7 @@ def _unpool_pairs(g: torch.Tensor, L: int) -> torch.Tensor:
 
 class _Workspace:
     """Per-thread FFT buffers of `_FusedCore`, reused across the chunks one thread takes: a zero-tailed (B, c, n) input,
-    a (B, c, n/2+1) spectrum and a (c, n/2+1) kernel spectrum, sliced to the chunk's width (fresh multi-MB buffers
+    two (B, c, n/2+1) spectra and a (c, n/2+1) kernel spectrum, sliced to the chunk's width (fresh multi-MB buffers
     per chunk cost page faults and zero fills)."""
 
     def __init__(self, B: int, c: int, L: int, n: int, like: torch.Tensor):
@@ -146,13 +146,14 @@ class _Workspace:
         self.kpad[..., L:] = 0
         cplx = torch.complex128 if like.dtype == torch.float64 else torch.complex64
         self.spec = like.new_empty(B, c, n // 2 + 1, dtype=cplx)  # (B, c, F)
+        self.gspec = torch.empty_like(self.spec)  # (B, c, F) the gradient's spectrum in backward
         self.kspec = like.new_empty(c, n // 2 + 1, dtype=cplx)  # (c, F)
 
-    def rfft(self, x: torch.Tensor) -> torch.Tensor:
-        """rfft(x, n) of a (B, h, L) chunk into the reused spectrum buffer.  # (B, h, F)"""
+    def rfft(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """rfft(x, n) of a (B, h, L) chunk into a reused spectrum buffer (`spec` or `gspec`).  # (B, h, F)"""
         h = x.shape[1]
         self.pad[:, :h, : self.L].copy_(x)
-        return torch.fft.rfft(self.pad[:, :h], out=self.spec[:, :h])
+        return torch.fft.rfft(self.pad[:, :h], out=(self.spec if out is None else out)[:, :h])
 
     def rfft_k(self, k: torch.Tensor) -> torch.Tensor:
         """rfft(k, n) of an (h, L) kernel chunk.  # (h, F)"""
@@ -186,6 +187,7 @@ class _FusedCore(torch.autograd.Function):
     def forward(ctx, u, k, D, scale, n: int, pool: bool, chunk: int):
         B, H, L = u.shape
         Lo = L // 2 if pool else L
+        ctx.lh_layout = u.stride(1) == 1 and H > 1  # u is a (B, L, H) tensor seen as (B, H, L)
         u = u.contiguous()  # (B, H, L)
         z = u.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
         y = u.new_empty(B, H, L)  # (B, H, L) pre-GELU, kept for backward
@@ -216,7 +218,9 @@ class _FusedCore(torch.autograd.Function):
         B, H, L = u.shape
         gz = gz.contiguous()  # (B, H, Lo): usually the transposed gradient of the output Linear's input
         need_u, need_k, need_d, need_s = ctx.needs_input_grad[:4]
-        gu = torch.empty_like(u) if need_u else None  # (B, H, L)
+        gu = None
+        if need_u:  # in the caller's layout: a (B, L, H) gradient goes to LayerNorm's backward without a copy
+            gu = u.new_empty(B, L, H).transpose(1, 2) if ctx.lh_layout else torch.empty_like(u)  # (B, H, L)
         gk = torch.empty_like(k) if need_k else None  # (H, L)
         gD = torch.empty_like(D) if need_d else None  # (H,)
         gs = torch.empty_like(scale) if need_s else None  # (B, H)
@@ -236,7 +240,7 @@ class _FusedCore(torch.autograd.Function):
             gy = torch.ops.aten.gelu_backward(gc, yc)  # (B, h, L)
             if need_d:
                 gD[lo:hi] = torch.linalg.vecdot(gy, uc).sum(0)
-            G = torch.fft.rfft(gy, n=n)  # (B, h, F)
+            G = ws.rfft(gy, ws.gspec)  # (B, h, F)
             if need_k:
                 UG = ws.rfft(uc).conj_physical_().mul_(G)  # (B, h, F)
                 gk[lo:hi] = torch.fft.irfft(UG[0] if B == 1 else UG.sum(0), n=n)[..., :L]

@@ -30,9 +30,14 @@ class S4Mixer(nn.Module):
             y = y[0]
         return y.transpose(1, 2)  # (B, L, H)
 
-    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """avg_pool2(forward(x)) with the pooling before S4's output Linear: (B, L, H) -> (B, L // 2, H)."""
-        return self.s4.forward_pooled(x.transpose(1, 2))  # (B, L/2, H)
+    @property
+    def projection(self) -> nn.Linear:
+        """S4's position-wise output Linear, the last step of `forward`."""
+        return self.s4.output_linear
+
+    def pooled_core(self, x: torch.Tensor) -> torch.Tensor:
+        """avg_pool2 of S4 before its output Linear: (B, L, H) -> (B, L // 2, H) (a transposed view)."""
+        return self.s4.core(x.transpose(1, 2), pool=True).transpose(1, 2)  # (B, L/2, H)
 
 
 class S4MultiScale(MultiScaleStack):

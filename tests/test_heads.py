@@ -204,13 +204,14 @@ def test_import_original_rejects_other_checkpoints():
         import_original({"fc.weight": torch.zeros(2, 2), **original_state_dict()})
 
 
-@pytest.mark.parametrize("name", ["s4-multiscale", "transformer-multiscale"])
-def test_pooling_before_the_mixer_output_linear_changes_nothing(name):
-    """The multi-scale block pools before the mixer's output Linear when the mixer offers `forward_pooled`; with the
-    dropout masks fixed (eval) and in training-mode gradients, that equals pooling the block's residual sum."""
+@pytest.mark.parametrize("name,batch,dropout", [("s4-multiscale", 2, 0.0), ("transformer-multiscale", 2, 0.0),
+                                                ("s4-multiscale", 1, 0.2), ("s4-multiscale", 3, 0.2)])
+def test_pooling_before_the_mixer_output_linear_changes_nothing(name, batch, dropout):
+    """The multi-scale block pools before the mixer's output Linear (and may fold that Linear into its own) when the
+    mixer offers `pooled_core`; values and gradients equal pooling the block's residual sum."""
     from heads.blocks import MultiScaleBlock
 
-    class Plain(torch.nn.Module):  # the same mixer without forward_pooled: the block's generic path
+    class Plain(torch.nn.Module):  # the same mixer without pooled_core: the block's generic path
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
@@ -219,15 +220,17 @@ def test_pooling_before_the_mixer_output_linear_changes_nothing(name):
             return self.inner(x)
 
     torch.manual_seed(0)
-    head = build_head(name, 16, 3, 2 * 21, d_model=16, n_layers=2, dropout=0.0)  # float32: inputs are cast to it
-    x = torch.randn(2, 2, 21, 16)  # (B, T, P, D), L = 42
+    head = build_head(name, 16, 3, 2 * 21, d_model=16, n_layers=2, dropout=dropout)  # float32: inputs are cast to it
+    x = torch.randn(batch, 2, 21, 16)  # (B, T, P, D), L = 42: batch 1 folds the projection per sample, batch 3 not
+    torch.manual_seed(1)  # the same dropout masks on both paths (drawn in the same order)
     fast = head(x)
     fast.sum().backward()
     grads = [p.grad.clone() for p in head.parameters()]
     head.zero_grad()
     for block in head.blocks:
-        assert isinstance(block, MultiScaleBlock) and hasattr(block.mixer, "forward_pooled")
+        assert isinstance(block, MultiScaleBlock) and hasattr(block.mixer, "pooled_core")
         block.mixer = Plain(block.mixer)
+    torch.manual_seed(1)
     slow = head(x)
     slow.sum().backward()
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
