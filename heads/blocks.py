@@ -82,7 +82,8 @@ class MultiScaleBlock(nn.Module):
     `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself). A mixer whose last
     step is a position-wise Linear may expose it as `projection` and offer `pooled_core(x)` = avg_pool2 of
     everything before it, (B, L, H) -> (B, L/2, H); the multi-scale block then pools first and runs that Linear on
-    half the steps, or folds it into its own Linear (`merged_project`).
+    half the steps, or folds it into its own Linear (`merged_project`). A mixer with `folds_norm_affine` takes the
+    LayerNorm's affine as `pooled_core(x_normalised, affine=(gamma, beta))`.
     """
 
     def __init__(self, d_model: int, mixer: nn.Module, dropout: float, multiscale: bool = True):
@@ -143,7 +144,13 @@ class MultiScaleBlock(nn.Module):
             # pool(x + drop(mixer(x'))) = pool(x) + drop(pool(mixer(x'))): the pooling commutes with the channel
             # dropout and with the mixer's last position-wise Linear (its `projection`), which then runs on L/2 steps
             # or is folded into this block's Linear
-            c = self.mixer.pooled_core(self.norm(x))  # (B, L/2, H) before the mixer's projection
+            if getattr(self.mixer, "folds_norm_affine", False) and self.norm.weight is not None:
+                # the LayerNorm's per-channel affine goes inside the mixer (S4's fused core), where its gradients
+                # come without dL/du: the first block then never forms a gradient w.r.t. its input
+                xhat = F.layer_norm(x, self.norm.normalized_shape, None, None, self.norm.eps)  # (B, L, H)
+                c = self.mixer.pooled_core(xhat, affine=(self.norm.weight, self.norm.bias))  # (B, L/2, H)
+            else:
+                c = self.mixer.pooled_core(self.norm(x))  # (B, L/2, H) before the mixer's projection
             return F.gelu(self.merged_project(avg_pool2(x), c))  # (B, L/2, H/2)
         z = self.mixer(self.norm(x))  # (B, L, H)
         x = self.residual(x, z)  # (B, L, H)

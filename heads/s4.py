@@ -170,66 +170,76 @@ def _workspace(local, B: int, c: int, L: int, n: int, like: torch.Tensor) -> _Wo
 
 
 class _FusedCore(torch.autograd.Function):
-    """z = scale * pool(GELU(causal_conv(u, k) + D u)), channel-chunked, with a hand-written backward.
+    """z = scale * pool(GELU(causal_conv(u, k) + D u)), u = gamma * x + beta, channel-chunked, hand-written backward.
 
     Everything between the S4 input and its position-wise output Linear is independent per channel, so it runs over
     channel chunks on the `heads.cauchy` thread pool: each chunk's FFT buffers (a few MB, reused per thread) stay in
     cache and no (B, H, n) spectrum is ever allocated or kept (large fresh allocations page-fault on every step).
-    Saved for backward: u, k, D and the pre-GELU y (B, H, L); the spectra of u and k are recomputed per chunk (2 more
-    FFTs per channel instead of keeping two (B, H, n/2+1) complex tensors).
-    u (B, H, L) may be a transposed view of a (B, L, H) tensor: it is made contiguous once (whole-tensor transposes
+
+    The per-channel affine (gamma, beta) of the LayerNorm before S4 is folded in (None = identity): with x the
+    normalised input, c = k * x and S = cumsum(k) (= k * 1),
+        y = k * u + D u = gamma (c + D x) + beta (S + D),
+    so dL/dgamma = sum gy (c + D x) and dL/dbeta = sum gy (S + D) need no gradient w.r.t. u, and
+    dL/dk = gamma corr(gy, x) + beta revcumsum(gy). When x needs no gradient (the first block: x normalises the
+    cached features) the backward takes 3 FFTs per channel, else 5 (dL/dx = gamma (corr(gy, k) + D gy)).
+    Saved: x (contiguous (B, H, L)), c (B, H, L), k, D, gamma, beta; y is rebuilt elementwise in backward and the
+    spectra of x and k are recomputed per chunk (instead of keeping (B, H, n/2+1) complex tensors).
+    x (B, H, L) may be a transposed view of a (B, L, H) tensor: it is made contiguous once (whole-tensor transposes
     are cheap, chunks of a transposed view read one element per page); z (B, H, Lo) is returned in the (B, Lo, H)
-    memory layout the output Linear reads. `scale` (B, H) is the channel-dropout multiplier or None; pool=True
-    applies AvgPool1d(2) over L (Lo = L // 2), which commutes with the per-channel scale and the position-wise Linear.
+    memory layout the output Linear reads, dL/dx in x's layout. `scale` (B, H) is the channel-dropout multiplier or
+    None; pool=True applies AvgPool1d(2) over L (Lo = L // 2), which commutes with the per-channel scale and the
+    position-wise Linear.
     """
 
     @staticmethod
-    def forward(ctx, u, k, D, scale, n: int, pool: bool, chunk: int):
-        B, H, L = u.shape
+    def forward(ctx, x, k, D, gamma, beta, scale, n: int, pool: bool, chunk: int):
+        B, H, L = x.shape
         Lo = L // 2 if pool else L
-        ctx.lh_layout = u.stride(1) == 1 and H > 1  # u is a (B, L, H) tensor seen as (B, H, L)
-        u = u.contiguous()  # (B, H, L)
-        z = u.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
-        y = u.new_empty(B, H, L)  # (B, H, L) pre-GELU, kept for backward
+        ctx.lh_layout = x.stride(1) == 1 and H > 1  # x is a (B, L, H) tensor seen as (B, H, L)
+        x = x.contiguous()  # (B, H, L)
+        z = x.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
+        c = x.new_empty(B, H, L)  # (B, H, L) k * x, kept for backward
         local = threading.local()
 
         def one(lo: int, hi: int) -> None:
-            ws = _workspace(local, B, chunk, L, n, u)
-            uc = u[:, lo:hi]  # (B, h, L)
-            spec = ws.rfft(uc).mul_(ws.rfft_k(k[lo:hi]))  # (B, h, F)
-            yc = y[:, lo:hi]  # (B, h, L)
-            yc.copy_(torch.fft.irfft(spec, n=n)[..., :L]).addcmul_(uc, D[lo:hi, None])
-            zc = F.gelu(yc)  # (B, h, L)
+            ws = _workspace(local, B, chunk, L, n, x)
+            xc, cc = x[:, lo:hi], c[:, lo:hi]  # (B, h, L)
+            cc.copy_(torch.fft.irfft(ws.rfft(xc).mul_(ws.rfft_k(k[lo:hi])), n=n)[..., :L])
+            zc = F.gelu(_core_pre(xc, cc, k[lo:hi], D[lo:hi], _part(gamma, lo, hi), _part(beta, lo, hi)))
             if pool:
                 zc = _pool_pairs(zc)  # (B, h, Lo)
             if scale is not None:
                 zc = zc.mul_(scale[:, lo:hi, None])
             z[:, lo:hi] = zc
 
-        _run_chunks(one, H, chunk, u.device)
-        ctx.save_for_backward(u, k, D, scale, y)
+        _run_chunks(one, H, chunk, x.device)
+        ctx.save_for_backward(x, c, k, D, gamma, beta, scale)
         ctx.n, ctx.pool, ctx.chunk = n, pool, chunk
         return z
 
     @staticmethod
     def backward(ctx, gz):
-        u, k, D, scale, y = ctx.saved_tensors
+        x, c, k, D, gamma, beta, scale = ctx.saved_tensors
         n, pool, chunk = ctx.n, ctx.pool, ctx.chunk
-        B, H, L = u.shape
+        B, H, L = x.shape
         gz = gz.contiguous()  # (B, H, Lo): usually the transposed gradient of the output Linear's input
-        need_u, need_k, need_d, need_s = ctx.needs_input_grad[:4]
-        gu = None
-        if need_u:  # in the caller's layout: a (B, L, H) gradient goes to LayerNorm's backward without a copy
-            gu = u.new_empty(B, L, H).transpose(1, 2) if ctx.lh_layout else torch.empty_like(u)  # (B, H, L)
+        need_x, need_k, need_d, need_g, need_b, need_s = ctx.needs_input_grad[:6]
+        gx = None
+        if need_x:  # in the caller's layout: a (B, L, H) gradient goes to LayerNorm's backward without a copy
+            gx = x.new_empty(B, L, H).transpose(1, 2) if ctx.lh_layout else torch.empty_like(x)  # (B, H, L)
         gk = torch.empty_like(k) if need_k else None  # (H, L)
         gD = torch.empty_like(D) if need_d else None  # (H,)
+        gg = torch.empty_like(gamma) if need_g else None  # (H,)
+        gb = torch.empty_like(beta) if need_b else None  # (H,)
         gs = torch.empty_like(scale) if need_s else None  # (B, H)
         local = threading.local()
 
         def one(lo: int, hi: int) -> None:
-            ws = _workspace(local, B, chunk, L, n, u)
+            ws = _workspace(local, B, chunk, L, n, x)
+            xc, cc, kc, Dc = x[:, lo:hi], c[:, lo:hi], k[lo:hi], D[lo:hi]  # (B, h, L) (B, h, L) (h, L) (h,)
+            g_, b_ = _part(gamma, lo, hi), _part(beta, lo, hi)  # (h,) or None
+            yc = _core_pre(xc, cc, kc, Dc, g_, b_)  # (B, h, L)
             gc = gz[:, lo:hi]  # (B, h, Lo)
-            yc, uc = y[:, lo:hi], u[:, lo:hi]  # (B, h, L)
             if need_s:
                 zc = F.gelu(yc)
                 gs[:, lo:hi] = (gc * (_pool_pairs(zc) if pool else zc)).sum(-1)
@@ -238,33 +248,67 @@ class _FusedCore(torch.autograd.Function):
             if pool:
                 gc = _unpool_pairs(gc, L)  # (B, h, L)
             gy = torch.ops.aten.gelu_backward(gc, yc)  # (B, h, L)
-            if need_d:
-                gD[lo:hi] = torch.linalg.vecdot(gy, uc).sum(0)
+            gsum = gy[0] if B == 1 else gy.sum(0)  # (h, L)
+            if need_d:  # u = gamma x + beta
+                gdx = torch.linalg.vecdot(gy, xc).sum(0)  # (h,)
+                gD[lo:hi] = gdx if g_ is None else gdx * g_ + (0 if b_ is None else b_ * gsum.sum(-1))
+            if need_g:  # c + D x
+                gg[lo:hi] = torch.linalg.vecdot(gy, cc).sum(0) + Dc * torch.linalg.vecdot(gy, xc).sum(0)
+            if need_b:  # S + D
+                gb[lo:hi] = torch.linalg.vecdot(gsum, torch.cumsum(kc, -1)) + Dc * gsum.sum(-1)
+            if not (need_k or need_x):
+                return
             G = ws.rfft(gy, ws.gspec)  # (B, h, F)
             if need_k:
-                UG = ws.rfft(uc).conj_physical_().mul_(G)  # (B, h, F)
-                gk[lo:hi] = torch.fft.irfft(UG[0] if B == 1 else UG.sum(0), n=n)[..., :L]
-            if need_u:
-                G.mul_(ws.rfft_k(k[lo:hi]).conj_physical_())
-                gu[:, lo:hi] = torch.fft.irfft(G, n=n)[..., :L].addcmul_(gy, D[lo:hi, None])
+                XG = ws.rfft(xc).conj_physical_().mul_(G)  # (B, h, F)
+                gkc = torch.fft.irfft(XG[0] if B == 1 else XG.sum(0), n=n)[..., :L]  # (h, L) corr(gy, x)
+                if g_ is not None:
+                    gkc = gkc.mul_(g_[:, None])
+                if b_ is not None:  # S = cumsum(k): dL/dk_j += beta sum_{t >= j} gy_t
+                    gkc = gkc.addcmul_(gsum.flip(-1).cumsum(-1).flip(-1), b_[:, None])
+                gk[lo:hi] = gkc
+            if need_x:
+                G.mul_(ws.rfft_k(kc).conj_physical_())
+                gxc = torch.fft.irfft(G, n=n)[..., :L].addcmul_(gy, Dc[:, None])  # (B, h, L) w.r.t. u
+                gx[:, lo:hi] = gxc if g_ is None else gxc.mul_(g_[:, None])
 
         _run_chunks(one, H, chunk, gz.device)
-        return gu, gk, gD, gs, None, None, None
+        return gx, gk, gD, gg, gb, gs, None, None, None
+
+
+def _part(t: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
+    return None if t is None else t[lo:hi]
+
+
+def _core_pre(x, c, k, D, gamma, beta) -> torch.Tensor:
+    """The pre-GELU y = gamma (c + D x) + beta (S + D) of a chunk (S = cumsum(k)); x, c (B, h, L), k (h, L), D (h,),
+    gamma/beta (h,) or None.  # (B, h, L)"""
+    y = torch.addcmul(c, x, D[:, None])  # (B, h, L)
+    if gamma is not None:
+        y = y.mul_(gamma[:, None])
+    if beta is not None:
+        y = y.add_(torch.cumsum(k, -1).add_(D[:, None]).mul_(beta[:, None]))
+    return y
 
 
 def fused_core(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor, scale: torch.Tensor | None = None,
-               pool: bool = False, n: int | None = None, chunk: int | None = None) -> torch.Tensor:
-    """S4's per-channel part: scale * pool(GELU(causal_conv(u, k) + D u)); u (B, H, L), k (H, L), D (H,),
-    scale (B, H) or None -> (B, H, L or L // 2). Chunked on CPU (`_FusedCore`); the unfused reference elsewhere."""
+               pool: bool = False, n: int | None = None, chunk: int | None = None,
+               affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """S4's per-channel part: scale * pool(GELU(causal_conv(u', k) + D u')) with u' = gamma * u + beta when
+    `affine` = (gamma (H,), beta (H,)) is given (a LayerNorm's affine folded in), else u' = u.
+    u (B, H, L), k (H, L), D (H,), scale (B, H) or None -> (B, H, L or L // 2). Chunked on CPU (`_FusedCore`);
+    the unfused reference elsewhere."""
     B, H, L = u.shape
     n = n or fft_length(2 * L)
+    gamma, beta = affine if affine is not None else (None, None)
     if u.device.type != "cpu":
-        y = F.gelu(causal_conv(u, k, n) + u * D[:, None])  # (B, H, L)
+        x = u if affine is None else u * gamma[:, None] + beta[:, None]  # (B, H, L)
+        y = F.gelu(causal_conv(x, k, n) + x * D[:, None])  # (B, H, L)
         y = _pool_pairs(y) if pool else y
         return y if scale is None else y * scale[..., None]
     if chunk is None:  # ~1-2 MB of spectra per chunk (measured: 8-32 channels at n = 24,000 all within noise)
         chunk = max(1, min(H, (1 << 18) // (B * (n // 2 + 1))))
-    return _FusedCore.apply(u, k, D, scale, n, pool, chunk)
+    return _FusedCore.apply(u, k, D, gamma, beta, scale, n, pool, chunk)
 
 
 def _tag(param: nn.Parameter, optim: dict) -> nn.Parameter:
@@ -345,8 +389,11 @@ class S4(nn.Module):
         return super().train(mode)
 
     # ----------------------------------------------------------------------------------------------- forward
-    def core(self, u: torch.Tensor, pool: bool = False) -> torch.Tensor:
+    def core(self, u: torch.Tensor, pool: bool = False,
+             affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Everything before the output Linear: dropout(GELU(K * u + D u)), optionally AvgPool1d(2)-ed over L.
+        `affine` = (gamma, beta) (H,) each replaces u by gamma * u + beta inside the fused computation (the affine of
+        the LayerNorm in front; its gradients then need no dL/du).
         u (B, H, L) -> (B, H, L) or (B, H, L // 2), in the (B, L', H) memory layout on CPU."""
         if u.dim() != 3 or u.shape[1] != self.d_model:
             raise ValueError(f"Expected input (B, H={self.d_model}, L), got {tuple(u.shape)}")
@@ -358,7 +405,7 @@ class S4(nn.Module):
             keep = torch.rand(x.shape[0], x.shape[1], device=x.device) >= self.dropout  # (B, H)
             scale = keep.to(x.dtype) / (1 - self.dropout)  # (B, H)
         # the paper uses n = 2L; any n >= 2L - 1 is the same causal convolution
-        return fused_core(x, k.to(x.dtype), self.D.to(x.dtype), scale, pool, fft_length(2 * L))
+        return fused_core(x, k.to(x.dtype), self.D.to(x.dtype), scale, pool, fft_length(2 * L), affine=affine)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, H, L) -> y (B, H, L): `core`, then the position-wise output Linear."""

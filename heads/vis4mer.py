@@ -35,9 +35,11 @@ class S4Mixer(nn.Module):
         """S4's position-wise output Linear, the last step of `forward`."""
         return self.s4.output_linear
 
-    def pooled_core(self, x: torch.Tensor) -> torch.Tensor:
+    folds_norm_affine = True  # pooled_core(x, affine=(gamma, beta)) applies a LayerNorm's affine inside S4's core
+
+    def pooled_core(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """avg_pool2 of S4 before its output Linear: (B, L, H) -> (B, L // 2, H) (a transposed view)."""
-        return self.s4.core(x.transpose(1, 2), pool=True).transpose(1, 2)  # (B, L/2, H)
+        return self.s4.core(x.transpose(1, 2), pool=True, affine=affine).transpose(1, 2)  # (B, L/2, H)
 
 
 class S4MultiScale(MultiScaleStack):

@@ -54,8 +54,11 @@ def test_causal_conv_matches_direct_convolution_in_value_and_gradient():
     assert torch.autograd.gradcheck(lambda a, b: causal_conv(a, b, 2 * L - 1), (u, k))  # the shortest valid length
 
 
-def _core_reference(u, k, D, scale, pool):
-    """The unfused S4 core, written out: direct causal convolution + D u -> GELU -> [AvgPool1d(2)] -> scale."""
+def _core_reference(u, k, D, scale, pool, affine=None):
+    """The unfused S4 core, written out: [affine] -> direct causal convolution + D u -> GELU -> [AvgPool1d(2)] ->
+    scale."""
+    if affine is not None:
+        u = u * affine[0][:, None] + affine[1][:, None]
     L = u.shape[-1]
     conv = torch.stack([(u[..., : t + 1] * k.flip(-1)[..., L - 1 - t:]).sum(-1) for t in range(L)], -1)  # (B, H, L)
     z = torch.nn.functional.gelu(conv + u * D[:, None])
@@ -84,6 +87,28 @@ def test_fused_core_matches_the_unfused_layer_in_value_and_gradient():
             assert got.shape == (B, H, L // 2 if pool else L)
             core = lambda a, b, c, s=scale, p=pool: fused_core(a, b, c, s, p, chunk=2)  # noqa: E731
             assert torch.autograd.gradcheck(core, (u, k, D))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fused_core_with_a_folded_layernorm_affine():
+    """u' = gamma u + beta inside the core: values and gradients (gamma, beta, k, D, and u when it needs one) equal
+    the unfused composition; with u not requiring a gradient (the first block) the short backward is taken."""
+    from heads.s4 import fused_core
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for B, H, L, pool, u_grad in [(2, 5, 17, True, False), (1, 4, 16, True, True), (2, 3, 9, False, True)]:
+            u = torch.randn(B, L, H, dtype=torch.float64).transpose(1, 2).requires_grad_(u_grad)  # (B, H, L)
+            k = torch.randn(H, L, dtype=torch.float64, requires_grad=True)
+            D, gamma, beta = (torch.randn(H, dtype=torch.float64, requires_grad=True) for _ in range(3))
+            scale = torch.rand(B, H, dtype=torch.float64) * 2
+            got = fused_core(u, k, D, scale, pool, chunk=2, affine=(gamma, beta))
+            torch.testing.assert_close(got, _core_reference(u, k, D, scale, pool, (gamma, beta)))
+            core = lambda a, b, c, g, e, s=scale, p=pool: fused_core(a, b, c, s, p, chunk=2, affine=(g, e))  # noqa
+            assert torch.autograd.gradcheck(core, (u, k, D, gamma, beta))
     finally:
         torch.set_num_threads(threads)
 
