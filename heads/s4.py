@@ -196,7 +196,7 @@ class _FusedCore(torch.autograd.Function):
         B, H, L = x.shape
         Lo = L // 2 if pool else L
         ctx.lh_layout = x.stride(1) == 1 and H > 1  # x is a (B, L, H) tensor seen as (B, H, L)
-        x = x.contiguous()  # (B, H, L)
+        x = _contiguous(x)  # (B, H, L)
         z = x.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
         c = x.new_empty(B, H, L)  # (B, H, L) k * x, kept for backward
         local = threading.local()
@@ -222,7 +222,7 @@ class _FusedCore(torch.autograd.Function):
         x, c, k, D, gamma, beta, scale = ctx.saved_tensors
         n, pool, chunk = ctx.n, ctx.pool, ctx.chunk
         B, H, L = x.shape
-        gz = gz.contiguous()  # (B, H, Lo): usually the transposed gradient of the output Linear's input
+        gz = _contiguous(gz)  # (B, H, Lo): usually the transposed gradient of the output Linear's input
         need_x, need_k, need_d, need_g, need_b, need_s = ctx.needs_input_grad[:6]
         gx = None
         if need_x:  # in the caller's layout: a (B, L, H) gradient goes to LayerNorm's backward without a copy
@@ -238,7 +238,8 @@ class _FusedCore(torch.autograd.Function):
             ws = _workspace(local, B, chunk, L, n, x)
             xc, cc, kc, Dc = x[:, lo:hi], c[:, lo:hi], k[lo:hi], D[lo:hi]  # (B, h, L) (B, h, L) (h, L) (h,)
             g_, b_ = _part(gamma, lo, hi), _part(beta, lo, hi)  # (h,) or None
-            yc = _core_pre(xc, cc, kc, Dc, g_, b_)  # (B, h, L)
+            S = None if b_ is None else torch.cumsum(kc, -1)  # (h, L) k * 1
+            yc = _core_pre(xc, cc, kc, Dc, g_, b_, S)  # (B, h, L)
             gc = gz[:, lo:hi]  # (B, h, Lo)
             if need_s:
                 zc = F.gelu(yc)
@@ -255,7 +256,7 @@ class _FusedCore(torch.autograd.Function):
             if need_g:  # c + D x
                 gg[lo:hi] = torch.linalg.vecdot(gy, cc).sum(0) + Dc * torch.linalg.vecdot(gy, xc).sum(0)
             if need_b:  # S + D
-                gb[lo:hi] = torch.linalg.vecdot(gsum, torch.cumsum(kc, -1)) + Dc * gsum.sum(-1)
+                gb[lo:hi] = torch.linalg.vecdot(gsum, S) + Dc * gsum.sum(-1)
             if not (need_k or need_x):
                 return
             G = ws.rfft(gy, ws.gspec)  # (B, h, F)
@@ -264,8 +265,9 @@ class _FusedCore(torch.autograd.Function):
                 gkc = torch.fft.irfft(XG[0] if B == 1 else XG.sum(0), n=n)[..., :L]  # (h, L) corr(gy, x)
                 if g_ is not None:
                     gkc = gkc.mul_(g_[:, None])
-                if b_ is not None:  # S = cumsum(k): dL/dk_j += beta sum_{t >= j} gy_t
-                    gkc = gkc.addcmul_(gsum.flip(-1).cumsum(-1).flip(-1), b_[:, None])
+                if b_ is not None:  # S = cumsum(k): dL/dk_j += beta sum_{t >= j} gy_t = beta (total - cumsum_j + gy_j)
+                    tail = torch.cumsum(gsum, -1).neg_().add_(gsum).add_(gsum.sum(-1, keepdim=True))  # (h, L)
+                    gkc = gkc.addcmul_(tail, b_[:, None])
                 gk[lo:hi] = gkc
             if need_x:
                 G.mul_(ws.rfft_k(kc).conj_physical_())
@@ -276,18 +278,30 @@ class _FusedCore(torch.autograd.Function):
         return gx, gk, gD, gg, gb, gs, None, None, None
 
 
+def _contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L) -> contiguous. A (B, L, H) tensor seen as (B, H, L) is copied one (L, H) -> (H, L) matrix at a
+    time: torch's 2-D transpose copy is ~6x faster than its generic 3-D strided copy (15 vs 90 ms at 11,820 x 1,024)."""
+    if x.is_contiguous() or x.dim() != 3 or x.stride(1) != 1:
+        return x.contiguous()
+    out = x.new_empty(x.shape)  # (B, H, L)
+    for b in range(x.shape[0]):
+        out[b].copy_(x[b])
+    return out
+
+
 def _part(t: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
     return None if t is None else t[lo:hi]
 
 
-def _core_pre(x, c, k, D, gamma, beta) -> torch.Tensor:
-    """The pre-GELU y = gamma (c + D x) + beta (S + D) of a chunk (S = cumsum(k)); x, c (B, h, L), k (h, L), D (h,),
-    gamma/beta (h,) or None.  # (B, h, L)"""
+def _core_pre(x, c, k, D, gamma, beta, S=None) -> torch.Tensor:
+    """The pre-GELU y = gamma (c + D x) + beta (S + D) of a chunk (S = cumsum(k), computed when not given);
+    x, c (B, h, L), k (h, L), D (h,), gamma/beta (h,) or None.  # (B, h, L)"""
     y = torch.addcmul(c, x, D[:, None])  # (B, h, L)
     if gamma is not None:
         y = y.mul_(gamma[:, None])
     if beta is not None:
-        y = y.add_(torch.cumsum(k, -1).add_(D[:, None]).mul_(beta[:, None]))
+        S = torch.cumsum(k, -1) if S is None else S
+        y = y.add_(torch.add(S, D[:, None]).mul_(beta[:, None]))
     return y
 
 
