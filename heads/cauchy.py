@@ -19,12 +19,14 @@ API (the choice, documented), two registries with interchangeable members:
       geometric sequences. For 11-smooth L it is built by a small batched GEMM and transformed by one rfft; when L
       has a prime factor > 11 (LVU: 11,820 = 197 * 60, where pocketfft/MKL need a slow generic 197-point pass) the
       DFT is split L = P * R, its P-axis taken in closed form (a geometric series: an (M, P/2) reciprocal table per
-      channel), the modes summed by one real GEMM and the R-axis done by length-R FFTs (`_spectral_factors`).
+      channel), the modes summed by one real GEMM and the R-axis done by length-R FFTs (`_spectral`).
       Tests compare these spectra directly.
   BACKENDS[name](v, a, dt, L) -> k (H, L)   the whole kernel: Cauchy sums, Woodbury rank-1 correction, inverse
-      rfft. `naive`/`keops` compose CAUCHY with `kernel_from_spectrum`; `torch` is the fused, channel-chunked
-      `_StructuredKernel` with a hand-written backward, so its peak memory is bounded (nothing of size H*N*L);
-      on the mixed-radix path it needs only 2 length-L transforms per channel (irfft forward, rfft backward).
+      rfft. `naive`/`keops` compose CAUCHY with `kernel_from_spectrum`; `torch` is fused and channel-chunked with a
+      hand-written backward, so its peak memory is bounded (nothing of size H*N*L): `_StructuredKernel` for
+      11-smooth L, `_MixedRadixKernel` otherwise, which stays on the (P/2, R) grid of the split: its inverse rfft is
+      length-R FFTs + one real GEMM against a cached (P, P+1) inverse-DFT matrix (`_grid_irfft`), its backward the
+      adjoint, so it does no length-L transform at all.
 `ssm_kernel(v, a, dt, L, backend)` dispatches; `resolve_backend("auto", device)` picks the measured winner.
 """
 
@@ -171,35 +173,81 @@ def _split(L: int) -> tuple[int, int]:
 
 
 _PLANS: dict = {}
+_MADVISE: list = []  # [libc.madvise or None], resolved on first use
+
+
+def _empty_huge(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty for the big per-call CPU buffers (k, e1, e2: 48 MB each at the paper size), advised to use
+    transparent huge pages on Linux: their first touch then faults 2 MB pages instead of 4 KB ones (measured here:
+    ~4 ms instead of ~22 ms per 48 MB, a few % of the kernel's time). Only a hint: where madvise is unavailable or
+    refuses, the buffer is a plain torch.empty."""
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type != "cpu" or nbytes < 1 << 23:
+        return out
+    if not _MADVISE:
+        try:
+            import ctypes
+            import sys
+
+            libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+            if libc is not None:
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _MADVISE.append(libc.madvise if libc is not None else None)
+        except (OSError, AttributeError):
+            _MADVISE.append(None)
+    if _MADVISE[0] is not None:
+        huge = 1 << 21
+        lo = (out.data_ptr() + huge - 1) & ~(huge - 1)
+        hi = (out.data_ptr() + nbytes) & ~(huge - 1)
+        if hi > lo:
+            _MADVISE[0](lo, hi - lo, 14)  # MADV_HUGEPAGE; the return code is ignored (a hint)
+    return out
 
 
 def _plan(L: int, cplx: torch.dtype, device) -> dict:
-    """Constants of the mixed-radix evaluation for length L (cached). The spectra live on a (Pc, R) grid
-    (t < Pc = P//2 + 1, u < R) holding X(P u + t); every rfft bin l < K is one grid entry, directly or (for
+    """Constants of the mixed-radix evaluation for length L (cached). Spectra live on a (Pc, R) grid [t, u] holding
+    X(P u + t) for t < Pc = P//2 + 1 (P is odd), u < R: every rfft bin l < K is one grid entry, directly or (for
     t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t): `tk`, `uk`, `flip` (K,) say where.
-    theta (Pc,) complex128 = exp(-2 pi i t / P); tw (R, Pc) = w^{r t}; nodes (Pc, R) = w^{P u + t}; weight (Pc, R)
-    = c_l / L at the grid entries of the bins l < K (c_l = 1 at the DC/Nyquist bins, else 2), 0 elsewhere."""
+      basis, basis_conj (4, 6 Pc) float64: [1, x, y, x^2 + y^2] @ basis = [den, S num, Dd num] (3 x Pc complex) of
+          `_tables` at mu = x + i y, with theta_t = exp(-2 pi i t / P) (conj: theta -> conj theta);
+      th12 (2, Pc) = [theta, theta^2];  tw (R, Pc) = w^{r t} and ctw = conj(tw), w = exp(-2 pi i / L);
+      snodes_conj (Pc, R) = conj(1 + w^{P u + t});
+      cmat (P, 2 Pc) real: x_{R j + r} = sum_(t, c) cmat[j, (t, c)] [Re Y; Im Y](t, r), the inverse length-P DFT
+          of a half spectrum Hermitian in t, entries (c_t / L) (cos, -sin)(2 pi t j / P), c_0 = 1, else 2;
+          cmat_conj_t (2 Pc, P): the transpose of the same acting on conj(Y) (sin column signs flipped)."""
     key = (L, cplx, str(device))
     if key not in _PLANS:
         P, R = _split(L)
         Pc = P // 2 + 1
+        real = torch.float32 if cplx == torch.complex64 else torch.float64
         t = torch.arange(Pc, dtype=torch.float64, device=device)  # (Pc,)
         r = torch.arange(R, dtype=torch.float64, device=device)  # (R,)
-        theta = torch.polar(torch.ones_like(t), -2 * math.pi * t / P)  # (Pc,)
-        ang = lambda x: torch.polar(torch.ones_like(x), -2 * math.pi * torch.remainder(x, L) / L).to(cplx)  # noqa: E731
+        one = torch.ones_like(t)
+        theta = torch.polar(one, -2 * math.pi * t / P)  # (Pc,) complex128
+
+        def basis(th: torch.Tensor) -> torch.Tensor:  # rows: coefficients of 1, x, y, |mu|^2
+            zero = torch.zeros_like(th)
+            rows = [[1 + zero, 2 + zero, zero], [-2 * th, -2 * th, zero], [zero, zero, -2 * th], [th * th, zero, zero]]
+            return torch.view_as_real(torch.stack([torch.stack(row) for row in rows])).reshape(4, 6 * Pc)
+
+        ang = lambda x: torch.polar(torch.ones_like(x), -2 * math.pi * torch.remainder(x, L) / L)  # noqa: E731
+        j = torch.arange(P, dtype=torch.float64, device=device)[:, None]  # (P, 1)
+        phase = 2 * math.pi * torch.remainder(j * t, P) / P  # (P, Pc)
+        c = torch.full_like(t, 2.0 / L)  # (Pc,) c_t / L
+        c[0] = 1.0 / L
+        cmat = torch.stack([c * torch.cos(phase), -c * torch.sin(phase)], dim=-1).reshape(P, 2 * Pc)
+        cmat_conj = torch.stack([c * torch.cos(phase), c * torch.sin(phase)], dim=-1).reshape(P, 2 * Pc)
         l = torch.arange(L // 2 + 1, device=device)  # (K,)
         tl, ul = l % P, l // P
         flip = tl >= Pc
-        tk, uk = torch.where(flip, P - tl, tl), torch.where(flip, R - 1 - ul, ul)  # (K,) grid entry of bin l
-        weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=torch.float64, device=device)  # (K,)
-        weight[0] = 1.0 / L
-        if L % 2 == 0:
-            weight[-1] = 1.0 / L
-        weight_grid = torch.zeros(Pc, R, dtype=torch.float64, device=device)
-        weight_grid[tk, uk] = weight
-        _PLANS[key] = dict(P=P, R=R, Pc=Pc, theta=theta, tw=ang(r[:, None] * t), nodes=ang(P * r + t[:, None]),
-                           weight=weight_grid.to(torch.float32 if cplx == torch.complex64 else torch.float64),
-                           tk=tk, uk=uk, flip=flip)
+        tw = ang(r[:, None] * t)  # (R, Pc)
+        _PLANS[key] = dict(
+            P=P, R=R, Pc=Pc, basis=basis(theta), basis_conj=basis(theta.conj()),
+            th12=torch.stack([theta, theta * theta]).to(cplx), tw=tw.to(cplx), ctw=tw.conj().to(cplx),
+            snodes_conj=(1 + ang(P * r + t[:, None])).conj().to(cplx), cmat=cmat.to(real),
+            cmat_conj_t=cmat_conj.t().contiguous().to(real),
+            tk=torch.where(flip, P - tl, tl), uk=torch.where(flip, R - 1 - ul, ul), flip=flip)
     return _PLANS[key]
 
 
@@ -209,97 +257,115 @@ def _grid_to_bins(X: torch.Tensor, plan: dict) -> torch.Tensor:
     return torch.where(plan["flip"], X.conj(), X)
 
 
-def _bins_to_grid(Y: torch.Tensor, plan: dict) -> torch.Tensor:
-    """Adjoint of `_grid_to_bins`: (..., K) -> (..., Pc, R), zero at the grid entries no bin reads."""
-    out = Y.new_zeros(*Y.shape[:-1], plan["Pc"], plan["R"])
-    out[..., plan["tk"], plan["uk"]] = torch.where(plan["flip"], Y.conj(), Y)
-    return out
+def _tables(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool = False):
+    """The per-channel factors of the mixed-radix spectra (see `_spectral`), for h channels:
+    mu = lam^R (h, M) complex128; sd (h, M, 2, Pc) = [S; Dd] (or their conjugates); inv = 1 / den (h, M, Pc);
+    p = lam^r (h, R, M) for r < R. With theta_t = exp(-2 pi i t / P), G = 1 / (1 - mu theta), G~ = 1 / (1 - conj(mu)
+    theta) and mu = x + i y,  den = (1 - mu theta)(1 - conj(mu) theta) = 1 - 2 x theta + |mu|^2 theta^2,
+        S = G + G~ = (2 - 2 x theta) / den,   Dd = i (G - G~) = -2 y theta / den:
+    real-coefficient polynomials in theta, formed by one float64 GEMM (1 - mu theta cancels when |lam^R| ~ 1; the
+    quotient is taken in the working precision). p by a cumulative product in complex128. Plain autograd works."""
+    h, M = lam_log.shape
+    R, Pc = plan["R"], plan["Pc"]
+    mu = torch.exp(R * lam_log)  # (h, M)
+    xy = torch.view_as_real(mu)  # (h, M, 2)
+    feats = torch.cat([torch.ones_like(xy[..., :1]), xy, (xy * xy).sum(-1, keepdim=True)], -1)  # (h, M, 4)
+    poly = feats.reshape(h * M, 4) @ plan["basis_conj" if conj else "basis"]  # (h M, 6 Pc)
+    poly = torch.view_as_complex(poly.view(h, M, 3, Pc, 2)).to(cplx)  # (h, M, 3, Pc): den, S num, Dd num
+    inv = torch.reciprocal(poly[:, :, 0])  # (h, M, Pc)
+    sd = poly[:, :, 1:] * inv[:, :, None]  # (h, M, 2, Pc)
+    lam = torch.exp(lam_log)[:, None]  # (h, 1, M)
+    p = torch.cumprod(torch.cat([torch.ones_like(lam), lam.expand(h, R - 1, M)], 1), 1).to(cplx)  # (h, R, M)
+    return mu, sd, inv, p
 
 
-def _spectral_factors(cp: torch.Tensor, lam_log: torch.Tensor, L: int, real: torch.dtype):
-    """Real GEMM factors of the mixed-radix spectra: rho (h, Q*R, 2M) and sd (h, 2M, 2*Pc), plus the tables.
+def _spectral_gemm(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool = False):
+    """A (h, Q, R, Pc) complex (conj: conj(A)) of `_spectral` from cp (h, Q, M) and log(lam) (h, M) complex128:
+    one real GEMM per channel; plus the `_tables`."""
+    h, Q, M = cp.shape
+    tables = _tables(lam_log, plan, cplx, conj)
+    sd, p = tables[1], tables[3]
+    rho = cp.to(cplx)[:, :, None, :] * p[:, None]  # (h, Q, R, M)
+    A = torch.bmm(torch.view_as_real(rho).reshape(h, Q * plan["R"], 2 * M),
+                  torch.view_as_real(sd).reshape(h, 2 * M, 2 * plan["Pc"]))  # (h, (q, r), (t, c))
+    return torch.view_as_complex(A.view(h, Q, plan["R"], plan["Pc"], 2)), tables  # (h, Q, R, Pc)
+
+
+def _spectral(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.dtype) -> torch.Tensor:
+    """The spectra on the (Pc, R) grid of `_plan`: D (h, Q, Pc, R) = X_q(P u + t) at [q, t, u], from cp (h, Q, M)
+    (= v / (2 - a)) and log(lam) (h, M) complex128.
 
     Split k = R j + r (j < P, r < R) and l = P u + t. The DFT over j of a geometric sequence is closed-form:
         X_q(l) = sum_r e^{-2 pi i u r / R} w^{r t} A_qr(t),
         A_qr(t) = sum_m G_mt rho_qmr + G~_mt conj(rho_qmr) = sum_m S_mt Re(rho_qmr) + Dd_mt Im(rho_qmr),
-        rho = cp lam^r,  G = 1 / (1 - lam^R theta_t),  G~ = 1 / (1 - conj(lam)^R theta_t),
-        S = G + G~,  Dd = i (G - G~),  cp = v / (2 - a) (= coef (1 - lam^L)).
+        rho = cp lam^r,  G = 1 / (1 - lam^R theta_t),  G~ = 1 / (1 - conj(lam)^R theta_t),  S = G + G~,
+        Dd = i (G - G~).
     A_qr(t) is Hermitian in t (a DFT over j of the real x_{Rj+r}), so only t < Pc = P//2 + 1 is formed: one real
     GEMM [Re rho, Im rho] (Q R x 2M) @ [S; Dd] (2M x Pc complex as 2 Pc interleaved reals) per channel, 2 L M
-    multiply-adds per pair (as many as the time-domain GEMM), whose output is already complex (Q, R, Pc); then a
-    twiddle, length-R FFTs along r. The generic length-P FFT pass (P = 197 at L = 11,820) is replaced by the
-    pair-independent (M, Pc) tables S, Dd (complex128: 1 - lam^R theta cancels when |lam^R| ~ 1).
-    """
-    Q, h, M = cp.shape
-    cplx = torch.complex64 if real == torch.float32 else torch.complex128
-    plan = _plan(L, cplx, cp.device)
-    R, Pc, theta = plan["R"], plan["Pc"], plan["theta"]
-    mu = torch.exp(R * lam_log)  # (h, M) lam^R in complex128
-    G = torch.reciprocal((1 - mu[..., None] * theta).to(cplx))  # (h, M, Pc) the difference in complex128
-    Gt = torch.reciprocal((1 - mu.conj()[..., None] * theta).to(cplx))  # (h, M, Pc)
-    sd = torch.stack([G + Gt, (G - Gt) * 1j], dim=2)  # (h, M, 2, Pc) [S; Dd]
-    sd = torch.view_as_real(sd).reshape(h, 2 * M, 2 * Pc)  # (h, (m, s), (t, c))
-    p_in = _power_table(lam_log[:, None, :], torch.arange(R, dtype=torch.float64, device=cp.device)[:, None], cplx)
-    rho = cp.to(cplx).transpose(0, 1)[:, :, None, :] * p_in[:, None]  # (h, Q, R, M)
-    rho = torch.view_as_real(rho).reshape(h, Q * R, 2 * M)  # (h, (q, r), (m, s))
-    return rho, sd, (mu, G, Gt, p_in)
+    multiply-adds per pair (as many as the time-domain GEMM), whose output is already complex (Q, R, Pc)
+    (`_spectral_gemm`); then the twiddle w^{r t} and length-R FFTs along r (run t-major, on the contiguous axis).
+    The generic length-P FFT pass (P = 197 at L = 11,820) is replaced by the pair-independent (M, Pc) tables S, Dd.
+    Plain autograd works (the fused `_MixedRadixKernel` does the same steps with its own backward)."""
+    A = _spectral_gemm(cp, lam_log, plan, cplx)[0]  # (h, Q, R, Pc)
+    return torch.fft.fft((A * plan["tw"]).transpose(-1, -2), dim=-1)  # (h, Q, Pc, R)
 
 
-def _transpose(x: torch.Tensor) -> torch.Tensor:
-    """x (..., a, b) complex -> contiguous (..., b, a). complex64 moves as 8-byte integers (torch's fast copy path,
-    several times a complex copy); without autograd only (the backward and no-grad forwards)."""
-    x = x.transpose(-1, -2)
-    if x.dtype == torch.complex64 and not (torch.is_grad_enabled() and x.requires_grad):
-        return x.view(torch.int64).contiguous().view(torch.complex64)
-    return x.contiguous()
+def _grid_irfft(Fc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """The inverse rfft of length L of a spectrum given on the (Pc, R) grid, from its CONJUGATE Fc (h, Pc, R):
+    x (h, P, R) real, x[j, r] = x_{R j + r} (times `scale` (h,) if given). With l = P u + t and n = R j + r,
+        x_{R j + r} = (1/L) sum_{t < P} Y(t, r) e^{2 pi i t j / P},  Y(t, r) = e^{2 pi i t r / L} sum_u X(P u + t)
+        e^{2 pi i u r / R},
+    and Y is Hermitian in t mod P (as X is in l), so the t-sum is a real-output inverse DFT of length P over
+    t < Pc: one real GEMM against the cached `cmat`. conj(Y) = tw * fft_u(conj X) (a length-R FFT), so
+    x = cmat_conj @ [Re; Im] conj(Y). No length-L transform (pocketfft's is Bluestein when L has a large prime)."""
+    h, Pc, R = Fc.shape
+    Yt = torch.fft.fft(Fc, dim=-1)  # (h, Pc, R) [t, r]
+    Y = (Yt.transpose(1, 2) * plan["tw"]).contiguous()  # (h, R, Pc) conj(Y), r-major for the GEMM
+    return _p_stage(Y, plan, scale, out)
 
 
-def _spectral(rho: torch.Tensor, sd: torch.Tensor, Q: int, L: int) -> torch.Tensor:
-    """The spectra on the (Pc, R) grid of `_plan`: (h, Q, Pc, R), from the factors of `_spectral_factors`.
-    `_grid_to_bins(D, plan)` gives the (h, Q, K) rfft bins; plain autograd works through both."""
-    h = rho.shape[0]
-    plan = _plan(L, torch.complex64 if rho.dtype == torch.float32 else torch.complex128, rho.device)
-    A = torch.view_as_complex(torch.bmm(rho, sd).reshape(h, Q, plan["R"], plan["Pc"], 2))  # (h, Q, R, Pc)
-    A = _transpose(A * plan["tw"])  # (h, Q, Pc, R): the FFT axis innermost
-    return torch.fft.fft(A, dim=-1)  # (h, Q, Pc, R): X_q(P u + t) at [q, t, u]
+def _p_stage(Yc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """The length-P stage of `_grid_irfft`: x (h, P, R) = cmat_conj @ [Re; Im] Yc, Yc = conj(Y) (h, R, Pc)."""
+    h, R, Pc = Yc.shape
+    xt = torch.matmul(torch.view_as_real(Yc).view(h, R, 2 * Pc), plan["cmat_conj_t"])  # (h, R, P)
+    if out is None:
+        out = torch.empty(h, xt.shape[-1], R, dtype=xt.dtype, device=xt.device)
+    if scale is None:
+        return out.copy_(xt.transpose(1, 2))
+    return torch.mul(xt.transpose(1, 2), scale[:, None, None], out=out)  # (h, P, R)
 
 
-def _spectral_grads(cp, lam_log, gD, L: int, real: torch.dtype):
-    """Adjoint of `_spectral_factors` + `_spectral`: grad cp (Q, h, M), grad log lam (h, M) from grad D on the grid
-    (h, Q, Pc, R) (torch's conjugate-Wirtinger convention; for holomorphic z = f(x), grad x = conj(f'(x)) grad z)."""
-    Q, h, M = cp.shape
-    cplx = gD.dtype
-    plan = _plan(L, cplx, gD.device)
-    R, Pc, theta = plan["R"], plan["Pc"], plan["theta"]
-    gA = _transpose(torch.fft.ifft(gD, dim=-1, norm="forward")).mul_(plan["tw"].conj())  # (h, Q, R, Pc)
-    gA = torch.view_as_real(gA).reshape(h, Q * R, 2 * Pc)  # (h, (q, r), (t, c)) a view
-    rho, sd, (mu, G, Gt, p_in) = _spectral_factors(cp, lam_log, L, real)
-    g_rho = torch.view_as_complex(torch.bmm(gA, sd.transpose(1, 2)).reshape(h, Q, R, M, 2))  # (h, Q, R, M)
-    g_sd = torch.view_as_complex(torch.bmm(rho.transpose(1, 2), gA).reshape(h, M, 2, Pc, 2))  # (h, M, 2, Pc)
-    gS, gDd = g_sd[:, :, 0], g_sd[:, :, 1]  # (h, M, Pc)
-    gG, gGt = gS - 1j * gDd, gS + 1j * gDd  # S = G + G~, Dd = i (G - G~)
-    th = theta.to(cplx)  # (Pc,)  dG/dmu = theta G^2, dG~/dconj(mu) = theta G~^2; vecdot(x, y) = sum conj(x) y
-    g_mu = torch.linalg.vecdot(G * G * th, gG) + torch.linalg.vecdot(Gt * Gt * th, gGt).conj()  # (h, M)
-    grad_cp = (p_in.conj()[:, None] * g_rho).sum(2).transpose(0, 1)  # (Q, h, M)
-    g_pow = (cp.to(cplx).conj().transpose(0, 1)[:, :, None, :] * g_rho).sum(1)  # (h, R, M)
-    r = torch.arange(R, dtype=real, device=gD.device)[:, None]  # (R, 1)
-    grad_lam = (R * mu).conj() * g_mu.to(mu.dtype) + (r * p_in.conj() * g_pow).sum(1).to(mu.dtype)  # (h, M)
-    return grad_cp.to(cp.dtype), grad_lam
+def _grid_irfft_adjoint(g: torch.Tensor, plan: dict, gy_out: torch.Tensor | None = None) -> torch.Tensor:
+    """Adjoint of x = irfft(X) through `_grid_irfft`: grad X (h, Pc, R) on the grid from g = grad x (h, P, R)
+    (torch's convention for complex gradients: grad z = dl/dRe z + i dl/dIm z):
+        grad X(P u + t) = sum_r e^{-2 pi i u r / R} w^{r t} gY(r, t),  gY = [cmat^T g] as complex (h, R, Pc)
+    (a GEMM, a twiddle, length-R FFTs). gY is also copied into `gy_out` if given."""
+    h, P, R = g.shape
+    Pc = plan["Pc"]
+    gY = torch.view_as_complex(torch.matmul(g.transpose(1, 2), plan["cmat"]).view(h, R, Pc, 2))  # (h, R, Pc)
+    if gy_out is not None:
+        gy_out.copy_(gY)
+    gYt = torch.empty(h, Pc, R, dtype=gY.dtype, device=g.device)  # (h, Pc, R) t-major
+    torch.mul(gY, plan["tw"], out=gYt.transpose(1, 2))
+    return torch.fft.fft(gYt, dim=-1)  # (h, Pc, R)
 
 
 def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
     """Same values as `cauchy_naive` at the rfft nodes of length L, without any (H, M, K) tensor: for 11-smooth L
-    one small real GEMM + one rfft, otherwise the mixed-radix evaluation of `_spectral_factors`.
+    one small real GEMM + one rfft, otherwise the mixed-radix evaluation of `_spectral`.
 
     Returns the full (Q, H, K) spectrum with plain autograd (for comparisons; `ssm_kernel` uses the fused,
-    memory-bounded `_StructuredKernel` instead).
+    memory-bounded `_StructuredKernel` / `_MixedRadixKernel` instead).
     """
     if _split(L)[0] > 1:
-        cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (Q, H, M)
-        lam_log = torch.log((2 + a.to(torch.complex128)) / (2 - a.to(torch.complex128)))  # (H, M)
-        left, right, _ = _spectral_factors(cp, lam_log, L, v.real.dtype)
-        D = _spectral(left, right, v.shape[0], L)  # (H, Q, Pc, R)
-        return _grid_to_bins(D, _plan(L, v.dtype, v.device)).transpose(0, 1)  # (Q, H, K)
+        a64 = a.to(torch.complex128)
+        cp = v.to(torch.complex128) / (2 - a64)  # (Q, H, M)
+        lam_log = torch.log((2 + a64) / (2 - a64))  # (H, M)
+        plan = _plan(L, v.dtype, v.device)
+        D = _spectral(cp.transpose(0, 1), lam_log, plan, v.dtype)  # (H, Q, Pc, R)
+        return _grid_to_bins(D, plan).transpose(0, 1)  # (Q, H, K)
     coef, lam_log = _geometric(v, a, L)
     left, right, _, _ = _factors(coef, lam_log, L, v.real.dtype)
     x = _sequence(left, right, v.shape[0], L)  # (H, Q, L)
@@ -307,107 +373,75 @@ def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
 
 
 class _StructuredKernel(torch.autograd.Function):
-    """k = Woodbury-corrected S4 kernel from the geometric form, chunked over channels, hand-written backward.
+    """The `torch` kernel for 11-smooth L (pocketfft is fast there): k = Woodbury-corrected S4 kernel from the
+    geometric form, chunked over channels, hand-written backward.
 
         k = 2 dt irfft(D0 - T),  T = s D1 D2 R,  R = 1 / (1 + s D3),  s = dt (1 + w),
-    with the four pair spectra D_q at the K rfft nodes from one of two exact evaluations of the same sums:
-      * 11-smooth L (`cp is None`, coef (4, H, M)): x_q by the time-domain GEMM, D_q = rfft(x_q) for q = 1..3 and
-        x_0 used directly (irfft(D_0) = x_0), so k = 2 dt (x_0 - irfft(T)) (pocketfft is fast at such L);
-      * L with a prime factor > 11 (`cp` (4, H, M), 11,820 = 197 * 60): `_spectral` on the (Pc, R) grid of `_plan`
-        (closed-form DFT over the 197-axis, one real GEMM, length-60 FFTs), the Woodbury algebra on that grid, one
-        gather to the rfft bins and one irfft.
-    Saved for backward: the tiny coef/cp/log(lam)/dt, a1 = R D1 and a2 = R D2 (two (H, K)-sized complex spectra), k.
+    with x_q (coef (4, H, M)) by the time-domain GEMM, D_q = rfft(x_q) at the K rfft nodes for q = 1..3 and x_0 used
+    directly (irfft(D_0) = x_0), so k = 2 dt (x_0 - irfft(T)).
+    Saved for backward: the tiny coef/log(lam)/dt, a1 = R D1 and a2 = R D2 (two (H, K) complex spectra), k.
     Backward per chunk, with Y = rfft(-2 dt g) and W = c_l / L (c_l = 1 at the DC/Nyquist bins, else 2):
-        grad T = W Y,  grad D0 = -W Y,  grad D1 = conj(s a2) W Y,  grad D2 = conj(s a1) W Y,
+        grad T = W Y,  grad D1 = conj(s a2) W Y,  grad D2 = conj(s a1) W Y,
         grad D3 = -conj(s^2 a1 a2) W Y,  grad dt = sum g k / dt + sum_l Re(conj((1+w) a1 a2) W_l Y_l);
-    then the adjoint of the D evaluation: `_spectral_grads` (inverse length-60 FFTs, two GEMMs, the tables'
-    closed-form adjoint), or 3 irfft + the time-domain GEMM adjoints (grad x_0 = 2 dt g).
-    Length-L FFTs per chunk: mixed path 1 irfft forward + 1 rfft backward; smooth path 3+1 forward, 1+3 backward.
-    Nothing of size H*N*L is formed.
+    then 3 irfft + the time-domain GEMM adjoints (grad x_0 = 2 dt g). Length-L FFTs per chunk: 3+1 forward, 1+3
+    backward. Nothing of size H*N*L is formed.
     """
 
     @staticmethod
-    def forward(ctx, coef, cp, lam_log, dt, L: int, chunk: int, real: torch.dtype):
+    def forward(ctx, coef, lam_log, dt, L: int, chunk: int, real: torch.dtype):
         H, dev = lam_log.shape[0], lam_log.device
         cplx = torch.complex64 if real == torch.float32 else torch.complex128
-        mixed = cp is not None
-        plan = _plan(L, cplx, dev) if mixed else None
-        nodes = plan["nodes"] if mixed else rfft_nodes(L, cplx, dev)  # (Pc, R) grid or (K,) bins
+        nodes = rfft_nodes(L, cplx, dev)  # (K,)
         k = torch.empty(H, L, dtype=real, device=dev)  # (H, L)
-        a1 = torch.empty(H, *nodes.shape, dtype=cplx, device=dev)  # (H, Pc, R) or (H, K)
+        a1 = torch.empty(H, L // 2 + 1, dtype=cplx, device=dev)  # (H, K)
         a2 = torch.empty_like(a1)
         dtr = dt.detach().to(real)  # (H,)
 
         def one(lo: int, hi: int) -> None:
-            if mixed:  # cp (4, H, M): the four spectra on the (Pc, R) grid
-                D = _spectral(*_spectral_factors(cp[:, lo:hi], lam_log[lo:hi], L, real)[:2], 4, L)  # (h,4,Pc,R)
-                D0, D1, D2, D3 = D.unbind(1)  # (h, Pc, R)
-            else:  # coef (4, H, M): the four sequences in the time domain; irfft(rfft(x_0)) = x_0
-                left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
-                x = _sequence(left, right, 4, L)  # (h, 4, L)
-                D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
-                D1, D2, D3 = D.unbind(1)  # (h, K)
-            dt_c = dtr[lo:hi].reshape(-1, *([1] * nodes.dim()))  # (h, 1[, 1])
-            s = dt_c * (1 + nodes)  # (h, ...)
-            Rw = torch.reciprocal(1 + s * D3)  # (h, ...)
+            left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
+            x = _sequence(left, right, 4, L)  # (h, 4, L)
+            D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
+            D1, D2, D3 = D.unbind(1)  # (h, K)
+            s = dtr[lo:hi, None] * (1 + nodes)  # (h, K)
+            Rw = torch.reciprocal(1 + s * D3)  # (h, K)
             torch.mul(Rw, D1, out=a1[lo:hi])
             torch.mul(Rw, D2, out=a2[lo:hi])
-            T = s * a1[lo:hi] * D2  # (h, ...)
-            if mixed:
-                k[lo:hi] = torch.fft.irfft(_grid_to_bins(D0 - T, plan), n=L).mul_(2 * dtr[lo:hi, None])  # (h, L)
-            else:
-                k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
+            T = s * a1[lo:hi] * D2  # (h, K)
+            k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
 
         _run_chunks(one, H, chunk, dev)
-        ctx.mixed = mixed
-        ctx.save_for_backward(cp[:0] if mixed else coef, cp if mixed else coef[:0], lam_log, dt, a1, a2, k)
+        ctx.save_for_backward(coef, lam_log, dt, a1, a2, k)
         ctx.L, ctx.chunk, ctx.real = L, chunk, real
         return k
 
     @staticmethod
     def backward(ctx, g):
-        coef, cp, lam_log, dt, a1, a2, k = ctx.saved_tensors
-        L, chunk, real, mixed = ctx.L, ctx.chunk, ctx.real, ctx.mixed
+        coef, lam_log, dt, a1, a2, k = ctx.saved_tensors
+        L, chunk, real = ctx.L, ctx.chunk, ctx.real
         Q, H = coef.shape[0], lam_log.shape[0]
         b, J = _blocks(L)
-        if mixed:
-            plan = _plan(L, a1.dtype, g.device)
-            nodes, weight = plan["nodes"], plan["weight"]  # (Pc, R) each
-        else:
-            nodes = rfft_nodes(L, a1.dtype, g.device)  # (K,)
-            weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=real, device=g.device)  # (K,) c_l / L
-            weight[0] = 1.0 / L
-            if L % 2 == 0:
-                weight[-1] = 1.0 / L
+        nodes = rfft_nodes(L, a1.dtype, g.device)  # (K,)
+        weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=real, device=g.device)  # (K,) c_l / L
+        weight[0] = 1.0 / L
+        if L % 2 == 0:
+            weight[-1] = 1.0 / L
         dtr = dt.to(real)  # (H,)
         g = g.to(real)  # (H, L)
-        grad_coef = torch.empty_like(coef)  # (4, H, M) smooth path, (0, H, M) mixed
-        grad_cp = torch.empty_like(cp) if mixed else None  # (4, H, M)
+        grad_coef = torch.empty_like(coef)  # (4, H, M)
         grad_lam = torch.empty_like(lam_log)  # (H, M)
         grad_dt = torch.empty_like(dtr)  # (H,)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
-            dt_c = dtr[lo:hi].reshape(-1, *([1] * nodes.dim()))  # (h, 1[, 1])
-            s = dt_c * (1 + nodes)  # (h, ...)
-            p1, p2 = a1[lo:hi], a2[lo:hi]  # (h, ...)
+            s = dtr[lo:hi, None] * (1 + nodes)  # (h, K)
+            p1, p2 = a1[lo:hi], a2[lo:hi]  # (h, K)
             gdt = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # (h,) from the 2 dt factor
             Y = torch.fft.rfft(g[lo:hi], n=L).mul_(-2 * dtr[lo:hi, None])  # (h, K) spectrum of grad y = -2 dt g
-            if mixed:
-                Y = _bins_to_grid(Y, plan)  # (h, Pc, R)
-            WY = Y.mul_(weight)  # (h, ...) grad T
-            sp12 = s * p1 * p2  # (h, ...) s a1 a2: dT/ddt = (1 + w) a1 a2 = sp12 / dt
-            grad_dt[lo:hi] = gdt + torch.linalg.vecdot(sp12.flatten(1), WY.flatten(1)).real / dtr[lo:hi]
-            cY = s.conj_physical().mul_(WY)  # (h, ...) conj(s) grad T
-            if mixed:  # grad D_0 = -grad T
-                gD = torch.empty(h, 4, plan["Pc"], plan["R"], dtype=a1.dtype, device=g.device)  # (h, 4, Pc, R)
-                torch.neg(WY, out=gD[:, 0])
-                torch.mul(p2.conj(), cY, out=gD[:, 1])
-                torch.mul(p1.conj(), cY, out=gD[:, 2])
-                torch.mul(sp12.conj_physical_().neg_(), cY, out=gD[:, 3])
-                grad_cp[:, lo:hi], grad_lam[lo:hi] = _spectral_grads(cp[:, lo:hi], lam_log[lo:hi], gD, L, real)
-                return
-            # smooth path: 2 grad x_q = irfft(2 grad D_q / W) (the factor 2 of x = 2 left @ right), 2 grad x_0 = 4 dt g
+            WY = Y.mul_(weight)  # (h, K) grad T
+            sp12 = s * p1 * p2  # (h, K) s a1 a2: dT/ddt = (1 + w) a1 a2 = sp12 / dt
+            grad_dt[lo:hi] = gdt + torch.linalg.vecdot(sp12, WY).real / dtr[lo:hi]
+            cY = s.conj_physical().mul_(WY)  # (h, K) conj(s) grad T
+            # 2 grad x_q = irfft(2 grad D_q / W) (the factor 2 of x = 2 left @ right), 2 grad x_0 = 4 dt g
             gx = torch.empty(h, Q, J * b, dtype=real, device=g.device)  # (h, 4, J*b) = 2 grad x, zero tail
             gx[..., L:] = 0
             torch.mul(g[lo:hi], 4 * dtr[lo:hi, None], out=gx[:, 0, :L])
@@ -424,7 +458,120 @@ class _StructuredKernel(torch.autograd.Function):
             grad_coef[:, lo:hi], grad_lam[lo:hi] = _factor_grads(coef[:, lo:hi], g_left, g_right, p_out, p_in, L)
 
         _run_chunks(one, H, chunk, g.device)
-        return (None if mixed else grad_coef), grad_cp, grad_lam, grad_dt.to(dt.dtype), None, None, None
+        return grad_coef, grad_lam, grad_dt.to(dt.dtype), None, None, None
+
+
+class _MixedRadixKernel(torch.autograd.Function):
+    """The `torch` kernel when L has a prime factor > 11 (LVU: 11,820 = 197 * 60): everything on the (Pc, R) grid
+    of `_plan`, chunked over channels, hand-written backward, no length-L FFT.
+
+        k = 2 dt irfft(F),  F = D0 - T,  T = s D1 D2 Rw,  Rw = 1 / (1 + s D3),  s = dt (1 + w),
+    with the four pair spectra D_q = fft_r(tw A_q) of `_spectral`. The forward works with conjugates throughout (so
+    that what the backward needs is stored without a conj pass): conj(A) by `_spectral_gemm(conj=True)`, conj(D_q)
+    = ifft_r(conj(tw A_q)) (unnormalised) for q = 1..3 only, the Woodbury algebra at conj(s), saving
+    e1 = conj(a1) and e2 = conj(s a2) (a1 = Rw D1, a2 = Rw D2: two (H, Pc, R) complex spectra), and
+    k = 2 dt `_p_stage`(conj Y) with conj Y = tw fft_r(conj F) = R conj(A_0) - tw fft_r(conj T): D_0 never goes
+    through the length-R FFTs (fft_r of its inverse is R times its input; R is folded into cp_0).
+    Backward per chunk, with gF = `_grid_irfft_adjoint`(g) (so grad F = 2 dt gF, grad T = -2 dt gF):
+        grad D0 = 2 dt gF,  grad D1 = -2 dt conj(s a2) gF,  grad D2 = -2 dt conj(s a1) gF,
+        grad D3 = 2 dt conj(s^2 a1 a2) gF,  grad dt = sum g k / dt - 2 sum Re(conj(s a1 a2) gF),
+    formed without the factors +-2 dt, which are real, per channel and pair, and are applied to cp (for the GEMM
+    that sums over pairs) and to the per-pair outputs instead. Then the adjoint of `_spectral`: grad A_q =
+    conj(tw) ifft_r(grad D_q) (unnormalised; for q = 0 that is R gY of `_grid_irfft_adjoint`, no FFT), two GEMMs
+    (grad rho, grad [S; Dd]) and the tables' closed-form adjoint:
+        with mu = x + i y, psi = conj(gS) S + conj(gDd) Dd, phi1 = theta / den, phi2 = theta^2 / den,
+        dl/dx = -2 Re sum_t phi1 (conj(gS) - psi) - 2 x Re sum_t phi2 psi,
+        dl/dy = -2 Re sum_t phi1 conj(gDd) - 2 y Re sum_t phi2 psi;
+    grad cp = sum_r conj(lam^r) grad rho, grad log lam = conj(R mu) grad mu + sum_r r conj(lam^r) grad lam^r.
+    Saved for backward: the tiny cp/log(lam)/dt, e1, e2 and k. Nothing of size H*N*L is formed.
+    """
+
+    @staticmethod
+    def forward(ctx, cp, lam_log, dt, L: int, chunk: int, real: torch.dtype):
+        H, dev = lam_log.shape[0], lam_log.device
+        cplx = torch.complex64 if real == torch.float32 else torch.complex128
+        plan = _plan(L, cplx, dev)
+        P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+        k = _empty_huge(H, L, dtype=real, device=dev)  # (H, L)
+        e1 = _empty_huge(H, Pc, R, dtype=cplx, device=dev)  # (H, Pc, R) conj(a1)
+        e2 = _empty_huge(H, Pc, R, dtype=cplx, device=dev)  # (H, Pc, R) conj(s a2)
+        dtr = dt.detach().to(real)  # (H,)
+        cph = cp.transpose(0, 1) * torch.tensor([R, 1, 1, 1], dtype=cp.dtype, device=dev)[:, None]  # (H, 4, M)
+
+        def one(lo: int, hi: int) -> None:
+            h = hi - lo
+            A = _spectral_gemm(cph[lo:hi], lam_log[lo:hi], plan, cplx, conj=True)[0]  # (h, 4, R, Pc) conj(A)
+            At = torch.empty(h, 3, Pc, R, dtype=cplx, device=dev)  # (h, 3, Pc, R) t-major
+            torch.mul(A[:, 1:], plan["ctw"], out=At.transpose(-1, -2))
+            D1, D2, D3 = torch.fft.ifft(At, dim=-1, norm="forward").unbind(1)  # (h, Pc, R) conj(D_q)
+            s = plan["snodes_conj"] * dtr[lo:hi, None, None]  # (h, Pc, R) conj(s)
+            Rw = torch.mul(s, D3).add_(1).reciprocal_()  # conj(Rw)
+            torch.mul(Rw, D1, out=e1[lo:hi])
+            torch.mul(Rw.mul_(s), D2, out=e2[lo:hi])
+            T = torch.fft.fft(D1.mul_(e2[lo:hi]), dim=-1)  # (h, Pc, R) fft_r(conj(s Rw D1 D2))
+            Y = A[:, 0].addcmul_(T.transpose(1, 2), plan["tw"], value=-1)  # (h, R, Pc) conj(Y)
+            _p_stage(Y, plan, 2 * dtr[lo:hi], out=k[lo:hi].view(h, P, R))
+
+        _run_chunks(one, H, chunk, dev)
+        ctx.save_for_backward(cp, lam_log, dt, e1, e2, k)
+        ctx.L, ctx.chunk, ctx.real = L, chunk, real
+        return k
+
+    @staticmethod
+    def backward(ctx, g):
+        cp, lam_log, dt, e1, e2, k = ctx.saved_tensors
+        L, chunk, real = ctx.L, ctx.chunk, ctx.real
+        cplx = e1.dtype
+        H, M = lam_log.shape
+        plan = _plan(L, cplx, g.device)
+        P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+        dtr = dt.to(real)  # (H,)
+        g = g.to(real)  # (H, L)
+        sign = torch.tensor([2.0 * R, -2.0, -2.0, 2.0], dtype=torch.float64, device=g.device)  # (4,)
+        scale = sign[:, None] * dt.to(torch.float64)  # (4, H) grad A_q / gA_q (2 R dt, -2 dt, -2 dt, 2 dt)
+        cps = (cp * scale[..., None]).transpose(0, 1)  # (H, 4, M) complex128, the factors applied
+        cps_c = cps.to(cplx)
+        grad_cp = torch.empty_like(cp)  # (4, H, M)
+        grad_lam = torch.empty_like(lam_log)  # (H, M)
+        grad_dt = torch.empty_like(dtr)  # (H,)
+        rw = torch.stack([torch.ones(R, dtype=real, device=g.device),
+                          torch.arange(R, dtype=real, device=g.device)])[:, :, None]  # (2, R, 1) = [1, r]
+
+        def one(lo: int, hi: int) -> None:
+            h = hi - lo
+            gk = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # (h,) from the 2 dt factor
+            gA = torch.empty(h, 4, R, Pc, dtype=cplx, device=g.device)  # (h, 4, R, Pc) gA_q = grad A_q / scale_q
+            gF = _grid_irfft_adjoint(g[lo:hi].view(h, P, R), plan, gy_out=gA[:, 0])  # (h, Pc, R)
+            gD = torch.empty(h, 3, Pc, R, dtype=cplx, device=g.device)  # (h, 3, Pc, R) gD_q = grad D_q / scale_q
+            torch.mul(e2[lo:hi], gF, out=gD[:, 0])  # conj(s a2) gF
+            q = torch.mul(e1[lo:hi], gD[:, 0], out=gD[:, 2])  # conj(s a1 a2) gF
+            grad_dt[lo:hi] = gk - 2 * q.real.sum((1, 2))
+            s = plan["snodes_conj"] * dtr[lo:hi, None, None]  # (h, Pc, R) conj(s)
+            q.mul_(s)  # conj(s^2 a1 a2) gF
+            torch.mul(s.mul_(e1[lo:hi]), gF, out=gD[:, 1])  # conj(s a1) gF
+            torch.mul(torch.fft.ifft(gD, dim=-1, norm="forward").transpose(-1, -2), plan["ctw"], out=gA[:, 1:])
+            gA = torch.view_as_real(gA).view(h, 4 * R, 2 * Pc)  # (h, (q, r), (t, c))
+            mu, sd, inv, p = _tables(lam_log[lo:hi], plan, cplx)
+            rho = cps_c[lo:hi, :, None, :] * p[:, None]  # (h, 4, R, M) with the factors
+            g_rho = torch.bmm(gA, torch.view_as_real(sd).reshape(h, 2 * M, 2 * Pc).transpose(1, 2))  # (h, 4R, 2M)
+            g_rho = torch.view_as_complex(g_rho.view(h, 4, R, M, 2))  # (h, 4, R, M) without the factors
+            g_sd = torch.bmm(torch.view_as_real(rho).reshape(h, 4 * R, 2 * M).transpose(1, 2), gA)  # (h, 2M, 2Pc)
+            g_sd = torch.view_as_complex(g_sd.view(h, M, 2, Pc, 2))  # (h, M, 2, Pc) [gS; gDd]
+            # tables' adjoint (vecdot(x, y) = sum conj(x) y): psib = conj(psi)
+            psib = torch.linalg.vecdot(sd, g_sd, dim=2)  # (h, M, Pc)
+            g_sd[:, :, 0].sub_(psib)
+            phi = inv[:, :, None] * plan["th12"]  # (h, M, 2, Pc) [phi1, phi2]
+            v = torch.linalg.vecdot(phi[:, :, :1], g_sd).real  # (h, M, 2): Re sum conj(phi1) [gS - psib, gDd]
+            r2 = torch.linalg.vecdot(phi[:, :, 1], psib).real  # (h, M)
+            g_mu = torch.view_as_complex(v.to(torch.float64).contiguous()) + mu * r2.to(torch.float64)  # -grad mu/2
+            # rho = cp lam^r: sum_r conj(lam^r) [1, r] grad rho
+            Gq = (g_rho[:, :, None] * (p.conj()[:, None] * rw)[:, None]).sum(3)  # (h, 4, 2, M)
+            grad_cp[:, lo:hi] = (Gq[:, :, 0] * scale[:, lo:hi].t()[..., None]).transpose(0, 1)
+            grad_lam[lo:hi] = -2 * (R * mu).conj() * g_mu + torch.linalg.vecdot(cps[lo:hi], Gq[:, :, 1].to(mu.dtype),
+                                                                              dim=1)
+
+        _run_chunks(one, H, chunk, g.device)
+        return grad_cp, grad_lam, grad_dt.to(dt.dtype), None, None, None
 
 
 def _run_chunks(fn, H: int, chunk: int, device) -> None:
@@ -469,9 +616,9 @@ def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chu
     smooth = _split(L)[0] == 1
     chunk = min(chunk or (16 if smooth else 8), v.shape[1])
     if smooth:  # 11-smooth L: time-domain sequences + pocketfft
-        return _StructuredKernel.apply(coef, None, lam_log, dt, L, chunk, v.real.dtype)
+        return _StructuredKernel.apply(coef, lam_log, dt, L, chunk, v.real.dtype)
     cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (4, H, M) = coef (1 - lam^L)
-    return _StructuredKernel.apply(None, cp, lam_log, dt, L, chunk, v.real.dtype)
+    return _MixedRadixKernel.apply(cp, lam_log, dt, L, chunk, v.real.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------- keops

@@ -9,7 +9,11 @@ from heads.cauchy import (
     AUTO_CPU,
     BACKENDS,
     CAUCHY,
+    _grid_irfft,
+    _grid_irfft_adjoint,
+    _plan,
     _split,
+    _tables,
     cauchy_naive_at,
     keops_available,
     resolve_backend,
@@ -52,6 +56,64 @@ def test_split_isolates_the_large_prime_factors():
     assert _split(37) == (37, 1)
     assert _split(78) == (13, 6)
     assert _split(2 * 13 * 17 * 11) == (13 * 17, 22)
+
+
+@pytest.mark.parametrize("L", [37, 78, 94, 2 * 13 * 17 * 11, 11820])  # R = 1, 6, 2, 22, 60
+def test_grid_irfft_is_the_inverse_rfft(L):
+    """The length-L inverse DFT from the (Pc, R) grid (length-R FFTs + a length-P real GEMM) equals irfft."""
+    torch.manual_seed(L)
+    plan = _plan(L, torch.complex128, "cpu")
+    P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+    x = torch.randn(3, L, dtype=torch.float64)
+    X = torch.fft.fft(x)  # (3, L)
+    t, u = torch.arange(Pc)[:, None], torch.arange(R)
+    grid = X[:, P * u + t]  # (3, Pc, R) = X(P u + t)
+    assert torch.allclose(_grid_irfft(grid.conj(), plan).reshape(3, L), x, rtol=0, atol=1e-12)
+    assert torch.allclose(torch.fft.irfft(X[:, : L // 2 + 1], n=L), x, rtol=0, atol=1e-12)
+    scale = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    out = torch.empty(3, P, R, dtype=torch.float64)
+    assert _grid_irfft(grid.conj(), plan, scale, out=out) is out
+    assert torch.allclose(out.reshape(3, L), scale[:, None] * x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("L", [78, 11820])
+def test_grid_irfft_adjoint_is_the_adjoint(L):
+    """<g, irfft(F)> = Re <grad F, F> for any complex grid F (the backward's gradient, not only Hermitian F)."""
+    torch.manual_seed(1)
+    plan = _plan(L, torch.complex128, "cpu")
+    P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+    F = torch.randn(2, Pc, R, dtype=torch.complex128)
+    g = torch.randn(2, P, R, dtype=torch.float64)
+    gy = torch.empty(2, R, Pc, dtype=torch.complex128)
+    gF = _grid_irfft_adjoint(g, plan, gy_out=gy)
+    lhs = (g * _grid_irfft(F.conj(), plan)).sum()
+    rhs = (gF.conj() * F).sum().real
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+    # autograd through the same torch ops agrees (grad of x wrt F, torch's conjugate-Wirtinger convention)
+    Fr = F.clone().requires_grad_()
+    (g * _grid_irfft(Fr.conj(), plan)).sum().backward()
+    assert torch.allclose(Fr.grad, gF, rtol=0, atol=1e-10)
+    # gy_out: the complex [cmat^T g] before the twiddle and length-R FFTs
+    assert torch.allclose(gy, torch.view_as_complex((g.transpose(1, 2) @ plan["cmat"]).reshape(2, R, Pc, 2)))
+
+
+def test_tables_match_their_definition():
+    """S = G + G~, Dd = i (G - G~) with G = 1 / (1 - mu theta), G~ = 1 / (1 - conj(mu) theta); conj tables; lam^r."""
+    L = 94
+    plan = _plan(L, torch.complex128, "cpu")
+    P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+    _, a, _ = (t.detach() for t in _inputs(2, 8, L))
+    lam_log = torch.log((2 + a) / (2 - a))  # (H, M)
+    mu, sd, inv, p = _tables(lam_log, plan, torch.complex128)
+    theta = torch.exp(-2j * torch.pi * torch.arange(Pc, dtype=torch.float64) / P)  # (Pc,)
+    G = 1 / (1 - mu[..., None] * theta)
+    Gt = 1 / (1 - mu.conj()[..., None] * theta)
+    assert torch.allclose(mu, torch.exp(lam_log) ** R, rtol=1e-12, atol=0)
+    assert torch.allclose(sd[:, :, 0], G + Gt, rtol=1e-10, atol=0)
+    assert torch.allclose(sd[:, :, 1], 1j * (G - Gt), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(inv, G * Gt, rtol=1e-10, atol=0)
+    assert torch.allclose(p, torch.exp(lam_log)[:, None] ** torch.arange(R)[:, None], rtol=1e-12, atol=0)
+    assert torch.allclose(_tables(lam_log, plan, torch.complex128, conj=True)[1], sd.conj(), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("backend", FAST)
