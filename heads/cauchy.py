@@ -33,6 +33,7 @@ API (the choice, documented), two registries with interchangeable members:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import torch
@@ -173,6 +174,24 @@ def _split(L: int) -> tuple[int, int]:
 
 
 _PLANS: dict = {}
+
+
+class _Scratch(threading.local):
+    """Per-thread scratch buffers for one kernel call: chunk after chunk reuses the same memory (fresh ~1 MB
+    temporaries per chunk cost page faults and cold caches; with the 2-thread pool they also went through glibc's
+    per-thread arenas, which return freed tops to the OS). Not for FFT outputs: torch's fft with out= computes into
+    a temporary and copies (measured 1.7x slower). `get(name, shape, dtype)` is a view of the named buffer
+    (grown when needed); buffers with different names never alias. Freed with the object (end of the call)."""
+
+    def __init__(self, device) -> None:
+        self.device, self.bufs = device, {}
+
+    def get(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.bufs[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
 _MADVISE: list = []  # [libc.madvise or None], resolved on first use
 
 
@@ -257,37 +276,64 @@ def _grid_to_bins(X: torch.Tensor, plan: dict) -> torch.Tensor:
     return torch.where(plan["flip"], X.conj(), X)
 
 
-def _tables(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool = False):
-    """The per-channel factors of the mixed-radix spectra (see `_spectral`), for h channels:
-    mu = lam^R (h, M) complex128; sd (h, M, 2, Pc) = [S; Dd] (or their conjugates); inv = 1 / den (h, M, Pc);
-    p = lam^r (h, R, M) for r < R. With theta_t = exp(-2 pi i t / P), G = 1 / (1 - mu theta), G~ = 1 / (1 - conj(mu)
-    theta) and mu = x + i y,  den = (1 - mu theta)(1 - conj(mu) theta) = 1 - 2 x theta + |mu|^2 theta^2,
-        S = G + G~ = (2 - 2 x theta) / den,   Dd = i (G - G~) = -2 y theta / den:
-    real-coefficient polynomials in theta, formed by one float64 GEMM (1 - mu theta cancels when |lam^R| ~ 1; the
-    quotient is taken in the working precision). p by a cumulative product in complex128. Plain autograd works."""
-    h, M = lam_log.shape
-    R, Pc = plan["R"], plan["Pc"]
-    mu = torch.exp(R * lam_log)  # (h, M)
+def _table_inputs(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype, powers: bool = True):
+    """The channel-wise inputs of `_tables` (the small ones can be formed once for all channels of a call):
+    mu = lam^R (h, M) complex128, feats (h, M, 4) float64 = [1, x, y, x^2 + y^2] at mu = x + i y, and (powers=True)
+    p = lam^r (h, R, M) for r < R (`_powers`)."""
+    mu = torch.exp(plan["R"] * lam_log)  # (h, M)
     xy = torch.view_as_real(mu)  # (h, M, 2)
     feats = torch.cat([torch.ones_like(xy[..., :1]), xy, (xy * xy).sum(-1, keepdim=True)], -1)  # (h, M, 4)
-    poly = feats.reshape(h * M, 4) @ plan["basis_conj" if conj else "basis"]  # (h M, 6 Pc)
-    poly = torch.view_as_complex(poly.view(h, M, 3, Pc, 2)).to(cplx)  # (h, M, 3, Pc): den, S num, Dd num
-    inv = torch.reciprocal(poly[:, :, 0])  # (h, M, Pc)
-    sd = poly[:, :, 1:] * inv[:, :, None]  # (h, M, 2, Pc)
+    return mu, feats, _powers(lam_log, plan, cplx) if powers else None
+
+
+def _powers(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype) -> torch.Tensor:
+    """p = lam^r (h, R, M) for r < R: a cumulative product in complex128, stored in `cplx`."""
+    h, M = lam_log.shape
     lam = torch.exp(lam_log)[:, None]  # (h, 1, M)
-    p = torch.cumprod(torch.cat([torch.ones_like(lam), lam.expand(h, R - 1, M)], 1), 1).to(cplx)  # (h, R, M)
+    return torch.cumprod(torch.cat([torch.ones_like(lam), lam.expand(h, plan["R"] - 1, M)], 1), 1).to(cplx)
+
+
+def _tables(inputs: tuple, plan: dict, cplx: torch.dtype, conj: bool = False, ws: _Scratch | None = None):
+    """The per-channel factors of the mixed-radix spectra (see `_spectral`), for h channels, from
+    `_table_inputs` (mu, feats, p): returns mu, sd (h, M, 2, Pc) = [S; Dd] (or their conjugates), inv = 1 / den
+    (h, M, Pc) and p. With theta_t = exp(-2 pi i t / P), G = 1 / (1 - mu theta), G~ = 1 / (1 - conj(mu) theta) and
+    mu = x + i y,  den = (1 - mu theta)(1 - conj(mu) theta) = 1 - 2 x theta + |mu|^2 theta^2,
+        S = G + G~ = (2 - 2 x theta) / den,   Dd = i (G - G~) = -2 y theta / den:
+    real-coefficient polynomials in theta, formed by one float64 GEMM (1 - mu theta cancels when |lam^R| ~ 1; the
+    quotient is taken in the working precision). Plain autograd works without `ws` (with it the results live in
+    its buffers)."""
+    mu, feats, p = inputs
+    h, M = mu.shape
+    Pc = plan["Pc"]
+    basis = plan["basis_conj" if conj else "basis"]  # (4, 6 Pc)
+    if ws is None:
+        poly = feats.reshape(h * M, 4) @ basis  # (h M, 6 Pc)
+        poly = torch.view_as_complex(poly.view(h, M, 3, Pc, 2)).to(cplx)  # (h, M, 3, Pc): den, S num, Dd num
+        inv = torch.reciprocal(poly[:, :, 0])  # (h, M, Pc)
+        return mu, poly[:, :, 1:] * inv[:, :, None], inv, p
+    poly64 = torch.mm(feats.reshape(h * M, 4), basis, out=ws.get("poly64", (h * M, 6 * Pc), basis.dtype))
+    poly = ws.get("poly", (h, M, 3, Pc), cplx).copy_(torch.view_as_complex(poly64.view(h, M, 3, Pc, 2)))
+    inv = torch.reciprocal(poly[:, :, 0], out=ws.get("inv", (h, M, Pc), cplx))
+    sd = torch.mul(poly[:, :, 1:], inv[:, :, None], out=ws.get("sd", (h, M, 2, Pc), cplx))
     return mu, sd, inv, p
 
 
-def _spectral_gemm(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool = False):
-    """A (h, Q, R, Pc) complex (conj: conj(A)) of `_spectral` from cp (h, Q, M) and log(lam) (h, M) complex128:
-    one real GEMM per channel; plus the `_tables`."""
+def _spectral_gemm(cp: torch.Tensor, inputs: tuple, plan: dict, cplx: torch.dtype, conj: bool = False,
+                   ws: _Scratch | None = None):
+    """A (h, Q, R, Pc) complex (conj: conj(A)) of `_spectral` from cp (h, Q, M) and the `_table_inputs`: one real
+    GEMM per channel; plus the `_tables` (in `ws` buffers if given)."""
     h, Q, M = cp.shape
-    tables = _tables(lam_log, plan, cplx, conj)
+    R, Pc = plan["R"], plan["Pc"]
+    tables = _tables(inputs, plan, cplx, conj, ws)
     sd, p = tables[1], tables[3]
-    rho = cp.to(cplx)[:, :, None, :] * p[:, None]  # (h, Q, R, M)
-    A = torch.bmm(torch.view_as_real(rho).reshape(h, Q * plan["R"], 2 * M),
-                  torch.view_as_real(sd).reshape(h, 2 * M, 2 * plan["Pc"]))  # (h, (q, r), (t, c))
+    if ws is None:
+        rho = cp.to(cplx)[:, :, None, :] * p[:, None]  # (h, Q, R, M)
+        A = torch.bmm(torch.view_as_real(rho).reshape(h, Q * R, 2 * M),
+                      torch.view_as_real(sd).reshape(h, 2 * M, 2 * Pc))  # (h, (q, r), (t, c))
+    else:
+        rho = torch.mul(cp[:, :, None, :], p[:, None], out=ws.get("rho", (h, Q, R, M), cplx))  # (h, Q, R, M)
+        A = torch.bmm(torch.view_as_real(rho).view(h, Q * R, 2 * M), torch.view_as_real(sd).view(h, 2 * M, 2 * Pc),
+                      out=ws.get("A", (h, Q * R, 2 * Pc), sd.real.dtype))  # (h, (q, r), (t, c))
     return torch.view_as_complex(A.view(h, Q, plan["R"], plan["Pc"], 2)), tables  # (h, Q, R, Pc)
 
 
@@ -306,7 +352,7 @@ def _spectral(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.d
     (`_spectral_gemm`); then the twiddle w^{r t} and length-R FFTs along r (run t-major, on the contiguous axis).
     The generic length-P FFT pass (P = 197 at L = 11,820) is replaced by the pair-independent (M, Pc) tables S, Dd.
     Plain autograd works (the fused `_MixedRadixKernel` does the same steps with its own backward)."""
-    A = _spectral_gemm(cp, lam_log, plan, cplx)[0]  # (h, Q, R, Pc)
+    A = _spectral_gemm(cp, _table_inputs(lam_log, plan, cplx), plan, cplx)[0]  # (h, Q, R, Pc)
     return torch.fft.fft((A * plan["tw"]).transpose(-1, -2), dim=-1)  # (h, Q, Pc, R)
 
 
@@ -329,7 +375,7 @@ def _p_stage(Yc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """The length-P stage of `_grid_irfft`: x (h, P, R) = cmat_conj @ [Re; Im] Yc, Yc = conj(Y) (h, R, Pc)."""
     h, R, Pc = Yc.shape
-    xt = torch.matmul(torch.view_as_real(Yc).view(h, R, 2 * Pc), plan["cmat_conj_t"])  # (h, R, P)
+    xt = torch.mm(torch.view_as_real(Yc).view(h * R, 2 * Pc), plan["cmat_conj_t"]).view(h, R, -1)  # (h, R, P)
     if out is None:
         out = torch.empty(h, xt.shape[-1], R, dtype=xt.dtype, device=xt.device)
     if scale is None:
@@ -337,18 +383,20 @@ def _p_stage(Yc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
     return torch.mul(xt.transpose(1, 2), scale[:, None, None], out=out)  # (h, P, R)
 
 
-def _grid_irfft_adjoint(g: torch.Tensor, plan: dict, gy_out: torch.Tensor | None = None) -> torch.Tensor:
+def _grid_irfft_adjoint(g: torch.Tensor, plan: dict, gy_out: torch.Tensor | None = None,
+                        ws: _Scratch | None = None) -> torch.Tensor:
     """Adjoint of x = irfft(X) through `_grid_irfft`: grad X (h, Pc, R) on the grid from g = grad x (h, P, R)
     (torch's convention for complex gradients: grad z = dl/dRe z + i dl/dIm z):
         grad X(P u + t) = sum_r e^{-2 pi i u r / R} w^{r t} gY(r, t),  gY = [cmat^T g] as complex (h, R, Pc)
-    (a GEMM, a twiddle, length-R FFTs). gY is also copied into `gy_out` if given."""
+    (a GEMM, a twiddle, length-R FFTs). gY is also copied into `gy_out` if given; `ws`: scratch buffers."""
     h, P, R = g.shape
     Pc = plan["Pc"]
     gY = torch.view_as_complex(torch.matmul(g.transpose(1, 2), plan["cmat"]).view(h, R, Pc, 2))  # (h, R, Pc)
     if gy_out is not None:
         gy_out.copy_(gY)
-    gYt = torch.empty(h, Pc, R, dtype=gY.dtype, device=g.device)  # (h, Pc, R) t-major
-    torch.mul(gY, plan["tw"], out=gYt.transpose(1, 2))
+    cplx = gY.dtype
+    gYt = torch.empty(h, Pc, R, dtype=cplx, device=g.device) if ws is None else ws.get("gYt", (h, Pc, R), cplx)
+    torch.mul(gY, plan["tw"], out=gYt.transpose(1, 2))  # (h, Pc, R) t-major
     return torch.fft.fft(gYt, dim=-1)  # (h, Pc, R)
 
 
@@ -497,19 +545,24 @@ class _MixedRadixKernel(torch.autograd.Function):
         e2 = _empty_huge(H, Pc, R, dtype=cplx, device=dev)  # (H, Pc, R) conj(s a2)
         dtr = dt.detach().to(real)  # (H,)
         cph = cp.transpose(0, 1) * torch.tensor([R, 1, 1, 1], dtype=cp.dtype, device=dev)[:, None]  # (H, 4, M)
+        cph = cph.to(cplx)
+        mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)  # (H, M), (H, M, 4)
+        ws = _Scratch(dev)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
-            A = _spectral_gemm(cph[lo:hi], lam_log[lo:hi], plan, cplx, conj=True)[0]  # (h, 4, R, Pc) conj(A)
-            At = torch.empty(h, 3, Pc, R, dtype=cplx, device=dev)  # (h, 3, Pc, R) t-major
+            p = _powers(lam_log[lo:hi], plan, cplx)  # (h, R, M)
+            A = _spectral_gemm(cph[lo:hi], (mu[lo:hi], feats[lo:hi], p), plan, cplx, True, ws)[0]  # conj(A)
+            At = ws.get("At", (h, 3, Pc, R), cplx)  # (h, 3, Pc, R) t-major
             torch.mul(A[:, 1:], plan["ctw"], out=At.transpose(-1, -2))
             D1, D2, D3 = torch.fft.ifft(At, dim=-1, norm="forward").unbind(1)  # (h, Pc, R) conj(D_q)
-            s = plan["snodes_conj"] * dtr[lo:hi, None, None]  # (h, Pc, R) conj(s)
-            Rw = torch.mul(s, D3).add_(1).reciprocal_()  # conj(Rw)
+            s = torch.mul(plan["snodes_conj"], dtr[lo:hi, None, None], out=ws.get("s", (h, Pc, R), cplx))  # conj(s)
+            Rw = torch.mul(s, D3, out=ws.get("Rw", (h, Pc, R), cplx)).add_(1).reciprocal_()  # conj(Rw)
             torch.mul(Rw, D1, out=e1[lo:hi])
             torch.mul(Rw.mul_(s), D2, out=e2[lo:hi])
             T = torch.fft.fft(D1.mul_(e2[lo:hi]), dim=-1)  # (h, Pc, R) fft_r(conj(s Rw D1 D2))
-            Y = A[:, 0].addcmul_(T.transpose(1, 2), plan["tw"], value=-1)  # (h, R, Pc) conj(Y)
+            Y = torch.addcmul(A[:, 0], T.transpose(1, 2), plan["tw"], value=-1,
+                              out=ws.get("Y", (h, R, Pc), cplx))  # (h, R, Pc) conj(Y)
             _p_stage(Y, plan, 2 * dtr[lo:hi], out=k[lo:hi].view(h, P, R))
 
         _run_chunks(one, H, chunk, dev)
@@ -531,46 +584,54 @@ class _MixedRadixKernel(torch.autograd.Function):
         scale = sign[:, None] * dt.to(torch.float64)  # (4, H) grad A_q / gA_q (2 R dt, -2 dt, -2 dt, 2 dt)
         cps = (cp * scale[..., None]).transpose(0, 1)  # (H, 4, M) complex128, the factors applied
         cps_c = cps.to(cplx)
-        grad_cp = torch.empty_like(cp)  # (4, H, M)
-        grad_lam = torch.empty_like(lam_log)  # (H, M)
-        grad_dt = torch.empty_like(dtr)  # (H,)
+        mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)  # (H, M), (H, M, 4)
         rw = torch.stack([torch.ones(R, dtype=real, device=g.device),
                           torch.arange(R, dtype=real, device=g.device)])[:, :, None]  # (2, R, 1) = [1, r]
+        Gq = torch.empty(H, 4, 2, M, dtype=cplx, device=g.device)  # sum_r conj(lam^r) [1, r] gA-scaled grad rho
+        g_mu = torch.empty(H, M, 2, dtype=real, device=g.device)  # Re sum conj(phi1) [gS - conj(psi), gDd]
+        r2 = torch.empty(H, M, dtype=real, device=g.device)  # Re sum conj(phi2) conj(psi)
+        grad_dt = torch.empty_like(dtr)  # (H,)
+        ws = _Scratch(g.device)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
             gk = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # (h,) from the 2 dt factor
-            gA = torch.empty(h, 4, R, Pc, dtype=cplx, device=g.device)  # (h, 4, R, Pc) gA_q = grad A_q / scale_q
-            gF = _grid_irfft_adjoint(g[lo:hi].view(h, P, R), plan, gy_out=gA[:, 0])  # (h, Pc, R)
-            gD = torch.empty(h, 3, Pc, R, dtype=cplx, device=g.device)  # (h, 3, Pc, R) gD_q = grad D_q / scale_q
+            gA = ws.get("gA", (h, 4, R, Pc), cplx)  # (h, 4, R, Pc) gA_q = grad A_q / scale_q
+            gF = _grid_irfft_adjoint(g[lo:hi].view(h, P, R), plan, gy_out=gA[:, 0], ws=ws)  # (h, Pc, R)
+            gD = ws.get("gD", (h, 3, Pc, R), cplx)  # (h, 3, Pc, R) gD_q = grad D_q / scale_q
             torch.mul(e2[lo:hi], gF, out=gD[:, 0])  # conj(s a2) gF
             q = torch.mul(e1[lo:hi], gD[:, 0], out=gD[:, 2])  # conj(s a1 a2) gF
             grad_dt[lo:hi] = gk - 2 * q.real.sum((1, 2))
-            s = plan["snodes_conj"] * dtr[lo:hi, None, None]  # (h, Pc, R) conj(s)
+            s = torch.mul(plan["snodes_conj"], dtr[lo:hi, None, None], out=ws.get("s", (h, Pc, R), cplx))  # conj(s)
             q.mul_(s)  # conj(s^2 a1 a2) gF
             torch.mul(s.mul_(e1[lo:hi]), gF, out=gD[:, 1])  # conj(s a1) gF
-            torch.mul(torch.fft.ifft(gD, dim=-1, norm="forward").transpose(-1, -2), plan["ctw"], out=gA[:, 1:])
+            X = torch.fft.ifft(gD, dim=-1, norm="forward")  # (h, 3, Pc, R)
+            torch.mul(X.transpose(-1, -2), plan["ctw"], out=gA[:, 1:])
             gA = torch.view_as_real(gA).view(h, 4 * R, 2 * Pc)  # (h, (q, r), (t, c))
-            mu, sd, inv, p = _tables(lam_log[lo:hi], plan, cplx)
-            rho = cps_c[lo:hi, :, None, :] * p[:, None]  # (h, 4, R, M) with the factors
-            g_rho = torch.bmm(gA, torch.view_as_real(sd).reshape(h, 2 * M, 2 * Pc).transpose(1, 2))  # (h, 4R, 2M)
+            _, sd, inv, _ = _tables((mu[lo:hi], feats[lo:hi], None), plan, cplx, ws=ws)
+            p = _powers(lam_log[lo:hi], plan, cplx)  # (h, R, M)
+            rho = torch.mul(cps_c[lo:hi, :, None, :], p[:, None], out=ws.get("rho", (h, 4, R, M), cplx))
+            g_rho = torch.bmm(gA, torch.view_as_real(sd).view(h, 2 * M, 2 * Pc).transpose(1, 2),
+                              out=ws.get("g_rho", (h, 4 * R, 2 * M), real))  # (h, 4R, 2M)
             g_rho = torch.view_as_complex(g_rho.view(h, 4, R, M, 2))  # (h, 4, R, M) without the factors
-            g_sd = torch.bmm(torch.view_as_real(rho).reshape(h, 4 * R, 2 * M).transpose(1, 2), gA)  # (h, 2M, 2Pc)
+            g_sd = torch.bmm(torch.view_as_real(rho).view(h, 4 * R, 2 * M).transpose(1, 2), gA,
+                             out=ws.get("g_sd", (h, 2 * M, 2 * Pc), real))  # (h, 2M, 2Pc)
             g_sd = torch.view_as_complex(g_sd.view(h, M, 2, Pc, 2))  # (h, M, 2, Pc) [gS; gDd]
             # tables' adjoint (vecdot(x, y) = sum conj(x) y): psib = conj(psi)
             psib = torch.linalg.vecdot(sd, g_sd, dim=2)  # (h, M, Pc)
             g_sd[:, :, 0].sub_(psib)
             phi = inv[:, :, None] * plan["th12"]  # (h, M, 2, Pc) [phi1, phi2]
-            v = torch.linalg.vecdot(phi[:, :, :1], g_sd).real  # (h, M, 2): Re sum conj(phi1) [gS - psib, gDd]
-            r2 = torch.linalg.vecdot(phi[:, :, 1], psib).real  # (h, M)
-            g_mu = torch.view_as_complex(v.to(torch.float64).contiguous()) + mu * r2.to(torch.float64)  # -grad mu/2
-            # rho = cp lam^r: sum_r conj(lam^r) [1, r] grad rho
-            Gq = (g_rho[:, :, None] * (p.conj()[:, None] * rw)[:, None]).sum(3)  # (h, 4, 2, M)
-            grad_cp[:, lo:hi] = (Gq[:, :, 0] * scale[:, lo:hi].t()[..., None]).transpose(0, 1)
-            grad_lam[lo:hi] = -2 * (R * mu).conj() * g_mu + torch.linalg.vecdot(cps[lo:hi], Gq[:, :, 1].to(mu.dtype),
-                                                                              dim=1)
+            g_mu[lo:hi] = torch.linalg.vecdot(phi[:, :, :1], g_sd).real  # (h, M, 2)
+            r2[lo:hi] = torch.linalg.vecdot(phi[:, :, 1], psib).real  # (h, M)
+            pw = p.conj()[:, None] * rw  # (h, 2, R, M) conj(lam^r) [1, r]
+            prod = torch.mul(g_rho[:, :, None], pw[:, None], out=ws.get("prod", (h, 4, 2, R, M), cplx))
+            torch.sum(prod, 3, out=Gq[lo:hi])  # (h, 4, 2, M)
 
         _run_chunks(one, H, chunk, g.device)
+        # per channel, all channels at once: grad mu = -2 (g_mu[0] + i g_mu[1] + mu r2), mu = lam^R; rho = cp lam^r
+        grad_mu = -2 * (torch.view_as_complex(g_mu.to(torch.float64)) + mu * r2.to(torch.float64))  # (H, M)
+        grad_cp = (Gq[:, :, 0] * scale.t()[..., None]).transpose(0, 1).to(cp.dtype)  # (4, H, M)
+        grad_lam = (R * mu).conj() * grad_mu + torch.linalg.vecdot(cps, Gq[:, :, 1].to(mu.dtype), dim=1)  # (H, M)
         return grad_cp, grad_lam, grad_dt.to(dt.dtype), None, None, None
 
 
