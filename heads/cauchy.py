@@ -198,8 +198,8 @@ _MADVISE: list = []  # [libc.madvise or None], resolved on first use
 def _empty_huge(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
     """torch.empty for the big per-call CPU buffers (k, e1, e2: 48 MB each at the paper size), advised to use
     transparent huge pages on Linux: their first touch then faults 2 MB pages instead of 4 KB ones (measured here:
-    ~4 ms instead of ~22 ms per 48 MB, a few % of the kernel's time). Only a hint: where madvise is unavailable or
-    refuses, the buffer is a plain torch.empty."""
+    ~4 ms instead of ~22 ms per 48 MB; the whole kernel 0.52 -> 0.48 s at the paper size). Only a hint: where
+    madvise is unavailable or refuses, the buffer is a plain torch.empty."""
     out = torch.empty(*shape, dtype=dtype, device=device)
     nbytes = out.numel() * out.element_size()
     if out.device.type != "cpu" or nbytes < 1 << 23:
@@ -800,10 +800,12 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
 
 
 # "auto" on CPU = torch, by measurement (bench/s4_kernel.py, H = 1024, N = 64, L = 11,820, forward+backward, median
-# of 3, on this project's 2-core AMD EPYC while another job kept 2-4 more threads busy, so wall ~ CPU time):
-#   torch (mixed-radix path): 1.45 s wall / 1.35 s CPU, 185 MB extra (full bench run, load 2.0); run alternately with
-#     the previous time-domain + length-L rfft path in separate processes: 1.30-1.39 s vs 1.71-1.77 s (2 threads,
-#     load 3.9), 1.19 s vs 1.57-1.61 s (1 thread), 174-185 MB vs 198-206 MB; 0.77-1.38 s vs 0.89-1.93 s at load 1.9-2.4.
+# of 5, on this project's 2-core AMD EPYC, 2 threads, quiet machine):
+#   torch (mixed-radix path, grid inverse, no length-L FFT): 0.45-0.49 s wall / 0.86-0.89 s CPU (forward 0.20 s),
+#     181-188 MB extra; run alternately with the previous version (gather to rfft bins + length-L irfft/rfft, which
+#     pocketfft/MKL do by Bluestein at 11,820): 0.65-0.66 s / 1.19-1.24 s CPU (forward 0.30 s), 182-188 MB. Without
+#     the huge-page hint on k and the saved spectra: 0.52-0.53 s. (Earlier, loaded-machine figures of older
+#     versions: 1.2-1.8 s.)
 #   keops (one pass): 36.4 s wall / 28.1 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
 # At L = 2,048 (11-smooth: the time-domain path, unchanged): torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB).
 # On CUDA "auto" = keops when it compiles.
