@@ -27,13 +27,12 @@ do our stacks; C~ of a paper checkpoint is only meaningful at the l_max it was t
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heads.cauchy import _run_chunks, resolve_backend, ssm_kernel
+from heads.cauchy import _run_chunks, _Scratch, resolve_backend, ssm_kernel
 
 SSM_OPTIM = {"lr": 1e-3, "weight_decay": 0.0}
 
@@ -133,48 +132,23 @@ def _unpool_pairs(g: torch.Tensor, L: int) -> torch.Tensor:
     return out
 
 
-class _Workspace:
-    """Per-thread FFT buffers of `_FusedCore`, reused across the chunks one thread takes: a zero-tailed (B, c, n) input,
-    two (B, c, n/2+1) spectra and a (c, n/2+1) kernel spectrum, sliced to the chunk's width (fresh multi-MB buffers
-    per chunk cost page faults and zero fills)."""
-
-    def __init__(self, B: int, c: int, L: int, n: int, like: torch.Tensor):
-        self.L, self.n = L, n
-        self.pad = like.new_empty(B, c, n)  # (B, c, n)
-        self.pad[..., L:] = 0
-        self.kpad = like.new_empty(c, n)  # (c, n)
-        self.kpad[..., L:] = 0
-        cplx = torch.complex128 if like.dtype == torch.float64 else torch.complex64
-        self.spec = like.new_empty(B, c, n // 2 + 1, dtype=cplx)  # (B, c, F)
-        self.gspec = torch.empty_like(self.spec)  # (B, c, F) the gradient's spectrum in backward
-        self.kspec = like.new_empty(c, n // 2 + 1, dtype=cplx)  # (c, F)
-
-    def rfft(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """rfft(x, n) of a (B, h, L) chunk into a reused spectrum buffer (`spec` or `gspec`).  # (B, h, F)"""
-        h = x.shape[1]
-        self.pad[:, :h, : self.L].copy_(x)
-        return torch.fft.rfft(self.pad[:, :h], out=(self.spec if out is None else out)[:, :h])
-
-    def rfft_k(self, k: torch.Tensor) -> torch.Tensor:
-        """rfft(k, n) of an (h, L) kernel chunk.  # (h, F)"""
-        h = k.shape[0]
-        self.kpad[:h, : self.L].copy_(k)
-        return torch.fft.rfft(self.kpad[:h], out=self.kspec[:h])
-
-
-def _workspace(local, B: int, c: int, L: int, n: int, like: torch.Tensor) -> _Workspace:
-    ws = getattr(local, "ws", None)
-    if ws is None:
-        ws = local.ws = _Workspace(B, c, L, n, like)
-    return ws
+def _rfft_padded(ws: _Scratch, name: str, x: torch.Tensor, n: int) -> torch.Tensor:
+    """rfft(x, n) of a chunk (..., h, L) through the thread's named scratch buffer `name` (zero-padded to n in place:
+    torch's own padding allocates and zero-fills a fresh (..., h, n) tensor per call).  # (..., h, n/2+1)"""
+    L = x.shape[-1]
+    pad = ws.get(name, (*x.shape[:-1], n), x.dtype)  # (..., h, n)
+    pad[..., :L].copy_(x)
+    pad[..., L:].zero_()
+    return torch.fft.rfft(pad)
 
 
 class _FusedCore(torch.autograd.Function):
     """z = scale * pool(GELU(causal_conv(u, k) + D u)), u = gamma * x + beta, channel-chunked, hand-written backward.
 
     Everything between the S4 input and its position-wise output Linear is independent per channel, so it runs over
-    channel chunks on the `heads.cauchy` thread pool: each chunk's FFT buffers (a few MB, reused per thread) stay in
-    cache and no (B, H, n) spectrum is ever allocated or kept (large fresh allocations page-fault on every step).
+    channel chunks on the `heads.cauchy` thread pool: each chunk's FFT input buffers (a few MB, reused per thread
+    through the kernel's `_Scratch`) stay in cache and no (B, H, n) spectrum is ever allocated or kept (large fresh
+    allocations page-fault on every step).
 
     The per-channel affine (gamma, beta) of the LayerNorm before S4 is folded in (None = identity): with x the
     normalised input, c = k * x and S = cumsum(k) (= k * 1),
@@ -199,12 +173,12 @@ class _FusedCore(torch.autograd.Function):
         x = _contiguous(x)  # (B, H, L)
         z = x.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
         c = x.new_empty(B, H, L)  # (B, H, L) k * x, kept for backward
-        local = threading.local()
+        ws = _Scratch(x.device)  # per-thread buffers, reused chunk after chunk
 
         def one(lo: int, hi: int) -> None:
-            ws = _workspace(local, B, chunk, L, n, x)
             xc, cc = x[:, lo:hi], c[:, lo:hi]  # (B, h, L)
-            cc.copy_(torch.fft.irfft(ws.rfft(xc).mul_(ws.rfft_k(k[lo:hi])), n=n)[..., :L])
+            spec = _rfft_padded(ws, "x", xc, n).mul_(_rfft_padded(ws, "k", k[lo:hi], n))  # (B, h, n/2+1)
+            cc.copy_(torch.fft.irfft(spec, n=n)[..., :L])
             zc = F.gelu(_core_pre(xc, cc, k[lo:hi], D[lo:hi], _part(gamma, lo, hi), _part(beta, lo, hi)))
             if pool:
                 zc = _pool_pairs(zc)  # (B, h, Lo)
@@ -232,10 +206,9 @@ class _FusedCore(torch.autograd.Function):
         gg = torch.empty_like(gamma) if need_g else None  # (H,)
         gb = torch.empty_like(beta) if need_b else None  # (H,)
         gs = torch.empty_like(scale) if need_s else None  # (B, H)
-        local = threading.local()
+        ws = _Scratch(x.device)
 
         def one(lo: int, hi: int) -> None:
-            ws = _workspace(local, B, chunk, L, n, x)
             xc, cc, kc, Dc = x[:, lo:hi], c[:, lo:hi], k[lo:hi], D[lo:hi]  # (B, h, L) (B, h, L) (h, L) (h,)
             g_, b_ = _part(gamma, lo, hi), _part(beta, lo, hi)  # (h,) or None
             S = None if b_ is None else torch.cumsum(kc, -1)  # (h, L) k * 1
@@ -259,9 +232,9 @@ class _FusedCore(torch.autograd.Function):
                 gb[lo:hi] = torch.linalg.vecdot(gsum, S) + Dc * gsum.sum(-1)
             if not (need_k or need_x):
                 return
-            G = ws.rfft(gy, ws.gspec)  # (B, h, F)
+            G = _rfft_padded(ws, "x", gy, n)  # (B, h, F)
             if need_k:
-                XG = ws.rfft(xc).conj_physical_().mul_(G)  # (B, h, F)
+                XG = _rfft_padded(ws, "x", xc, n).conj_physical_().mul_(G)  # (B, h, F)
                 gkc = torch.fft.irfft(XG[0] if B == 1 else XG.sum(0), n=n)[..., :L]  # (h, L) corr(gy, x)
                 if g_ is not None:
                     gkc = gkc.mul_(g_[:, None])
@@ -270,7 +243,7 @@ class _FusedCore(torch.autograd.Function):
                     gkc = gkc.addcmul_(tail, b_[:, None])
                 gk[lo:hi] = gkc
             if need_x:
-                G.mul_(ws.rfft_k(kc).conj_physical_())
+                G.mul_(_rfft_padded(ws, "k", kc, n).conj_physical_())
                 gxc = torch.fft.irfft(G, n=n)[..., :L].addcmul_(gy, Dc[:, None])  # (B, h, L) w.r.t. u
                 gx[:, lo:hi] = gxc if g_ is None else gxc.mul_(g_[:, None])
 
