@@ -96,14 +96,18 @@ class MultiScaleBlock(nn.Module):
         self.dropout_p = dropout
         self.linear = nn.Linear(d_model, self.d_out)
 
-    def residual(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x + channel_dropout(z): whole channels dropped per sample (the paper's Dropout2d intent), mask (B, 1, H),
-        fused into one addcmul so the (B, L, H) product is never stored separately."""
+    def channel_scale(self, z: torch.Tensor) -> torch.Tensor | None:
+        """Channel dropout multiplier (B, H) for z (B, L, H): whole channels dropped per sample (the paper's
+        Dropout2d intent), kept ones scaled by 1 / keep; None when no dropout applies."""
         if not self.training or self.dropout_p == 0.0:
-            return x + z  # (B, L, H)
+            return None
         keep = 1.0 - self.dropout_p
-        mask = torch.empty(z.shape[0], 1, z.shape[2], device=z.device, dtype=z.dtype).bernoulli_(keep)  # (B, 1, H)
-        return torch.addcmul(x, z, mask.div_(keep))  # (B, L, H)
+        return torch.empty(z.shape[0], z.shape[2], device=z.device, dtype=z.dtype).bernoulli_(keep).div_(keep)
+
+    def residual(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x + channel_dropout(z), fused into one addcmul so the (B, L, H) product is never stored separately."""
+        m = self.channel_scale(z)  # (B, H) or None
+        return x + z if m is None else torch.addcmul(x, z, m[:, None, :])  # (B, L, H)
 
     def pool_project(self, x: torch.Tensor) -> torch.Tensor:
         """AvgPool1d(2) over L, then Linear: (B, L, H) -> (B, L/2, H_out). The pair sum feeds the GEMM and the 1/2 of
@@ -127,12 +131,11 @@ class MultiScaleBlock(nn.Module):
         per_matrix = B if drop else 1
         if 2 * B * half * H * self.d_out + per_matrix * self.d_out * H * H >= B * half * H * (H + self.d_out):
             return self.linear(self.residual(xp, proj(c)))  # (B, L/2, H_out): folding would not pay
-        if not drop:
+        m = self.channel_scale(c)  # (B, H) or None
+        if m is None:
             M = W2 @ W  # (H_out, H)
             out = F.linear(c, M, torch.addmv(b2, W2, b))  # (B, L/2, H_out)
             return torch.add(out, F.linear(xp, W2))
-        keep = 1.0 - self.dropout_p
-        m = torch.empty(B, H, device=c.device, dtype=c.dtype).bernoulli_(keep).div_(keep)  # (B, H)
         M = (W2[None] * m[:, None, :]) @ W  # (B, H_out, H)
         bias = torch.addmm(b2, m * b, W2.t())  # (B, H_out)
         out = torch.baddbmm(bias[:, None, :], c, M.transpose(1, 2))  # (B, L/2, H_out)
