@@ -228,8 +228,9 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
     """Constants of the mixed-radix evaluation for length L (cached). Spectra live on a (Pc, R) grid [t, u] holding
     X(P u + t) for t < Pc = P//2 + 1 (P is odd), u < R: every rfft bin l < K is one grid entry, directly or (for
     t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t): `tk`, `uk`, `flip` (K,) say where.
-      basis, basis_conj (4, 6 Pc) float64: [1, x, y, x^2 + y^2] @ basis = [den, S num, Dd num] (3 x Pc complex) of
-          `_tables` at mu = x + i y, with theta_t = exp(-2 pi i t / P) (conj: theta -> conj theta);
+      theta (Pc,) complex128: theta_t = exp(-2 pi i t / P);
+      basis, basis_conj (4, 6 Pc) float64: [1, x, y, x^2 + y^2] @ basis = [den, S num, Dd num] (3 x Pc complex)
+          of `_tables` at mu = x + i y (conj: theta -> conj theta);
       th12 (2, Pc) = [theta, theta^2];  tw (R, Pc) = w^{r t} and ctw = conj(tw), w = exp(-2 pi i / L);
       snodes_conj (Pc, R) = conj(1 + w^{P u + t});
       cmat (P, 2 Pc) real: x_{R j + r} = sum_(t, c) cmat[j, (t, c)] [Re Y; Im Y](t, r), the inverse length-P DFT
@@ -262,9 +263,9 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
         flip = tl >= Pc
         tw = ang(r[:, None] * t)  # (R, Pc)
         _PLANS[key] = dict(
-            P=P, R=R, Pc=Pc, basis=basis(theta), basis_conj=basis(theta.conj()),
-            th12=torch.stack([theta, theta * theta]).to(cplx), tw=tw.to(cplx), ctw=tw.conj().to(cplx),
-            snodes_conj=(1 + ang(P * r + t[:, None])).conj().to(cplx), cmat=cmat.to(real),
+            P=P, R=R, Pc=Pc, theta=theta, basis=basis(theta), basis_conj=basis(theta.conj()),
+            th12=torch.stack([theta, theta * theta]).to(cplx), tw=tw.to(cplx), ctw=tw.conj_physical().to(cplx),
+            snodes_conj=(1 + ang(P * r + t[:, None])).conj_physical().to(cplx), cmat=cmat.to(real),
             cmat_conj_t=cmat_conj.t().contiguous().to(real),
             tk=torch.where(flip, P - tl, tl), uk=torch.where(flip, R - 1 - ul, ul), flip=flip)
     return _PLANS[key]
@@ -287,10 +288,15 @@ def _table_inputs(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype, powers: 
 
 
 def _powers(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype) -> torch.Tensor:
-    """p = lam^r (h, R, M) for r < R: a cumulative product in complex128, stored in `cplx`."""
-    h, M = lam_log.shape
-    lam = torch.exp(lam_log)[:, None]  # (h, 1, M)
-    return torch.cumprod(torch.cat([torch.ones_like(lam), lam.expand(h, plan["R"] - 1, M)], 1), 1).to(cplx)
+    """p = lam^r (h, R, M) for r < R, in `cplx` (`_powers_of` exp(log lam))."""
+    return _powers_of(torch.exp(lam_log), plan["R"]).to(cplx)
+
+
+def _powers_of(lam: torch.Tensor, R: int) -> torch.Tensor:
+    """lam^r (h, R, M) complex128 for r < R from lam (h, M) complex128: a cumulative product."""
+    h, M = lam.shape
+    lam = lam[:, None]  # (h, 1, M)
+    return torch.cumprod(torch.cat([torch.ones_like(lam), lam.expand(h, R - 1, M)], 1), 1)
 
 
 def _tables(inputs: tuple, plan: dict, cplx: torch.dtype, conj: bool = False, ws: _Scratch | None = None):
@@ -318,23 +324,14 @@ def _tables(inputs: tuple, plan: dict, cplx: torch.dtype, conj: bool = False, ws
     return mu, sd, inv, p
 
 
-def _spectral_gemm(cp: torch.Tensor, inputs: tuple, plan: dict, cplx: torch.dtype, conj: bool = False,
-                   ws: _Scratch | None = None):
-    """A (h, Q, R, Pc) complex (conj: conj(A)) of `_spectral` from cp (h, Q, M) and the `_table_inputs`: one real
-    GEMM per channel; plus the `_tables` (in `ws` buffers if given)."""
-    h, Q, M = cp.shape
-    R, Pc = plan["R"], plan["Pc"]
-    tables = _tables(inputs, plan, cplx, conj, ws)
-    sd, p = tables[1], tables[3]
-    if ws is None:
-        rho = cp.to(cplx)[:, :, None, :] * p[:, None]  # (h, Q, R, M)
-        A = torch.bmm(torch.view_as_real(rho).reshape(h, Q * R, 2 * M),
-                      torch.view_as_real(sd).reshape(h, 2 * M, 2 * Pc))  # (h, (q, r), (t, c))
-    else:
-        rho = torch.mul(cp[:, :, None, :], p[:, None], out=ws.get("rho", (h, Q, R, M), cplx))  # (h, Q, R, M)
-        A = torch.bmm(torch.view_as_real(rho).view(h, Q * R, 2 * M), torch.view_as_real(sd).view(h, 2 * M, 2 * Pc),
-                      out=ws.get("A", (h, Q * R, 2 * Pc), sd.real.dtype))  # (h, (q, r), (t, c))
-    return torch.view_as_complex(A.view(h, Q, plan["R"], plan["Pc"], 2)), tables  # (h, Q, R, Pc)
+def _spectral_bmm(rho: torch.Tensor, sd: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A (h, Q, R, Pc) complex of `_spectral` from rho (h, Q, R, M) and the tables sd (h, M, 2, Pc): one real GEMM
+    per channel, [Re rho, Im rho] (Q R x 2M) @ [S; Dd] (2M x 2 Pc interleaved reals) (`out`: its real buffer)."""
+    h, Q, R, M = rho.shape
+    Pc = sd.shape[-1]
+    A = torch.bmm(torch.view_as_real(rho).reshape(h, Q * R, 2 * M), torch.view_as_real(sd).reshape(h, 2 * M, 2 * Pc),
+                  out=out)  # (h, (q, r), (t, c))
+    return torch.view_as_complex(A.view(h, Q, R, Pc, 2))  # (h, Q, R, Pc)
 
 
 def _spectral(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.dtype) -> torch.Tensor:
@@ -349,10 +346,11 @@ def _spectral(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.d
     A_qr(t) is Hermitian in t (a DFT over j of the real x_{Rj+r}), so only t < Pc = P//2 + 1 is formed: one real
     GEMM [Re rho, Im rho] (Q R x 2M) @ [S; Dd] (2M x Pc complex as 2 Pc interleaved reals) per channel, 2 L M
     multiply-adds per pair (as many as the time-domain GEMM), whose output is already complex (Q, R, Pc)
-    (`_spectral_gemm`); then the twiddle w^{r t} and length-R FFTs along r (run t-major, on the contiguous axis).
+    (`_spectral_bmm`); then the twiddle w^{r t} and length-R FFTs along r (run t-major, on the contiguous axis).
     The generic length-P FFT pass (P = 197 at L = 11,820) is replaced by the pair-independent (M, Pc) tables S, Dd.
     Plain autograd works (the fused `_MixedRadixKernel` does the same steps with its own backward)."""
-    A = _spectral_gemm(cp, _table_inputs(lam_log, plan, cplx), plan, cplx)[0]  # (h, Q, R, Pc)
+    _, sd, _, p = _tables(_table_inputs(lam_log, plan, cplx), plan, cplx)  # (h, M, 2, Pc), (h, R, M)
+    A = _spectral_bmm(cp.to(cplx)[:, :, None, :] * p[:, None], sd)  # (h, Q, R, Pc)
     return torch.fft.fft((A * plan["tw"]).transpose(-1, -2), dim=-1)  # (h, Q, Pc, R)
 
 
@@ -509,13 +507,85 @@ class _StructuredKernel(torch.autograd.Function):
         return grad_coef, grad_lam, grad_dt.to(dt.dtype), None, None, None
 
 
+class _TorchLoops:
+    """The elementwise chains of `_MixedRadixKernel` in torch ops: the path on GPUs (and on CPUs without numba) and
+    the reference of their compiled CPU twins, `cauchy_loops.NumbaLoops` (same signatures, see there). `ws` is the
+    call's `_Scratch`."""
+
+    @staticmethod
+    def rho(lam: torch.Tensor, cp: torch.Tensor, plan: dict, out: torch.Tensor) -> torch.Tensor:
+        """out (h, Q, R, M) = cp (h, Q, M) * lam^r (lam (h, M) complex128), r < R."""
+        p = _powers_of(lam, plan["R"]).to(out.dtype)  # (h, R, M)
+        return torch.mul(cp.to(out.dtype)[:, :, None, :], p[:, None], out=out)
+
+    @staticmethod
+    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool, ws):
+        """sd (h, M, 2, Pc) and inv (h, M, Pc) of `_tables`, in `ws` buffers."""
+        _, sd, inv, _ = _tables((mu, feats, None), plan, cplx, conj, ws)
+        return sd, inv
+
+    @staticmethod
+    def woodbury(D: torch.Tensor, s_nodes: torch.Tensor, dt: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor,
+                 ws) -> torch.Tensor:
+        """From D (h, 3, Pc, R) = [D1, D2, D3]: e1 = Rw D1, e2 = Rw s D2 (Rw = 1 / (1 + s D3), s = s_nodes dt),
+        written into e1 / e2 (h, Pc, R); returns T = D1 e2 (h, Pc, R) (D1's memory)."""
+        D1, D2, D3 = D.unbind(1)  # (h, Pc, R)
+        s = torch.mul(s_nodes, dt[:, None, None], out=ws.get("s", D1.shape, D.dtype))
+        Rw = torch.mul(s, D3, out=ws.get("Rw", D1.shape, D.dtype)).add_(1).reciprocal_()
+        torch.mul(Rw, D1, out=e1)
+        torch.mul(Rw.mul_(s), D2, out=e2)
+        return D1.mul_(e2)
+
+    @staticmethod
+    def grad_spectra(e1: torch.Tensor, e2: torch.Tensor, gF: torch.Tensor, s_nodes: torch.Tensor,
+                     dt: torch.Tensor, gD: torch.Tensor, ws) -> torch.Tensor:
+        """gD (3, h, Pc, R) = [e2 gF, s e1 gF, s e1 e2 gF]; returns sum Re(e1 e2 gF) per channel (h,)."""
+        torch.mul(e2, gF, out=gD[0])
+        q = torch.mul(e1, gD[0], out=gD[2])  # e1 e2 gF
+        sums = q.real.sum((1, 2))  # (h,)
+        s = torch.mul(s_nodes, dt[:, None, None], out=ws.get("s", gF.shape, gF.dtype))
+        q.mul_(s)
+        torch.mul(s.mul_(e1), gF, out=gD[1])
+        return sums
+
+    @staticmethod
+    def table_adjoint(sd: torch.Tensor, inv: torch.Tensor, g_sd: torch.Tensor, plan: dict, g_mu: torch.Tensor,
+                      r2: torch.Tensor) -> None:
+        """With psib = conj(gS) S + conj(gDd) Dd conjugated (vecdot(x, y) = sum conj(x) y), phi = inv [theta,
+        theta^2]: g_mu (h, M, 2) = Re sum_t conj(phi1) [gS - psib, gDd], r2 (h, M) = Re sum_t conj(phi2) psib.
+        Overwrites g_sd."""
+        psib = torch.linalg.vecdot(sd, g_sd, dim=2)  # (h, M, Pc)
+        g_sd[:, :, 0].sub_(psib)
+        phi = inv[:, :, None] * plan["th12"]  # (h, M, 2, Pc) [phi1, phi2]
+        g_mu.copy_(torch.linalg.vecdot(phi[:, :, :1], g_sd).real)  # (h, M, 2)
+        r2.copy_(torch.linalg.vecdot(phi[:, :, 1], psib).real)  # (h, M)
+
+    @staticmethod
+    def grad_coeffs(g_rho: torch.Tensor, lam: torch.Tensor, out: torch.Tensor) -> None:
+        """out (h, Q, 2, M) = sum_r conj(lam^r) [1, r] g_rho (h, Q, R, M) (lam (h, M) complex128)."""
+        R = g_rho.shape[2]
+        p = _powers_of(lam, R).to(g_rho.dtype)  # (h, R, M)
+        rw = torch.arange(R, dtype=g_rho.real.dtype, device=g_rho.device)[:, None]  # (R, 1)
+        pw = torch.stack([p.conj(), p.conj() * rw], 1)  # (h, 2, R, M) conj(lam^r) [1, r]
+        torch.sum(g_rho[:, :, None] * pw[:, None], 3, out=out)  # (h, Q, 2, M)
+
+
+def _loops(device):
+    """The elementwise-chain implementation for `device`: numba-compiled loops on CPU when numba imports."""
+    from heads import cauchy_loops
+
+    if torch.device(device).type == "cpu" and cauchy_loops.available():
+        return cauchy_loops.NumbaLoops
+    return _TorchLoops
+
+
 class _MixedRadixKernel(torch.autograd.Function):
     """The `torch` kernel when L has a prime factor > 11 (LVU: 11,820 = 197 * 60): everything on the (Pc, R) grid
     of `_plan`, chunked over channels, hand-written backward, no length-L FFT.
 
         k = 2 dt irfft(F),  F = D0 - T,  T = s D1 D2 Rw,  Rw = 1 / (1 + s D3),  s = dt (1 + w),
     with the four pair spectra D_q = fft_r(tw A_q) of `_spectral`. The forward works with conjugates throughout (so
-    that what the backward needs is stored without a conj pass): conj(A) by `_spectral_gemm(conj=True)`, conj(D_q)
+    that what the backward needs is stored without a conj pass): conj(A) from the conjugate tables, conj(D_q)
     = ifft_r(conj(tw A_q)) (unnormalised) for q = 1..3 only, the Woodbury algebra at conj(s), saving
     e1 = conj(a1) and e2 = conj(s a2) (a1 = Rw D1, a2 = Rw D2: two (H, Pc, R) complex spectra), and
     k = 2 dt `_p_stage`(conj Y) with conj Y = tw fft_r(conj F) = R conj(A_0) - tw fft_r(conj T): D_0 never goes
@@ -532,35 +602,38 @@ class _MixedRadixKernel(torch.autograd.Function):
         dl/dy = -2 Re sum_t phi1 conj(gDd) - 2 y Re sum_t phi2 psi;
     grad cp = sum_r conj(lam^r) grad rho, grad log lam = conj(R mu) grad mu + sum_r r conj(lam^r) grad lam^r.
     Saved for backward: the tiny cp/log(lam)/dt, e1, e2 and k. Nothing of size H*N*L is formed.
+    Per chunk, torch runs the GEMMs, the length-R FFTs and the transposes; the elementwise chains between them (power
+    and Cauchy tables, the Woodbury algebra, their adjoints) go through `_loops(device)`: compiled numba loops on CPU
+    (`cauchy_loops`), `_TorchLoops` elsewhere.
     """
 
     @staticmethod
     def forward(ctx, cp, lam_log, dt, L: int, chunk: int, real: torch.dtype):
-        H, dev = lam_log.shape[0], lam_log.device
+        H, M = lam_log.shape
+        dev = lam_log.device
         cplx = torch.complex64 if real == torch.float32 else torch.complex128
         plan = _plan(L, cplx, dev)
         P, R, Pc = plan["P"], plan["R"], plan["Pc"]
         k = _empty_huge(H, L, dtype=real, device=dev)  # (H, L)
         e1 = _empty_huge(H, Pc, R, dtype=cplx, device=dev)  # (H, Pc, R) conj(a1)
         e2 = _empty_huge(H, Pc, R, dtype=cplx, device=dev)  # (H, Pc, R) conj(s a2)
-        dtr = dt.detach().to(real)  # (H,)
+        dtr = dt.detach().to(real).contiguous()  # (H,)
         cph = cp.transpose(0, 1) * torch.tensor([R, 1, 1, 1], dtype=cp.dtype, device=dev)[:, None]  # (H, 4, M)
-        cph = cph.to(cplx)
+        cph = cph.to(cplx).contiguous()
         mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)  # (H, M), (H, M, 4)
-        ws = _Scratch(dev)
+        lam = torch.exp(lam_log)  # (H, M) complex128
+        loops, ws = _loops(dev), _Scratch(dev)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
-            p = _powers(lam_log[lo:hi], plan, cplx)  # (h, R, M)
-            A = _spectral_gemm(cph[lo:hi], (mu[lo:hi], feats[lo:hi], p), plan, cplx, True, ws)[0]  # conj(A)
+            rho = loops.rho(lam[lo:hi], cph[lo:hi], plan, ws.get("rho", (h, 4, R, M), cplx))  # (h, 4, R, M)
+            sd, _ = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, True, ws)  # conj tables
+            A = _spectral_bmm(rho, sd, ws.get("A", (h, 4 * R, 2 * Pc), real))  # (h, 4, R, Pc) conj(A)
             At = ws.get("At", (h, 3, Pc, R), cplx)  # (h, 3, Pc, R) t-major
             torch.mul(A[:, 1:], plan["ctw"], out=At.transpose(-1, -2))
-            D1, D2, D3 = torch.fft.ifft(At, dim=-1, norm="forward").unbind(1)  # (h, Pc, R) conj(D_q)
-            s = torch.mul(plan["snodes_conj"], dtr[lo:hi, None, None], out=ws.get("s", (h, Pc, R), cplx))  # conj(s)
-            Rw = torch.mul(s, D3, out=ws.get("Rw", (h, Pc, R), cplx)).add_(1).reciprocal_()  # conj(Rw)
-            torch.mul(Rw, D1, out=e1[lo:hi])
-            torch.mul(Rw.mul_(s), D2, out=e2[lo:hi])
-            T = torch.fft.fft(D1.mul_(e2[lo:hi]), dim=-1)  # (h, Pc, R) fft_r(conj(s Rw D1 D2))
+            D = torch.fft.ifft(At, dim=-1, norm="forward")  # (h, 3, Pc, R) conj(D_q)
+            T = loops.woodbury(D, plan["snodes_conj"], dtr[lo:hi], e1[lo:hi], e2[lo:hi], ws)  # conj(s Rw D1 D2)
+            T = torch.fft.fft(T, dim=-1)  # (h, Pc, R)
             Y = torch.addcmul(A[:, 0], T.transpose(1, 2), plan["tw"], value=-1,
                               out=ws.get("Y", (h, R, Pc), cplx))  # (h, R, Pc) conj(Y)
             _p_stage(Y, plan, 2 * dtr[lo:hi], out=k[lo:hi].view(h, P, R))
@@ -578,54 +651,42 @@ class _MixedRadixKernel(torch.autograd.Function):
         H, M = lam_log.shape
         plan = _plan(L, cplx, g.device)
         P, R, Pc = plan["P"], plan["R"], plan["Pc"]
-        dtr = dt.to(real)  # (H,)
-        g = g.to(real)  # (H, L)
+        dtr = dt.to(real).contiguous()  # (H,)
+        g = g.to(real).contiguous()  # (H, L)
         sign = torch.tensor([2.0 * R, -2.0, -2.0, 2.0], dtype=torch.float64, device=g.device)  # (4,)
         scale = sign[:, None] * dt.to(torch.float64)  # (4, H) grad A_q / gA_q (2 R dt, -2 dt, -2 dt, 2 dt)
         cps = (cp * scale[..., None]).transpose(0, 1)  # (H, 4, M) complex128, the factors applied
-        cps_c = cps.to(cplx)
+        cps_c = cps.to(cplx).contiguous()
         mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)  # (H, M), (H, M, 4)
-        rw = torch.stack([torch.ones(R, dtype=real, device=g.device),
-                          torch.arange(R, dtype=real, device=g.device)])[:, :, None]  # (2, R, 1) = [1, r]
+        lam = torch.exp(lam_log)  # (H, M) complex128
         Gq = torch.empty(H, 4, 2, M, dtype=cplx, device=g.device)  # sum_r conj(lam^r) [1, r] gA-scaled grad rho
         g_mu = torch.empty(H, M, 2, dtype=real, device=g.device)  # Re sum conj(phi1) [gS - conj(psi), gDd]
         r2 = torch.empty(H, M, dtype=real, device=g.device)  # Re sum conj(phi2) conj(psi)
         grad_dt = torch.empty_like(dtr)  # (H,)
-        ws = _Scratch(g.device)
+        loops, ws = _loops(g.device), _Scratch(g.device)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
             gk = torch.linalg.vecdot(g[lo:hi], k[lo:hi]) / dtr[lo:hi]  # (h,) from the 2 dt factor
             gA = ws.get("gA", (h, 4, R, Pc), cplx)  # (h, 4, R, Pc) gA_q = grad A_q / scale_q
             gF = _grid_irfft_adjoint(g[lo:hi].view(h, P, R), plan, gy_out=gA[:, 0], ws=ws)  # (h, Pc, R)
-            gD = ws.get("gD", (h, 3, Pc, R), cplx)  # (h, 3, Pc, R) gD_q = grad D_q / scale_q
-            torch.mul(e2[lo:hi], gF, out=gD[:, 0])  # conj(s a2) gF
-            q = torch.mul(e1[lo:hi], gD[:, 0], out=gD[:, 2])  # conj(s a1 a2) gF
-            grad_dt[lo:hi] = gk - 2 * q.real.sum((1, 2))
-            s = torch.mul(plan["snodes_conj"], dtr[lo:hi, None, None], out=ws.get("s", (h, Pc, R), cplx))  # conj(s)
-            q.mul_(s)  # conj(s^2 a1 a2) gF
-            torch.mul(s.mul_(e1[lo:hi]), gF, out=gD[:, 1])  # conj(s a1) gF
-            X = torch.fft.ifft(gD, dim=-1, norm="forward")  # (h, 3, Pc, R)
-            torch.mul(X.transpose(-1, -2), plan["ctw"], out=gA[:, 1:])
+            gD = ws.get("gD", (3, h, Pc, R), cplx)  # (3, h, Pc, R) gD_q = grad D_q / scale_q
+            # [conj(s a2), conj(s a1), conj(s^2 a1 a2)] gF and sum Re conj(s a1 a2) gF
+            re_sum = loops.grad_spectra(e1[lo:hi], e2[lo:hi], gF, plan["snodes_conj"], dtr[lo:hi], gD, ws)
+            grad_dt[lo:hi] = gk - 2 * re_sum
+            X = torch.fft.ifft(gD, dim=-1, norm="forward")  # (3, h, Pc, R)
+            torch.mul(X.permute(1, 0, 3, 2), plan["ctw"], out=gA[:, 1:])
             gA = torch.view_as_real(gA).view(h, 4 * R, 2 * Pc)  # (h, (q, r), (t, c))
-            _, sd, inv, _ = _tables((mu[lo:hi], feats[lo:hi], None), plan, cplx, ws=ws)
-            p = _powers(lam_log[lo:hi], plan, cplx)  # (h, R, M)
-            rho = torch.mul(cps_c[lo:hi, :, None, :], p[:, None], out=ws.get("rho", (h, 4, R, M), cplx))
+            sd, inv = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, False, ws)  # (h, M, 2, Pc), (h, M, Pc)
+            rho = loops.rho(lam[lo:hi], cps_c[lo:hi], plan, ws.get("rho", (h, 4, R, M), cplx))  # (h, 4, R, M)
             g_rho = torch.bmm(gA, torch.view_as_real(sd).view(h, 2 * M, 2 * Pc).transpose(1, 2),
                               out=ws.get("g_rho", (h, 4 * R, 2 * M), real))  # (h, 4R, 2M)
             g_rho = torch.view_as_complex(g_rho.view(h, 4, R, M, 2))  # (h, 4, R, M) without the factors
             g_sd = torch.bmm(torch.view_as_real(rho).view(h, 4 * R, 2 * M).transpose(1, 2), gA,
                              out=ws.get("g_sd", (h, 2 * M, 2 * Pc), real))  # (h, 2M, 2Pc)
             g_sd = torch.view_as_complex(g_sd.view(h, M, 2, Pc, 2))  # (h, M, 2, Pc) [gS; gDd]
-            # tables' adjoint (vecdot(x, y) = sum conj(x) y): psib = conj(psi)
-            psib = torch.linalg.vecdot(sd, g_sd, dim=2)  # (h, M, Pc)
-            g_sd[:, :, 0].sub_(psib)
-            phi = inv[:, :, None] * plan["th12"]  # (h, M, 2, Pc) [phi1, phi2]
-            g_mu[lo:hi] = torch.linalg.vecdot(phi[:, :, :1], g_sd).real  # (h, M, 2)
-            r2[lo:hi] = torch.linalg.vecdot(phi[:, :, 1], psib).real  # (h, M)
-            pw = p.conj()[:, None] * rw  # (h, 2, R, M) conj(lam^r) [1, r]
-            prod = torch.mul(g_rho[:, :, None], pw[:, None], out=ws.get("prod", (h, 4, 2, R, M), cplx))
-            torch.sum(prod, 3, out=Gq[lo:hi])  # (h, 4, 2, M)
+            loops.table_adjoint(sd, inv, g_sd, plan, g_mu[lo:hi], r2[lo:hi])
+            loops.grad_coeffs(g_rho, lam[lo:hi], Gq[lo:hi])  # (h, 4, 2, M)
 
         _run_chunks(one, H, chunk, g.device)
         # per channel, all channels at once: grad mu = -2 (g_mu[0] + i g_mu[1] + mu r2), mu = lam^R; rho = cp lam^r

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from heads import cauchy, cauchy_loops
 from heads.cauchy import (
     AUTO_CPU,
     BACKENDS,
@@ -12,9 +13,11 @@ from heads.cauchy import (
     _grid_irfft,
     _grid_irfft_adjoint,
     _plan,
+    _Scratch,
     _split,
     _table_inputs,
     _tables,
+    _TorchLoops,
     cauchy_naive_at,
     keops_available,
     resolve_backend,
@@ -177,6 +180,57 @@ def test_torch_kernel_chunking_does_not_change_values(L):
     ref = torch_kernel(v, a, dt, L, chunk=5)
     for chunk in (1, 2, 3):
         assert torch.allclose(torch_kernel(v, a, dt, L, chunk=chunk), ref, rtol=0, atol=1e-13)
+
+
+def test_torch_loops_path_equals_naive(monkeypatch):
+    """The mixed-radix kernel with the torch elementwise chains (its path off CPU): value and gradient."""
+    monkeypatch.setattr(cauchy, "_loops", lambda device: _TorchLoops)
+    L = 94
+    v, a, dt = _inputs(3, 8, L)
+    g = torch.randn(3, L, dtype=torch.float64)
+    ref, got = BACKENDS["naive"](v, a, dt, L), torch_kernel(v, a, dt, L, chunk=2)
+    assert _rel(got, ref) <= 1e-10
+    for x, y in zip(torch.autograd.grad((got * g).sum(), (v, a, dt)), torch.autograd.grad((ref * g).sum(), (v, a, dt))):
+        assert _rel(x, y) <= 1e-10
+
+
+@pytest.mark.skipif(not cauchy_loops.available(), reason="numba is not installed")
+@pytest.mark.parametrize("real", [torch.float64, torch.float32])
+def test_compiled_loops_equal_torch_loops(real):
+    """Each numba loop of `cauchy_loops` gives its torch twin's results (the fast path against the plain one)."""
+    cplx = torch.complex128 if real == torch.float64 else torch.complex64
+    tol = 1e-12 if real == torch.float64 else 2e-6
+    L, h, M = 390, 3, 8  # P = 13, R = 30, Pc = 7
+    plan = _plan(L, cplx, "cpu")
+    R, Pc = plan["R"], plan["Pc"]
+    torch.manual_seed(0)
+    _, a, _ = (t.detach() for t in _inputs(h, 2 * M, L))
+    lam_log = torch.log((2 + a) / (2 - a))  # (h, M)
+    lam = torch.exp(lam_log)
+    mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)
+    rnd = lambda *shape: torch.randn(*shape, dtype=cplx)  # noqa: E731
+    cp, D, gF, e1, e2 = rnd(h, 4, M), rnd(h, 3, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R)
+    g_sd, g_rho, dt = rnd(h, M, 2, Pc), rnd(h, 4, R, M), torch.rand(h, dtype=real)
+    out = {}
+    for name, ops in (("torch", _TorchLoops), ("numba", cauchy_loops.NumbaLoops)):
+        ws, o = _Scratch("cpu"), {}
+        o["rho"] = ops.rho(lam, cp, plan, torch.empty(h, 4, R, M, dtype=cplx)).clone()
+        for conj in (False, True):
+            o[f"sd{conj}"], o[f"inv{conj}"] = (x.clone() for x in ops.tables(mu, feats, plan, cplx, conj, ws))
+        w1, w2 = torch.empty_like(e1), torch.empty_like(e2)
+        o["T"] = ops.woodbury(D.clone(), plan["snodes_conj"], dt, w1, w2, ws).clone()
+        o["e1"], o["e2"] = w1, w2
+        o["gD"] = torch.empty(3, h, Pc, R, dtype=cplx)
+        o["sums"] = ops.grad_spectra(e1, e2, gF, plan["snodes_conj"], dt, o["gD"], ws).to(torch.float64)
+        o["g_mu"], o["r2"] = torch.empty(h, M, 2, dtype=real), torch.empty(h, M, dtype=real)
+        ops.table_adjoint(o["sdFalse"], o["invFalse"], g_sd.clone(), plan, o["g_mu"], o["r2"])
+        o["Gq"] = torch.empty(h, 4, 2, M, dtype=cplx)
+        ops.grad_coeffs(g_rho, lam, o["Gq"])
+        out[name] = o
+    for key, ref in out["torch"].items():
+        assert _rel(out["numba"][key], ref) <= tol, key
+    with pytest.raises(ValueError, match="contiguous"):
+        cauchy_loops.NumbaLoops.grad_coeffs(g_rho.transpose(2, 3).contiguous().transpose(2, 3), lam, out["numba"]["Gq"])
 
 
 def test_resolve_backend():

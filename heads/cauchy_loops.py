@@ -1,0 +1,276 @@
+"""Compiled CPU loops (numba) for the elementwise chains of the mixed-radix S4 kernel (`cauchy._MixedRadixKernel`).
+
+The kernel's chunk bodies are near-peak GEMMs and length-R FFTs (torch) joined by chains of small complex
+elementwise ops: power tables, the closed-form Cauchy tables, the Woodbury correction and their adjoints. In torch
+each link of a chain is one pass over memory and one dispatch; here each chain is one loop over interleaved
+(re, im) floats that LLVM vectorises (measured at the paper size, one chunk of 8 channels, one thread: the forward
+Woodbury chain 127 -> 40 us). Every function has the same signature and results as its torch twin in
+`cauchy._TorchLoops`, which stays the path on other devices and the reference of the tests.
+
+Layout contract: every tensor argument is C-contiguous; complex tensors are passed as their `view_as_real` float
+arrays (no copy). Working precision follows the outputs (float32 for complex64, float64 for complex128); powers,
+tables and sums are formed in float64. Numba compiles each function on first use per dtype (about a second each)
+and caches the machine code next to this file (`__pycache__`), so later processes load it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_NUMBA: list = []  # [numba module or None], resolved on first use
+_JIT: dict = {}  # name -> compiled function
+
+
+def available() -> bool:
+    """True when numba imports (the compiled loops are used on CPU then)."""
+    if not _NUMBA:
+        try:
+            import numba
+        except ImportError:  # an optional speed-up: the torch loops give the same values
+            numba = None
+        _NUMBA.append(numba)
+    return _NUMBA[0] is not None
+
+
+def _flat(x: torch.Tensor, *shape: int) -> np.ndarray:
+    """A numpy float view of a C-contiguous tensor, complex as interleaved (re, im), reshaped to `shape`."""
+    if not x.is_contiguous():
+        raise ValueError(f"cauchy_loops needs contiguous tensors, got strides {x.stride()} for shape {tuple(x.shape)}")
+    if x.is_complex():
+        x = torch.view_as_real(x)
+    return x.detach().numpy().reshape(shape)
+
+
+def _jit(fn):
+    """Compile `fn` lazily with numba (nogil: the kernel's 2-thread chunk pool runs loops concurrently)."""
+
+    def call(*args):
+        compiled = _JIT.get(fn.__name__)
+        if compiled is None:
+            flags = {"nsz", "arcp", "contract", "reassoc"}  # no nnan/ninf: an inf must stay an inf
+            compiled = _JIT[fn.__name__] = _NUMBA[0].njit(nogil=True, cache=True, fastmath=flags,
+                                                          error_model="numpy", boundscheck=False)(fn)
+        return compiled(*args)
+
+    return call
+
+
+# ------------------------------------------------------------------------------------------------------------ loops
+# Arrays below are float arrays; a complex row of n entries is a 1-D float row of 2n, entry j at [2j], [2j + 1].
+
+
+@_jit
+def _rho_loop(lam, cp, out):  # lam (h, 2M) f64, cp (h, Q, 2M), out (h, Q, R, 2M)
+    h, Q, R, M2 = out.shape
+    pw = np.empty(M2, dtype=np.float64)
+    for i in range(h):
+        pw[0::2] = 1.0
+        pw[1::2] = 0.0
+        lm = lam[i]
+        for r in range(R):
+            for q in range(Q):
+                c, o = cp[i, q], out[i, q, r]
+                for k in range(M2 // 2):
+                    j = 2 * k
+                    o[j] = c[j] * pw[j] - c[j + 1] * pw[j + 1]
+                    o[j + 1] = c[j] * pw[j + 1] + c[j + 1] * pw[j]
+            for k in range(M2 // 2):
+                j = 2 * k
+                re = pw[j] * lm[j] - pw[j + 1] * lm[j + 1]
+                pw[j + 1] = pw[j] * lm[j + 1] + pw[j + 1] * lm[j]
+                pw[j] = re
+
+
+@_jit
+def _tables_loop(mu, theta, sd, inv):  # mu (h, M, 2) f64, theta (2Pc) f64, sd (h, M, 2, 2Pc), inv (h, M, 2Pc)
+    h, M = mu.shape[0], mu.shape[1]
+    P2 = theta.shape[0]
+    for i in range(h):
+        for m in range(M):
+            x, y = mu[i, m, 0], mu[i, m, 1]
+            n2 = x * x + y * y
+            S, Dd, iv = sd[i, m, 0], sd[i, m, 1], inv[i, m]
+            for k in range(P2 // 2):  # 1 / den, den = 1 - 2 x theta + |mu|^2 theta^2 (one output per loop: LLVM
+                j = 2 * k  # vectorises a loop with one store stream, not with several)
+                c, s = theta[j], theta[j + 1]
+                dr = 1.0 - 2.0 * x * c + n2 * (c * c - s * s)
+                di = -2.0 * x * s + n2 * 2.0 * c * s
+                nrm = 1.0 / (dr * dr + di * di)
+                iv[j] = dr * nrm
+                iv[j + 1] = -di * nrm
+            for k in range(P2 // 2):  # S = (2 - 2 x theta) / den
+                j = 2 * k
+                ar, ai = 2.0 - 2.0 * x * theta[j], -2.0 * x * theta[j + 1]
+                S[j] = ar * iv[j] - ai * iv[j + 1]
+                S[j + 1] = ar * iv[j + 1] + ai * iv[j]
+            for k in range(P2 // 2):  # Dd = -2 y theta / den
+                j = 2 * k
+                br, bi = -2.0 * y * theta[j], -2.0 * y * theta[j + 1]
+                Dd[j] = br * iv[j] - bi * iv[j + 1]
+                Dd[j + 1] = br * iv[j + 1] + bi * iv[j]
+
+
+@_jit
+def _woodbury_loop(D, s_nodes, dt, e1, e2, T):  # D (h, 3, 2n), s_nodes (2n), dt (h), e1 / e2 / T (h, 2n)
+    h, n2 = e1.shape
+    one = e1.dtype.type(1.0)
+    for i in range(h):
+        d = dt[i]
+        D1, D2, D3, E1, E2, TT = D[i, 0], D[i, 1], D[i, 2], e1[i], e2[i], T[i]
+        for k in range(n2 // 2):
+            a = 2 * k
+            b = a + 1
+            sr, si = s_nodes[a] * d, s_nodes[b] * d
+            zr = one + sr * D3[a] - si * D3[b]  # 1 + s D3
+            zi = sr * D3[b] + si * D3[a]
+            nrm = one / (zr * zr + zi * zi)
+            wr, wi = zr * nrm, -zi * nrm  # Rw = 1 / (1 + s D3)
+            E1[a], E1[b] = wr * D1[a] - wi * D1[b], wr * D1[b] + wi * D1[a]  # Rw D1
+            tr, ti = wr * sr - wi * si, wr * si + wi * sr  # Rw s
+            br, bi = tr * D2[a] - ti * D2[b], tr * D2[b] + ti * D2[a]  # Rw s D2
+            E2[a], E2[b] = br, bi
+            TT[a], TT[b] = D1[a] * br - D1[b] * bi, D1[a] * bi + D1[b] * br  # D1 Rw s D2
+
+
+@_jit
+def _grad_spectra_loop(e1, e2, gF, s_nodes, dt, g0, g1, g2, sums):  # e1 / e2 / gF / g0 / g1 / g2 (h, 2n), sums (h)
+    h, n2 = e1.shape
+    for i in range(h):
+        d = dt[i]
+        E1, E2, G, G0, G1, G2 = e1[i], e2[i], gF[i], g0[i], g1[i], g2[i]
+        for k in range(n2 // 2):  # e2 gF
+            a = 2 * k
+            G0[a] = E2[a] * G[a] - E2[a + 1] * G[a + 1]
+            G0[a + 1] = E2[a] * G[a + 1] + E2[a + 1] * G[a]
+        acc = 0.0
+        for k in range(n2 // 2):  # s e1 e2 gF, and sum Re(e1 e2 gF)
+            a = 2 * k
+            qr = E1[a] * G0[a] - E1[a + 1] * G0[a + 1]
+            qi = E1[a] * G0[a + 1] + E1[a + 1] * G0[a]
+            acc += qr
+            sr, si = s_nodes[a] * d, s_nodes[a + 1] * d
+            G2[a] = sr * qr - si * qi
+            G2[a + 1] = sr * qi + si * qr
+        sums[i] = acc
+        for k in range(n2 // 2):  # s e1 gF
+            a = 2 * k
+            sr, si = s_nodes[a] * d, s_nodes[a + 1] * d
+            tr, ti = sr * E1[a] - si * E1[a + 1], sr * E1[a + 1] + si * E1[a]
+            G1[a] = tr * G[a] - ti * G[a + 1]
+            G1[a + 1] = tr * G[a + 1] + ti * G[a]
+
+
+@_jit
+def _table_adjoint_loop(sd, inv, g_sd, th12, g_mu, r2):  # sd / g_sd (h, M, 2, 2Pc), inv (h, M, 2Pc), th12 (2, 2Pc)
+    h, M, _, P2 = sd.shape
+    th1, th2 = th12[0], th12[1]
+    for i in range(h):
+        for m in range(M):
+            S, Dd, gS, gD, iv = sd[i, m, 0], sd[i, m, 1], g_sd[i, m, 0], g_sd[i, m, 1], inv[i, m]
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            for k in range(P2 // 2):
+                a = 2 * k
+                b = a + 1
+                # psib = conj(S) gS + conj(Dd) gDd
+                pr = S[a] * gS[a] + S[b] * gS[b] + Dd[a] * gD[a] + Dd[b] * gD[b]
+                pi = S[a] * gS[b] - S[b] * gS[a] + Dd[a] * gD[b] - Dd[b] * gD[a]
+                f1r, f1i = iv[a] * th1[a] - iv[b] * th1[b], iv[a] * th1[b] + iv[b] * th1[a]  # phi1 = theta / den
+                f2r, f2i = iv[a] * th2[a] - iv[b] * th2[b], iv[a] * th2[b] + iv[b] * th2[a]  # phi2 = theta^2 / den
+                a0 += f1r * (gS[a] - pr) + f1i * (gS[b] - pi)  # Re conj(phi1) (gS - psib)
+                a1 += f1r * gD[a] + f1i * gD[b]  # Re conj(phi1) gDd
+                a2 += f2r * pr + f2i * pi  # Re conj(phi2) psib
+            g_mu[i, m, 0], g_mu[i, m, 1], r2[i, m] = a0, a1, a2
+
+
+@_jit
+def _grad_coeffs_loop(g_rho, lam, out):  # g_rho (h, Q, R, 2M), lam (h, 2M) f64, out (h, Q, 2, 2M)
+    h, Q, R, M2 = g_rho.shape
+    pw = np.empty((R, M2), dtype=np.float64)  # lam^r
+    acc = np.empty(M2, dtype=np.float64)
+    for i in range(h):
+        lm = lam[i]
+        pw[0, 0::2] = 1.0
+        pw[0, 1::2] = 0.0
+        for r in range(1, R):
+            for k in range(M2 // 2):
+                j = 2 * k
+                pw[r, j] = pw[r - 1, j] * lm[j] - pw[r - 1, j + 1] * lm[j + 1]
+                pw[r, j + 1] = pw[r - 1, j] * lm[j + 1] + pw[r - 1, j + 1] * lm[j]
+        for q in range(Q):
+            for w in range(2):  # weight 1, then r
+                acc[:] = 0.0
+                for r in range(R):
+                    g, p = g_rho[i, q, r], pw[r]
+                    f = 1.0 if w == 0 else float(r)
+                    for k in range(M2 // 2):  # conj(lam^r) g
+                        j = 2 * k
+                        acc[j] += f * (p[j] * g[j] + p[j + 1] * g[j + 1])
+                        acc[j + 1] += f * (p[j] * g[j + 1] - p[j + 1] * g[j])
+                out[i, q, w] = acc
+
+
+# ------------------------------------------------------------------------------------------------------ torch API
+class NumbaLoops:
+    """The compiled twins of `cauchy._TorchLoops` (same signatures, same results up to rounding)."""
+
+    @staticmethod
+    def rho(lam: torch.Tensor, cp: torch.Tensor, plan: dict, out: torch.Tensor) -> torch.Tensor:
+        """out (h, Q, R, M) = cp (h, Q, M) * lam^r (lam (h, M) complex128), r < R."""
+        h, Q, R, M = out.shape
+        _rho_loop(_flat(lam, h, 2 * M), _flat(cp.to(out.dtype), h, Q, 2 * M), _flat(out, h, Q, R, 2 * M))
+        return out
+
+    @staticmethod
+    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool, ws):
+        """sd (h, M, 2, Pc) = [S; Dd] and inv = 1 / den (h, M, Pc) of `cauchy._tables` (conj: at conj theta)."""
+        h, M = mu.shape
+        Pc = plan["Pc"]
+        sd, inv = ws.get("sd", (h, M, 2, Pc), cplx), ws.get("inv", (h, M, Pc), cplx)
+        theta = plan["theta"].conj() if conj else plan["theta"]  # (Pc,) complex128
+        _tables_loop(_flat(mu, h, M, 2), _flat(theta.resolve_conj(), 2 * Pc), _flat(sd, h, M, 2, 2 * Pc),
+                     _flat(inv, h, M, 2 * Pc))
+        return sd, inv
+
+    @staticmethod
+    def woodbury(D: torch.Tensor, s_nodes: torch.Tensor, dt: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor,
+                 ws) -> torch.Tensor:
+        """From D (h, 3, Pc, R) = [D1, D2, D3]: e1 = Rw D1, e2 = Rw s D2 (Rw = 1 / (1 + s D3), s = s_nodes dt),
+        written into e1 / e2 (h, Pc, R); returns T = D1 e2 (h, Pc, R)."""
+        h, _, Pc, R = D.shape
+        n2 = 2 * Pc * R
+        T = ws.get("T", (h, Pc, R), D.dtype)
+        _woodbury_loop(_flat(D, h, 3, n2), _flat(s_nodes, n2), _flat(dt, h), _flat(e1, h, n2), _flat(e2, h, n2),
+                       _flat(T, h, n2))
+        return T
+
+    @staticmethod
+    def grad_spectra(e1: torch.Tensor, e2: torch.Tensor, gF: torch.Tensor, s_nodes: torch.Tensor,
+                     dt: torch.Tensor, gD: torch.Tensor, ws) -> torch.Tensor:
+        """gD (3, h, Pc, R) = [e2 gF, s e1 gF, s e1 e2 gF]; returns sum Re(e1 e2 gF) per channel (h,) float64.
+        (The three outputs go in as three arrays: LLVM does not vectorise a loop that reads one part of an array
+        argument and writes another, measured 66 against 18 us.)"""
+        h, Pc, R = gF.shape
+        n2 = 2 * Pc * R
+        sums = torch.empty(h, dtype=torch.float64)
+        _grad_spectra_loop(_flat(e1, h, n2), _flat(e2, h, n2), _flat(gF, h, n2), _flat(s_nodes, n2), _flat(dt, h),
+                           *(_flat(gD[q], h, n2) for q in range(3)), sums.numpy())
+        return sums
+
+    @staticmethod
+    def table_adjoint(sd: torch.Tensor, inv: torch.Tensor, g_sd: torch.Tensor, plan: dict, g_mu: torch.Tensor,
+                      r2: torch.Tensor) -> None:
+        """The tables' adjoint sums (see `cauchy._MixedRadixKernel`) into g_mu (h, M, 2) and r2 (h, M) real."""
+        h, M, _, Pc = sd.shape
+        th12 = plan["th12"].to(sd.dtype)  # (2, Pc)
+        _table_adjoint_loop(_flat(sd, h, M, 2, 2 * Pc), _flat(inv, h, M, 2 * Pc), _flat(g_sd, h, M, 2, 2 * Pc),
+                            _flat(th12, 2, 2 * Pc), _flat(g_mu, h, M, 2), _flat(r2, h, M))
+
+    @staticmethod
+    def grad_coeffs(g_rho: torch.Tensor, lam: torch.Tensor, out: torch.Tensor) -> None:
+        """out (h, Q, 2, M) = sum_r conj(lam^r) [1, r] g_rho (h, Q, R, M) (lam (h, M) complex128)."""
+        h, Q, R, M = g_rho.shape
+        acc = _flat(out, h, Q, 2, 2 * M)
+        _grad_coeffs_loop(_flat(g_rho, h, Q, R, 2 * M), _flat(lam, h, 2 * M), acc)
