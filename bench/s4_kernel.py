@@ -44,6 +44,7 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
     import torch
 
     from heads.cauchy import ssm_kernel
+    from heads.cauchy_loops import describe
     from heads.s4 import S4
 
     torch.manual_seed(0)
@@ -90,6 +91,7 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
         "cpu_s": statistics.median(c for _, _, c in times), "all_s": [round(t, 4) for _, t, _ in times],
         "extra_mb": round(extra, 1), "repeats": repeats, "load_before": round(load, 2),
         "memory": "peak CUDA allocation delta" if device == "cuda" else "peak RSS delta (VmHWM)",
+        "loops": describe(device) if backend == "torch" else None,  # the torch kernel's elementwise chains
     }
 
 
@@ -151,7 +153,8 @@ def _row(r: dict) -> str:
     head = f"{r['backend']:>6} H={r['H']:<5} L={r['L']:<6}"
     if "s" in r:
         return (f"{head} fwd+bwd {r['s']:8.3f} s  (fwd {r['forward_s']:.3f} s, cpu {r['cpu_s']:.3f} s)"
-                f"  extra {r['extra_mb']:8.1f} MB  [{r['device']}, {r['threads']} threads, load {r['load_before']}]")
+                f"  extra {r['extra_mb']:8.1f} MB  [{r['device']}, {r['threads']} threads, load {r['load_before']}"
+                + (f", loops: {r['loops']}]" if r.get("loops") else "]"))
     return f"{head} {r.get('error') or r.get('skipped')}"
 
 

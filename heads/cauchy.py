@@ -574,9 +574,7 @@ def _loops(device):
     """The elementwise-chain implementation for `device`: numba-compiled loops on CPU when numba imports."""
     from heads import cauchy_loops
 
-    if torch.device(device).type == "cpu" and cauchy_loops.available():
-        return cauchy_loops.NumbaLoops
-    return _TorchLoops
+    return _TorchLoops if cauchy_loops.describe(device) == "torch" else cauchy_loops.NumbaLoops
 
 
 class _MixedRadixKernel(torch.autograd.Function):

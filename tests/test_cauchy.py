@@ -97,8 +97,11 @@ def test_grid_irfft_adjoint_is_the_adjoint(L):
     Fr = F.clone().requires_grad_()
     (g * _grid_irfft(Fr.conj(), plan)).sum().backward()
     assert torch.allclose(Fr.grad, gF, rtol=0, atol=1e-10)
-    # gy_out: the complex [cmat^T g] before the twiddle and length-R FFTs
-    assert torch.allclose(gy, torch.view_as_complex((g.transpose(1, 2) @ plan["cmat"]).reshape(2, R, Pc, 2)))
+    # gy_out: gY(r, t) = sum_j (c_t / L) exp(-2 pi i t j / P) g[j, r], before the twiddle and length-R FFTs
+    j, t = torch.arange(P, dtype=torch.float64)[:, None], torch.arange(Pc, dtype=torch.float64)
+    c = torch.where(t == 0, 1.0, 2.0).to(torch.float64) / L
+    dft = c * torch.exp(-2j * torch.pi * j * t / P)  # (P, Pc)
+    assert torch.allclose(gy, g.transpose(1, 2).to(dft.dtype) @ dft, rtol=0, atol=1e-12)
 
 
 def test_tables_match_their_definition():
