@@ -862,13 +862,13 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
 
 # "auto" on CPU = torch, by measurement (bench/s4_kernel.py, H = 1024, N = 64, L = 11,820, forward+backward, median
 # of 5, on this project's 2-core AMD EPYC, 2 threads, quiet machine):
-#   torch (mixed-radix path, grid inverse, no length-L FFT): 0.45-0.49 s wall / 0.86-0.89 s CPU (forward 0.20 s),
-#     181-188 MB extra; run alternately with the previous version (gather to rfft bins + length-L irfft/rfft, which
-#     pocketfft/MKL do by Bluestein at 11,820): 0.65-0.66 s / 1.19-1.24 s CPU (forward 0.30 s), 182-188 MB. Without
-#     the huge-page hint on k and the saved spectra: 0.52-0.53 s. (Earlier, loaded-machine figures of older
-#     versions: 1.2-1.8 s.)
-#   keops (one pass): 36.4 s wall / 28.1 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
-# At L = 2,048 (11-smooth: the time-domain path, unchanged): torch 0.58 s, keops 10.9 s, naive 7.0 s (2.2 GB).
+#   torch (mixed-radix path, grid inverse, no length-L FFT, numba loops): 0.36-0.45 s wall / 0.74-0.79 s CPU
+#     (forward 0.16-0.19 s), 187-200 MB extra; in the same session with the torch-op chains instead of the loops:
+#     0.50-0.51 s. Before the loops, 0.45-0.52 s over one day (VM drift); before the grid inverse (gather to rfft
+#     bins + length-L irfft/rfft, which pocketfft/MKL do by Bluestein at 11,820): 0.65-0.66 s. Without the huge-page
+#     hint on k and the saved spectra: +0.04 s.
+#   keops (one pass): 9.2 s wall / 18.0 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
+# At L = 2,048 (11-smooth: the time-domain path): torch 0.18-0.22 s, keops 1.6 s, naive 2.4 s (2.2 GB).
 # On CUDA "auto" = keops when it compiles.
 AUTO_CPU = "torch"
 
