@@ -2,15 +2,20 @@
 
 The kernel's chunk bodies are near-peak GEMMs and length-R FFTs (torch) joined by chains of small complex
 elementwise ops: power tables, the closed-form Cauchy tables, the Woodbury correction and their adjoints. In torch
-each link of a chain is one pass over memory and one dispatch; here each chain is one loop over interleaved
-(re, im) floats that LLVM vectorises (measured at the paper size, one chunk of 8 channels, one thread: the forward
-Woodbury chain 127 -> 40 us). Every function has the same signature and results as its torch twin in
-`cauchy._TorchLoops`, which stays the path on other devices and the reference of the tests.
+each link of a chain is one pass over memory and one dispatch; here each chain is one call of a few loops over
+interleaved (re, im) floats that LLVM vectorises. Whether it does depends on the loop (numba cannot mark arrays
+as non-aliasing): a loop reading one part of an array argument and writing another stayed scalar (measured, 8
+channels at the paper size, one thread: 66 us against 18 us with separate arrays), and so did some loops with two
+store streams (53 against 14 us) while the Woodbury loop's three vectorise; so the chains that were slow are split
+into loops with one store stream each. All six chains of one chunk: 0.89 ms in torch ops, 0.39 ms here. Every
+function has the same signature and results as its torch twin in `cauchy._TorchLoops`, which stays the path on
+other devices and the reference of the tests.
 
 Layout contract: every tensor argument is C-contiguous; complex tensors are passed as their `view_as_real` float
 arrays (no copy). Working precision follows the outputs (float32 for complex64, float64 for complex128); powers,
-tables and sums are formed in float64. Numba compiles each function on first use per dtype (about a second each)
-and caches the machine code next to this file (`__pycache__`), so later processes load it.
+tables and sums are formed in float64. Numba compiles the loops on first use per dtype (about 4 s for the six)
+and caches the machine code next to this file (`__pycache__`; a later process loads it in 0.4 s), or keeps it in
+memory where that directory is not writable.
 """
 
 from __future__ import annotations
@@ -105,8 +110,8 @@ def _tables_loop(mu, theta, sd, inv):  # mu (h, M, 2) f64, theta (2Pc) f64, sd (
             x, y = mu[i, m, 0], mu[i, m, 1]
             n2 = x * x + y * y
             S, Dd, iv = sd[i, m, 0], sd[i, m, 1], inv[i, m]
-            for k in range(P2 // 2):  # 1 / den, den = 1 - 2 x theta + |mu|^2 theta^2 (one output per loop: LLVM
-                j = 2 * k  # vectorises a loop with one store stream, not with several)
+            for k in range(P2 // 2):  # 1 / den, den = 1 - 2 x theta + |mu|^2 theta^2 (one store stream per loop)
+                j = 2 * k
                 c, s = theta[j], theta[j + 1]
                 dr = 1.0 - 2.0 * x * c + n2 * (c * c - s * s)
                 di = -2.0 * x * s + n2 * 2.0 * c * s
