@@ -20,11 +20,14 @@ memory where that directory is not writable.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
 _NUMBA: list = []  # [numba module or None], resolved on first use
 _JIT: dict = {}  # name -> compiled function
+_JIT_LOCK = threading.Lock()
 
 
 def available() -> bool:
@@ -63,13 +66,16 @@ def _jit(fn):
     def call(*args):
         compiled = _JIT.get(fn.__name__)
         if compiled is None:
-            options = dict(nogil=True, fastmath={"nsz", "arcp", "contract", "reassoc"},  # no nnan/ninf: inf stays
-                           error_model="numpy", boundscheck=False)
-            try:
-                compiled = _NUMBA[0].njit(cache=True, **options)(fn)
-            except RuntimeError:  # "cannot cache function ...: no locator available" (read-only install)
-                compiled = _NUMBA[0].njit(**options)(fn)
-            _JIT[fn.__name__] = compiled
+            with _JIT_LOCK:  # the chunk pool's threads reach a loop first together: one dispatcher, one compile
+                compiled = _JIT.get(fn.__name__)
+                if compiled is None:
+                    options = dict(nogil=True, fastmath={"nsz", "arcp", "contract", "reassoc"},  # no nnan/ninf
+                                   error_model="numpy", boundscheck=False)
+                    try:
+                        compiled = _NUMBA[0].njit(cache=True, **options)(fn)
+                    except RuntimeError:  # "cannot cache function ...: no locator available" (read-only install)
+                        compiled = _NUMBA[0].njit(**options)(fn)
+                    _JIT[fn.__name__] = compiled
         return compiled(*args)
 
     return call
