@@ -228,7 +228,7 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
     """Constants of the mixed-radix evaluation for length L (cached). Spectra live on a (Pc, R) grid [t, u] holding
     X(P u + t) for t < Pc = P//2 + 1 (P is odd), u < R: every rfft bin l < K is one grid entry, directly or (for
     t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t): `tk`, `uk`, `flip` (K,) say where.
-      theta (Pc,) complex128: theta_t = exp(-2 pi i t / P);
+      theta, theta_conj (Pc,) complex128: theta_t = exp(-2 pi i t / P) and its conjugate;
       basis, basis_conj (4, 6 Pc) float64: [1, x, y, x^2 + y^2] @ basis = [den, S num, Dd num] (3 x Pc complex)
           of `_tables` at mu = x + i y (conj: theta -> conj theta);
       th12 (2, Pc) = [theta, theta^2];  tw (R, Pc) = w^{r t} and ctw = conj(tw), w = exp(-2 pi i / L);
@@ -263,7 +263,8 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
         flip = tl >= Pc
         tw = ang(r[:, None] * t)  # (R, Pc)
         _PLANS[key] = dict(
-            P=P, R=R, Pc=Pc, theta=theta, basis=basis(theta), basis_conj=basis(theta.conj()),
+            P=P, R=R, Pc=Pc, theta=theta, theta_conj=theta.conj_physical(), basis=basis(theta),
+            basis_conj=basis(theta.conj()),
             th12=torch.stack([theta, theta * theta]).to(cplx), tw=tw.to(cplx), ctw=tw.conj_physical().to(cplx),
             snodes_conj=(1 + ang(P * r + t[:, None])).conj_physical().to(cplx), cmat=cmat.to(real),
             cmat_conj_t=cmat_conj.t().contiguous().to(real),

@@ -254,8 +254,8 @@ class NumbaLoops:
         h, M = mu.shape
         Pc = plan["Pc"]
         sd, inv = ws.get("sd", (h, M, 2, Pc), cplx), ws.get("inv", (h, M, Pc), cplx)
-        theta = plan["theta"].conj() if conj else plan["theta"]  # (Pc,) complex128
-        _tables_loop(_flat(mu, h, M, 2), _flat(theta.resolve_conj(), 2 * Pc), _flat(sd, h, M, 2, 2 * Pc),
+        theta = plan["theta_conj" if conj else "theta"]  # (Pc,) complex128
+        _tables_loop(_flat(mu, h, M, 2), _flat(theta, 2 * Pc), _flat(sd, h, M, 2, 2 * Pc),
                      _flat(inv, h, M, 2 * Pc))
         return sd, inv
 
