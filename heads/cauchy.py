@@ -575,7 +575,7 @@ def _loops(device):
     """The elementwise-chain implementation for `device`: numba-compiled loops on CPU when numba imports."""
     from heads import cauchy_loops
 
-    return _TorchLoops if cauchy_loops.describe(device) == "torch" else cauchy_loops.NumbaLoops
+    return cauchy_loops.NumbaLoops if cauchy_loops.used_on(device) else _TorchLoops
 
 
 class _MixedRadixKernel(torch.autograd.Function):

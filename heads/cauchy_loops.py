@@ -41,11 +41,14 @@ def available() -> bool:
     return _NUMBA[0] is not None
 
 
+def used_on(device) -> bool:
+    """True when the `torch` kernel runs these loops on `device` (a CPU, with numba importable)."""
+    return torch.device(device).type == "cpu" and available()
+
+
 def describe(device="cpu") -> str:
     """Which elementwise chains the `torch` kernel runs on `device`: "numba <version>" or "torch" (for reports)."""
-    if torch.device(device).type == "cpu" and available():
-        return f"numba {_NUMBA[0].__version__}"
-    return "torch"
+    return f"numba {_NUMBA[0].__version__}" if used_on(device) else "torch"
 
 
 def _flat(x: torch.Tensor, *shape: int) -> np.ndarray:
