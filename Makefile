@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_PIN := torch==2.13.0
 
 ## Variables (defaults in brackets):
-##   DATASET      breakfast | coin | lvu | synthetic   [most recently extracted into cache/, else synthetic]
+##   DATASET      breakfast | coin | lvu | synthetic | folder (your own videos)   [most recently extracted, else synthetic]
 ##   TASK         LVU task (relationship ... view_count) or Breakfast split s1..s4   [dataset default]
 ##   DATA_ROOT    folder holding the raw data set      [data/raw/<dataset>]
 ##   ENCODER      HF hub id, local model folder, or vit-tiny-random   [google/vit-large-patch16-224-in21k]

@@ -1,7 +1,7 @@
 """Command line for the data sets: write the synthetic set, count records of any adapter.
 
     python -m data make synthetic [--root R] [--seed S] [--per-class TRAIN VAL TEST] [--force]
-    python -m data count <dataset> [--root R] [--task T]
+    python -m data count <dataset> [--root R] [--task T] [--seed S]
 
 `--root` defaults to $DATA_ROOT, then to data/raw/<dataset> (the environment variable is read here only, never by
 `data.get_dataset`). Bad input prints one `error: ...` line (exit 2) through `data.cli.run_cli`.
@@ -49,16 +49,18 @@ def make(args: argparse.Namespace) -> int:
 
 
 def count(args: argparse.Namespace) -> int:
-    ds = get_dataset(args.dataset, root=_root(args), task=args.task)
+    ds = get_dataset(args.dataset, root=_root(args), task=args.task, seed=args.seed)
     task = f" task {ds.task}" if ds.task else ""
     kind = f"{ds.num_classes} classes" if ds.task_type == "classification" else "regression"
-    print(f"{ds.name}{task} ({kind}) at {ds.root}")
+    layout = getattr(ds, "layout_kind", None)
+    print(f"{ds.name}{task} ({kind}{', ' + layout if layout else ''}) at {ds.root}")
     for split in ds.splits:
         records = ds.records(split)
         print(f"  {split:<5} {len(records):>6} records  {len(ds.missing_media(split)):>6} missing media")
     skipped = getattr(ds, "skipped", [])
     if skipped:
-        print(f"  skipped {len(skipped)} files that are not activity videos (e.g. {skipped[0]})")
+        what = getattr(ds, "skipped_kind", "files")
+        print(f"  skipped {len(skipped)} {what} (e.g. {skipped[0]})")
     return 0
 
 
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p_count.add_argument("dataset", help=" | ".join(DATASETS))
     p_count.add_argument("--root", help="data set folder [$DATA_ROOT, else data/raw/<dataset>]")
     p_count.add_argument("--task", help="LVU task or Breakfast split s1..s4")
+    p_count.add_argument("--seed", type=int, default=0, help="seed of the splits the folder adapter draws [0]")
     p_count.set_defaults(func=count)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -24,7 +24,7 @@ DEFAULT_ENCODER = "google/vit-large-patch16-224-in21k"  # = extract.encoder.DEFA
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m extract", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="synthetic", help="breakfast | coin | lvu | synthetic [synthetic]")
+    p.add_argument("--dataset", default="synthetic", help="breakfast | coin | folder | lvu | synthetic [synthetic]")
     p.add_argument("--task", default=None, help="LVU task (only its videos) or dataset task [all videos]")
     p.add_argument("--data-root", default=None, help="folder holding the raw data set [data/raw/<dataset>]")
     p.add_argument("--encoder", default=DEFAULT_ENCODER,
@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"the folder holding the {args.dataset} videos" +
                         (" or run `make data DATASET=synthetic`" if args.dataset == "synthetic" else ""))
     if launcher:
+        not_videos = len(getattr(ds, "skipped", []))
         log(f"extract {args.dataset} -> {directory}: {len(ids)} videos listed, {skipped} already sealed, "
-            f"{len(items)} to do, {len(missing)} missing media")
+            f"{len(items)} to do, {len(missing)} missing media"
+            + (f", {not_videos} {getattr(ds, 'skipped_kind', 'files')} skipped" if not_videos else ""))
     start = time.perf_counter()
     stats = None
     rank = 0

@@ -27,8 +27,8 @@ def touch(path: Path, content: bytes = b"") -> Path:
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_and_unknown_name():
-    assert set(DATASETS) == {"breakfast", "coin", "lvu", "synthetic"}
-    with pytest.raises(ValueError, match="valid: breakfast, coin, lvu, synthetic"):
+    assert set(DATASETS) == {"breakfast", "coin", "folder", "lvu", "synthetic"}
+    with pytest.raises(ValueError, match="valid: breakfast, coin, folder, lvu, synthetic"):
         get_dataset("kinetics")
     assert issubclass(DatasetError, UserError)
     assert DATASETS["lvu"].default_sampling == {"fps": 1.0} and DATASETS["lvu"].clip == ("window", 60)
@@ -138,7 +138,7 @@ def test_coin_records_labels_and_missing_media(tmp_path):
     assert ds.video_path("bBb11") == tmp_path / "videos/179/bBb11.mp4"  # expected place, though missing
     assert ds.missing_media("train") == ["bBb11", "cCc22"] and ds.missing_media("test") == ["eEe44"]
     names = ds.class_names
-    assert (names[0], names[42], names[179], names[1]) == ("MakeCoffee", "PlantTree", "ChangeTire", "task_1")
+    assert (names[0], names[42], names[179], names[1]) == ("MakeCoffee", "PlantTree", "ChangeTire", "class 1")
     assert ds.all_video_ids() == ["-aZ_0", "bBb11", "cCc22", "dDd33", "eEe44"]
 
 

@@ -3,7 +3,8 @@
 from data.datasets.base import DatasetError, Record, VideoDataset
 from data.datasets.breakfast import Breakfast
 from data.datasets.coin import Coin
+from data.datasets.folder import Folder
 from data.datasets.lvu import LVU
 from data.datasets.synthetic import Synthetic
 
-__all__ = ["LVU", "Breakfast", "Coin", "DatasetError", "Record", "Synthetic", "VideoDataset"]
+__all__ = ["LVU", "Breakfast", "Coin", "DatasetError", "Folder", "Record", "Synthetic", "VideoDataset"]

@@ -16,7 +16,11 @@ from typing import ClassVar, NamedTuple
 
 from data.cli import UserError
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+# Containers FFmpeg reads that hold video; a file is taken for a video by its extension alone (no av import here).
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv",
+    ".3gp", ".ogv", ".mxf", ".vob", ".dv",
+)
 
 
 class Record(NamedTuple):
@@ -47,9 +51,10 @@ class VideoDataset:
     layout: ClassVar[str] = ""  # the expected layout under the root, one line, for error messages
     source: ClassVar[str] = ""  # where the data set comes from, one line, for error messages
 
-    def __init__(self, root: str | os.PathLike | None = None, task: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, task: str | None = None, seed: int = 0) -> None:
         self.root = Path(root) if root not in (None, "") else default_root(self.name)
         self.task = self._check_task(task)
+        self.seed = int(seed)  # only adapters that draw their own splits use it (data.datasets.splits)
         self._check_root()
 
     # ----------------------------------------------------------------- the contract
@@ -63,7 +68,10 @@ class VideoDataset:
 
     @property
     def class_names(self) -> list[str] | None:
-        return None
+        """Names of the classes in label order, as the data set's authors define them; regression: None."""
+        if self.task_type == "regression" or not self.num_classes:
+            return None
+        return default_class_names(int(self.num_classes))
 
     def records(self, split: str) -> list[Record]:
         """The labelled videos of `split`, from the annotations only (whether or not the media exist)."""
@@ -120,12 +128,23 @@ class VideoDataset:
         return split
 
 
+def default_class_names(count: int) -> list[str]:
+    """`class <i>` for classes the data set leaves unnamed."""
+    return [f"class {i}" for i in range(count)]
+
+
+def is_video_name(path: Path) -> bool:
+    """A file FFmpeg should read as a video, judged by its name: a video extension and no leading dot (macOS
+    writes `._<name>.mp4` resource forks beside copied videos)."""
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
+
+
 def index_media(folder: Path) -> dict[str, Path]:
     """Map file stem -> path for every video file under `folder` (recursive; first match in sorted order wins)."""
     found: dict[str, Path] = {}
     if folder.is_dir():
         for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+            if is_video_name(path) and path.is_file():
                 found.setdefault(path.stem, path)
     return found
 

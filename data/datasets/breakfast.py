@@ -36,6 +36,7 @@ class Breakfast(VideoDataset):
     clip = ("subset", 64)
     layout = "<participant>/<camera>/<file>.avi, e.g. P03/cam01/P03_cereals.avi, P03/stereo/P03_cereals_ch0.avi"
     source = "https://serre-lab.clps.brown.edu/resource/breakfast-actions-dataset/ (BreakfastII_15fps_qvga_sync)"
+    skipped_kind = "files that are not activity videos"
 
     num_classes = len(ACTIVITIES)
 

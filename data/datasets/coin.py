@@ -14,7 +14,7 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from data.datasets.base import Record, VideoDataset, index_media
+from data.datasets.base import Record, VideoDataset, default_class_names, index_media
 
 NUM_TASKS = 180
 SUBSETS = {"training": "train", "testing": "test"}
@@ -60,7 +60,7 @@ class Coin(VideoDataset):
 
     @property
     def class_names(self) -> list[str]:
-        names = [f"task_{i}" for i in range(NUM_TASKS)]
+        names = default_class_names(NUM_TASKS)
         for _, recipe, name in self._entries.values():
             if name:
                 names[recipe] = name

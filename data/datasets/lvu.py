@@ -18,7 +18,7 @@ import math
 from functools import cached_property
 from pathlib import Path
 
-from data.datasets.base import DatasetError, Record, VideoDataset, index_media
+from data.datasets.base import DatasetError, Record, VideoDataset, default_class_names, index_media
 
 CLASSES = {
     "relationship": 4, "way_speaking": 5, "scene": 6, "director": 10, "genre": 4, "writer": 10, "year": 9,
@@ -64,7 +64,7 @@ class LVU(VideoDataset):
     def class_names(self) -> list[str] | None:
         if self.task in REGRESSION:
             return None
-        names = [f"class_{i}" for i in range(CLASSES[self.task])]
+        names = default_class_names(CLASSES[self.task])
         for split in self.splits:
             for label, name in self._parse(self.task, split)[1].items():
                 names[label] = name
