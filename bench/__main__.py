@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import write_json
-from data.cli import run_cli
+from data.errors import run_cli
 
 SECTIONS = {  # key in latest.json -> module
     "store": "bench.store",

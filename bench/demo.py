@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from data.cli import UserError, run_cli
+from data.errors import UserError, run_cli
 
 HEADS = ("s4-multiscale", "transformer-multiscale", "mean-pool")
 # Small widths keep the demo to minutes on 2 cores; the architecture is the paper's, only narrower.

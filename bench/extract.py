@@ -199,6 +199,6 @@ if __name__ == "__main__":
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from data.cli import run_cli
+    from data.errors import run_cli
 
     run_cli(main)

@@ -227,6 +227,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from data.cli import run_cli
+    from data.errors import run_cli
 
     run_cli(main)

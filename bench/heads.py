@@ -67,8 +67,8 @@ def measure(variant: str, T: int, P: int, d: int, layers: int, classes: int, ste
     import torch
 
     from heads import build_head
-    from heads.module import make_adamw
-    from heads.optim import param_groups
+    from heads.training.module import make_adamw
+    from heads.training.optim import param_groups
 
     name, extra = VARIANTS[variant]
     torch.manual_seed(0)
@@ -224,6 +224,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from data.cli import run_cli
+    from data.errors import run_cli
 
     run_cli(main)

@@ -43,9 +43,9 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
     """One measurement in THIS process (called inside the subprocess)."""
     import torch
 
-    from heads.cauchy import ssm_kernel
-    from heads.cauchy_loops import describe
     from heads.s4 import S4
+    from heads.s4.kernels import ssm_kernel
+    from heads.s4.numba_loops import describe
 
     torch.manual_seed(0)
     layer = S4(H, d_state=64, l_max=L, backend=backend).to(device)
@@ -98,7 +98,7 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
 def _available(backend: str) -> bool:
     if backend != "keops":
         return True
-    from heads.cauchy import keops_available
+    from heads.s4.kernels import keops_available
 
     return keops_available()
 
@@ -181,6 +181,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from data.cli import run_cli
+    from data.errors import run_cli
 
     run_cli(main)

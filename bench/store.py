@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as `python bench/store.py`: make the reposi
 import numpy as np  # noqa: E402
 
 from bench.common import interleaved_medians, mb_per_s, save_json, scratch_dir  # noqa: E402
-from data.cli import run_cli  # noqa: E402
+from data.errors import run_cli  # noqa: E402
 from data.store import FeatureStore, ShardWriter  # noqa: E402
 
 T, P, D = 60, 197, 1024  # one LVU minute: 60 frames x (1 CLS + 14x14 patches) x ViT-L width

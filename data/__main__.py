@@ -4,7 +4,7 @@
     python -m data count <dataset> [--root R] [--task T] [--seed S]
 
 `--root` defaults to $DATA_ROOT, then to data/raw/<dataset> (the environment variable is read here only, never by
-`data.get_dataset`). Bad input prints one `error: ...` line (exit 2) through `data.cli.run_cli`.
+`data.get_dataset`). Bad input prints one `error: ...` line (exit 2) through `data.errors.run_cli`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 import time
 
 from data import DATASETS, get_dataset
-from data.cli import UserError, run_cli
 from data.datasets.base import default_root
+from data.errors import UserError, run_cli
 
 
 def _root(args: argparse.Namespace) -> str | None:

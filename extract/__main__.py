@@ -3,7 +3,7 @@
 Lists the videos of every split (LVU: of all nine tasks unless --task), skips every id already sealed in the cache,
 decodes the rest in DataLoader workers, encodes them with the frozen encoder and writes sealed HDF5 shards. Videos
 that cannot be used go to failures.jsonl and the run goes on; the exit status is 1 when any video failed, 2 for bad
-input (one `error: ...` line, see data/cli.py), 0 otherwise. Cheap checks (dataset, task, data root, sampling) run
+input (one `error: ...` line, see data/errors.py), 0 otherwise. Cheap checks (dataset, task, data root, sampling) run
 before torch, transformers or Lightning are imported, so a typo fails in a second.
 """
 
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from data.cli import UserError, run_cli
+from data.errors import UserError, run_cli
 
 DEFAULT_ENCODER = "google/vit-large-patch16-224-in21k"  # = extract.encoder.DEFAULT_ENCODER (no torch import here)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.cli import UserError
+from data.errors import UserError
 
 DEFAULT_ENCODER = "google/vit-large-patch16-224-in21k"
 TINY_RANDOM = "vit-tiny-random"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data.cli import UserError, run_cli
+from data.errors import UserError, run_cli
 from heads import DEFAULTS, HEADS
 
 
@@ -79,7 +79,7 @@ def eval_parser(sub) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
-        from heads.report import main as report_main
+        from heads.training.report import main as report_main
 
         return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m heads", description=__doc__.splitlines()[0])
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         raise UserError("give a command: python -m heads train|eval|report (see --help)")
-    from heads.train import evaluate, quiet_lightning, summary_line, train
+    from heads.training.run import evaluate, quiet_lightning, train
+    from heads.training.run_dir import summary_line
 
     quiet_lightning()
     if args.command == "train":

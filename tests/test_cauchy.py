@@ -5,26 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heads import cauchy, cauchy_loops
-from heads.cauchy import (
-    AUTO_CPU,
-    BACKENDS,
-    CAUCHY,
+from heads.s4 import S4, mixed_radix, numba_loops
+from heads.s4.cpu import Scratch
+from heads.s4.kernels import AUTO_CPU, BACKENDS, CAUCHY, keops_available, resolve_backend, torch_kernel
+from heads.s4.mixed_radix import (
     _grid_irfft,
     _grid_irfft_adjoint,
     _plan,
-    _Scratch,
-    _split,
     _table_inputs,
     _tables,
     _TorchLoops,
-    cauchy_naive_at,
-    keops_available,
-    resolve_backend,
-    rfft_nodes,
-    torch_kernel,
+    split_length,
 )
-from heads.s4 import S4
+from heads.s4.reference import cauchy_naive_at, rfft_nodes
 
 needs_keops = pytest.mark.skipif(not keops_available(), reason="pykeops cannot compile a kernel here")
 FAST = ["torch", pytest.param("keops", marks=[pytest.mark.keops, needs_keops])]
@@ -55,11 +48,11 @@ def test_naive_is_the_papers_cauchy_sum_over_one_plus_w():
 
 def test_split_isolates_the_large_prime_factors():
     """`torch` uses pocketfft for 11-smooth L and the mixed-radix closed form (L = P * R) otherwise."""
-    assert _split(11820) == (197, 60)
-    assert _split(2048) == (1, 2048)
-    assert _split(37) == (37, 1)
-    assert _split(78) == (13, 6)
-    assert _split(2 * 13 * 17 * 11) == (13 * 17, 22)
+    assert split_length(11820) == (197, 60)
+    assert split_length(2048) == (1, 2048)
+    assert split_length(37) == (37, 1)
+    assert split_length(78) == (13, 6)
+    assert split_length(2 * 13 * 17 * 11) == (13 * 17, 22)
 
 
 @pytest.mark.parametrize("L", [37, 78, 94, 2 * 13 * 17 * 11, 11820])  # R = 1, 6, 2, 22, 60
@@ -187,7 +180,7 @@ def test_torch_kernel_chunking_does_not_change_values(L):
 
 def test_torch_loops_path_equals_naive(monkeypatch):
     """The mixed-radix kernel with the torch elementwise chains (its path off CPU): value and gradient."""
-    monkeypatch.setattr(cauchy, "_loops", lambda device: _TorchLoops)
+    monkeypatch.setattr(mixed_radix, "_loops", lambda device: _TorchLoops)
     L = 94
     v, a, dt = _inputs(3, 8, L)
     g = torch.randn(3, L, dtype=torch.float64)
@@ -197,7 +190,7 @@ def test_torch_loops_path_equals_naive(monkeypatch):
         assert _rel(x, y) <= 1e-10
 
 
-@pytest.mark.skipif(not cauchy_loops.available(), reason="numba is not installed")
+@pytest.mark.skipif(not numba_loops.available(), reason="numba is not installed")
 @pytest.mark.parametrize("real", [torch.float64, torch.float32])
 def test_compiled_loops_equal_torch_loops(real):
     """Each numba loop of `cauchy_loops` gives its torch twin's results (the fast path against the plain one)."""
@@ -215,8 +208,8 @@ def test_compiled_loops_equal_torch_loops(real):
     cp, D, gF, e1, e2 = rnd(h, 4, M), rnd(h, 3, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R)
     g_sd, g_rho, dt = rnd(h, M, 2, Pc), rnd(h, 4, R, M), torch.rand(h, dtype=real)
     out = {}
-    for name, ops in (("torch", _TorchLoops), ("numba", cauchy_loops.NumbaLoops)):
-        ws, o = _Scratch("cpu"), {}
+    for name, ops in (("torch", _TorchLoops), ("numba", numba_loops.NumbaLoops)):
+        ws, o = Scratch("cpu"), {}
         o["rho"] = ops.rho(lam, cp, plan, torch.empty(h, 4, R, M, dtype=cplx)).clone()
         for conj in (False, True):
             o[f"sd{conj}"], o[f"inv{conj}"] = (x.clone() for x in ops.tables(mu, feats, plan, cplx, conj, ws))
@@ -233,7 +226,7 @@ def test_compiled_loops_equal_torch_loops(real):
     for key, ref in out["torch"].items():
         assert _rel(out["numba"][key], ref) <= tol, key
     with pytest.raises(ValueError, match="contiguous"):
-        cauchy_loops.NumbaLoops.grad_coeffs(g_rho.transpose(2, 3).contiguous().transpose(2, 3), lam, out["numba"]["Gq"])
+        numba_loops.NumbaLoops.grad_coeffs(g_rho.transpose(2, 3).contiguous().transpose(2, 3), lam, out["numba"]["Gq"])
 
 
 def test_resolve_backend():

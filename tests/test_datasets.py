@@ -12,9 +12,9 @@ import pytest
 
 from data import DATASETS, DatasetError, Record, get_dataset
 from data.__main__ import main as data_main
-from data.cli import UserError
 from data.datasets.breakfast import ACTIVITIES
 from data.datasets.lvu import LIKE_RATIO_MEAN, LOG_VIEW_COUNT_MEAN
+from data.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import torch
 from test_extract_media import write_video
 from transformers import ViTConfig, ViTModel
 
-from data.cli import UserError
+from data.errors import UserError
 from extract.encoder import TINY_RANDOM, FrozenEncoder, Preprocess, build_tiny_random, load_encoder, weights_hash
 from extract.video import SampledVideo, Sampling
 

@@ -14,7 +14,7 @@ import pytest
 from test_extract_media import make_bad_videos, write_video
 
 from bench.faults import clean_reference, kill_trial, make_dataset
-from data.cli import run_cli
+from data.errors import run_cli
 from data.store import FeatureStore, read_failures
 from extract.__main__ import main
 

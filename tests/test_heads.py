@@ -13,7 +13,8 @@ import torch
 from heads import DEFAULTS, HEADS, build_head
 from heads.attention import SelfAttention
 from heads.blocks import avg_pool2, sinusoid
-from heads.vis4mer import S4MultiScale, import_original, load_original, original_config
+from heads.paper_checkpoint import import_original, load_original, original_config
+from heads.vis4mer import S4MultiScale
 
 TINY = {"d_model": 16, "n_layers": 2, "d_state": 8, "dropout": 0.1}
 
@@ -98,7 +99,7 @@ def test_positions_distinguish_segment_and_token():
 
 
 def test_param_groups_tag_the_ssm():
-    from heads.optim import param_groups
+    from heads.training.optim import param_groups
 
     head = build_head("s4-multiscale", 8, 3, 16, **TINY)
     groups = param_groups(head, lr=3e-4, weight_decay=0.05)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from data.cli import UserError
-from heads.report import read_metrics, report
+from data.errors import UserError
+from heads.training.report import read_metrics, report
 
 
 def write_run(run, task_type="classification"):

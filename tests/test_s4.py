@@ -7,8 +7,10 @@ import copy
 import pytest
 import torch
 
-from heads.optim import param_groups
-from heads.s4 import S4, fft_length, hippo_legs_nplr
+from heads.s4 import S4
+from heads.s4.conv import fft_length
+from heads.s4.reference import hippo_legs_nplr
+from heads.training.optim import param_groups
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:

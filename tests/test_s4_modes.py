@@ -41,7 +41,7 @@ def test_training_backward_with_threaded_chunks_after_inference():
 
 
 def test_causal_conv_matches_direct_convolution_in_value_and_gradient():
-    from heads.s4 import causal_conv, fft_length
+    from heads.s4.conv import causal_conv, fft_length
 
     torch.manual_seed(0)
     B, H, L = 2, 3, 17
@@ -70,7 +70,7 @@ def _core_reference(u, k, D, scale, pool, affine=None):
 def test_fused_core_matches_the_unfused_layer_in_value_and_gradient():
     """The channel-chunked CPU core (threads, reused per-thread buffers, pooling, dropout scale, transposed input)
     equals the obvious composition, and its hand-written backward passes gradcheck."""
-    from heads.s4 import fused_core
+    from heads.s4.conv import fused_core
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -94,7 +94,7 @@ def test_fused_core_matches_the_unfused_layer_in_value_and_gradient():
 def test_fused_core_with_a_folded_layernorm_affine():
     """u' = gamma u + beta inside the core: values and gradients (gamma, beta, k, D, and u when it needs one) equal
     the unfused composition; with u not requiring a gradient (the first block) the short backward is taken."""
-    from heads.s4 import fused_core
+    from heads.s4.conv import fused_core
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()

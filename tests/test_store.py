@@ -1,4 +1,4 @@
-"""Tests of the HDF5 feature cache (data/store.py): sealing, provenance, odd ids, segment reads, workers."""
+"""Tests of the HDF5 feature cache (data/store/): sealing, provenance, odd ids, segment reads, workers."""
 
 from __future__ import annotations
 
@@ -361,7 +361,7 @@ def test_pread_path_matches_hdf5_chunk_path(tmp_path, monkeypatch):
     fast = FeatureStore(tmp_path)
     for video_id in videos:  # the layout (chunk offsets) of each video is found at its first read
         fast.read(video_id, [0])
-    monkeypatch.setattr("data.store._HAS_PREADV", False)
+    monkeypatch.setattr("data.store.reader._HAS_PREADV", False)
     slow = FeatureStore(tmp_path)
     for video_id, tokens in videos.items():
         for segments in (None, slice(1, 8), [8, 0, 4, 5, 6, 0], [3]):

@@ -16,12 +16,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from data.cli import run_cli
+from data.errors import run_cli
 from data.store import ShardWriter, make_tag
 from heads import HEADS, build_head
 from heads.__main__ import main
-from heads.datamodule import FeatureDataModule, uniform_indices, window_indices, window_starts
-from heads.module import HeadModule, TrainingDiverged
+from heads.training.datamodule import FeatureDataModule, uniform_indices, window_indices, window_starts
+from heads.training.module import HeadModule, TrainingDiverged
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARGS = ["--d-model", "16", "--n-layers", "2", "--d-state", "8", "--batch", "4", "--workers", "0",

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
-from data.cli import UserError
+from data.errors import UserError
 
 # Containers FFmpeg reads that hold video; a file is taken for a video by its extension alone (no av import here).
 VIDEO_EXTENSIONS = (

@@ -1,6 +1,6 @@
 """AdamW parameter groups from per-tensor `_optim` tags (the state-spaces convention).
 
-A module marks a parameter with `param._optim = {"lr": ..., "weight_decay": ...}` (heads/s4.py tags the SSM tensors
+A module marks a parameter with `param._optim = {"lr": ..., "weight_decay": ...}` (`heads.s4.S4` tags the SSM tensors
 log_dt, A, B and P with lr 1e-3, weight decay 0). `param_groups(model)` puts every untagged trainable parameter in
 one default group (lr, weight_decay) and each distinct tag in its own group, so
 `torch.optim.AdamW(param_groups(model))` trains the paper's two regimes. Shared parameters appear once.

@@ -3,7 +3,7 @@
 Training: cross-entropy (classification) or MSE (regression) on one clip per video; a NaN/inf loss stops the run
 with the step that produced it. Evaluation: every clip's softmax (regression: prediction) is summed into its video's
 row, reduced over all DDP ranks, and averaged; metrics (torchmetrics: accuracy / MSE) are computed on those per-video
-aggregates. Optimizer: AdamW over `heads.optim.param_groups` (SSM parameters: lr 1e-3, no weight decay); the LR is
+aggregates. Optimizer: AdamW over `optim.param_groups` (SSM parameters: lr 1e-3, no weight decay); the LR is
 reduced on plateau of the validation metric (DESIGN.md, "Protocols"), stepped before the epoch's checkpoints are
 written so that a run resumed from last.ckpt continues with exactly the scheduler state it would have had.
 """
@@ -20,7 +20,7 @@ from torch import nn
 from torchmetrics.functional import mean_squared_error
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from data.cli import UserError
+from data.errors import UserError
 
 
 class TrainingDiverged(UserError):
@@ -165,7 +165,7 @@ class HeadModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        from heads.optim import param_groups
+        from heads.training.optim import param_groups
 
         hp = self.hparams
         groups = param_groups(self.head, lr=hp.lr, weight_decay=hp.weight_decay)

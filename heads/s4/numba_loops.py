@@ -1,4 +1,4 @@
-"""Compiled CPU loops (numba) for the elementwise chains of the mixed-radix S4 kernel (`cauchy._MixedRadixKernel`).
+"""Compiled CPU loops (numba) for the elementwise chains of the mixed-radix S4 kernel (`mixed_radix._MixedRadixKernel`).
 
 The kernel's chunk bodies are near-peak GEMMs and length-R FFTs (torch) joined by chains of small complex
 elementwise ops: power tables, the closed-form Cauchy tables, the Woodbury correction and their adjoints. In torch
@@ -8,7 +8,7 @@ as non-aliasing): a loop reading one part of an array argument and writing anoth
 channels at the paper size, one thread: 66 us against 18 us with separate arrays), and so did some loops with two
 store streams (53 against 14 us) while the Woodbury loop's three vectorise; so the chains that were slow are split
 into loops with one store stream each. All six chains of one chunk: 0.89 ms in torch ops, 0.39 ms here. Every
-function has the same signature and results as its torch twin in `cauchy._TorchLoops`, which stays the path on
+function has the same signature and results as its torch twin in `mixed_radix._TorchLoops`, which stays the path on
 other devices and the reference of the tests.
 
 Layout contract: every tensor argument is C-contiguous; complex tensors are passed as their `view_as_real` float
@@ -55,7 +55,7 @@ def _flat(x: torch.Tensor, *shape: int) -> np.ndarray:
     """A numpy float view of a C-contiguous tensor, complex as interleaved (re, im), reshaped to `shape` (no copy;
     about 1 us, called ~40 times per chunk)."""
     if not x.is_contiguous():
-        raise ValueError(f"cauchy_loops needs contiguous tensors, got strides {x.stride()} for shape {tuple(x.shape)}")
+        raise ValueError(f"numba_loops needs contiguous tensors, got strides {x.stride()} for shape {tuple(x.shape)}")
     a = (x.detach() if x.requires_grad else x).numpy()
     if a.dtype.kind == "c":
         a = a.view(np.float32 if a.dtype == np.complex64 else np.float64)
@@ -242,7 +242,7 @@ def _grad_coeffs_loop(g_rho, lam, out):  # g_rho (h, Q, R, 2M), lam (h, 2M) f64,
 
 # ------------------------------------------------------------------------------------------------------ torch API
 class NumbaLoops:
-    """The compiled twins of `cauchy._TorchLoops` (same signatures, same results up to rounding)."""
+    """The compiled twins of `mixed_radix._TorchLoops` (same signatures, same results up to rounding)."""
 
     @staticmethod
     def rho(lam: torch.Tensor, cp: torch.Tensor, plan: dict, out: torch.Tensor) -> torch.Tensor:
@@ -253,7 +253,7 @@ class NumbaLoops:
 
     @staticmethod
     def tables(mu: torch.Tensor, feats: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool, ws):
-        """sd (h, M, 2, Pc) = [S; Dd] and inv = 1 / den (h, M, Pc) of `cauchy._tables` (conj: at conj theta)."""
+        """sd (h, M, 2, Pc) = [S; Dd] and inv = 1 / den (h, M, Pc) of `mixed_radix._tables` (conj: at conj theta)."""
         h, M = mu.shape
         Pc = plan["Pc"]
         sd, inv = ws.get("sd", (h, M, 2, Pc), cplx), ws.get("inv", (h, M, Pc), cplx)
@@ -290,7 +290,7 @@ class NumbaLoops:
     @staticmethod
     def table_adjoint(sd: torch.Tensor, inv: torch.Tensor, g_sd: torch.Tensor, plan: dict, g_mu: torch.Tensor,
                       r2: torch.Tensor) -> None:
-        """The tables' adjoint sums (see `cauchy._MixedRadixKernel`) into g_mu (h, M, 2) and r2 (h, M) real."""
+        """The tables' adjoint sums (see `mixed_radix._MixedRadixKernel`) into g_mu (h, M, 2) and r2 (h, M) real."""
         h, M, _, Pc = sd.shape
         th12 = plan["th12"].to(sd.dtype)  # (2, Pc)
         _table_adjoint_loop(_flat(sd, h, M, 2, 2 * Pc), _flat(inv, h, M, 2 * Pc), _flat(g_sd, h, M, 2, 2 * Pc),

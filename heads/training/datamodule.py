@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from data.cli import UserError
+from data.errors import UserError
 
 log = logging.getLogger(__name__)
 

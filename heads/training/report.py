@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from data.cli import UserError, run_cli
+from data.errors import UserError, run_cli
 
 
 def _float(text: str) -> float | None:

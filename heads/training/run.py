@@ -13,11 +13,8 @@ Checkpoints are always loaded with `weights_only=True`.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import re
-import subprocess
 import sys
 import time
 import warnings
@@ -25,43 +22,22 @@ from pathlib import Path
 
 import torch
 
-from data.cli import UserError
+from data.errors import UserError
 from heads import DEFAULTS, HEADS, build_head
+from heads.training.run_dir import (
+    code_version,
+    find_last,
+    merge_metrics,
+    next_version,
+    plain,
+    read_metrics_rows,
+    write_predictions,
+)
 
 CACHE_KEYS = ("encoder", "encoder_hash", "hidden_size", "image_size", "patch_size", "grid", "pool")
 
 
 # --------------------------------------------------------------------------------------------- small resolvers
-def code_version() -> str:
-    """`git describe` of the source tree when available, else the package version."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from data.store import package_version
-
-    return package_version()
-
-
-def _plain(value):
-    """Make a value JSON- and weights_only-safe (numpy scalars/arrays, tuples, paths -> python types)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def default_dataset(cache_dir: Path) -> str:
     """The dataset most recently extracted into cache_dir, else "synthetic"."""
     from data import DATASETS
@@ -106,30 +82,13 @@ def check_cache_matches(expected: dict, store_meta: dict, store_dir: Path, what:
     diffs = []
     for key in ("encoder", "encoder_hash", "hidden_size", "tokens"):
         want, have = expected.get(key), store_meta.get(key)
-        if want is not None and have is not None and _plain(want) != _plain(have):
+        if want is not None and have is not None and plain(want) != plain(have):
             diffs.append(f"{key} {have!r} instead of {want!r}")
     if diffs:
         raise UserError(
             f"the cache {store_dir} does not match {what}: it has {', '.join(diffs)}; point --tag/--cache-dir "
             f"(TAG=/CACHE_DIR=) at features extracted with encoder {expected.get('encoder')!r}, or train a new head "
             f"on this cache (without --resume)")
-
-
-def next_version(parent: Path) -> int:
-    versions = [int(m.group(1)) for p in parent.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    return max(versions, default=-1) + 1
-
-
-def find_last(runs_dir: Path, head: str | None, dataset: str | None) -> Path:
-    """`--resume last`: the most recently written last.ckpt under runs_dir (of that head / dataset when given)."""
-    found = [p for p in runs_dir.glob("*/*/version_*/checkpoints/last.ckpt")
-             if (head is None or p.parents[2].name == head)
-             and (dataset is None or p.parents[3].name.split("-")[0] == dataset)]
-    if not found:
-        raise UserError(f"--resume last: no checkpoints/last.ckpt under {runs_dir}"
-                        f"{' for ' + head if head else ''}{' on ' + dataset if dataset else ''}; "
-                        f"pass the checkpoint path instead (RESUME=runs/.../checkpoints/last.ckpt)")
-    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 class ResumeHint:
@@ -168,7 +127,7 @@ def load_checkpoint(path: str | Path) -> dict:
 def cache_info(store, tag_dir: Path, dm) -> dict:
     meta = dict(store.meta)
     P, D = dm.feature_shape
-    info = {k: _plain(meta.get(k)) for k in CACHE_KEYS if k in meta}
+    info = {k: plain(meta.get(k)) for k in CACHE_KEYS if k in meta}
     info.update({"tag": tag_dir.name, "dir": str(tag_dir), "tokens": P, "hidden_size": D})
     return info
 
@@ -220,8 +179,8 @@ def train(args) -> tuple[dict, bool]:
 
     from data import get_dataset
     from data.store import FeatureStore
-    from heads.datamodule import FeatureDataModule
-    from heads.module import HeadModule
+    from heads.training.datamodule import FeatureDataModule
+    from heads.training.module import HeadModule
 
     if args.head not in HEADS:
         raise UserError(f"unknown HEAD {args.head!r}; valid heads: {', '.join(HEADS)}")
@@ -278,7 +237,7 @@ def train(args) -> tuple[dict, bool]:
     else:
         parent = Path(args.runs_dir) / name / args.head
         run_dir = parent / f"version_{next_version(parent)}"
-    config = _plain({
+    config = plain({
         "head": args.head, "head_cfg": head_cfg, "dataset": dataset_name, "task": task, "data_root": args.data_root,
         "task_type": ds.task_type, "n_outputs": n_outputs, "class_names": getattr(ds, "class_names", None),
         "cache": cache, "cache_dir": str(cache_dir), "clip": list(dm.clip), "eval_stride": dm.eval_stride,
@@ -326,7 +285,7 @@ def train(args) -> tuple[dict, bool]:
         ckpt = best if best and Path(best).exists() else None
         trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
         trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
-    results = _plain({
+    results = plain({
         "dataset": dataset_name, "task": task, "head": args.head, "task_type": ds.task_type,
         "metric": model.metric_name, "class_names": getattr(ds, "class_names", None),
         "val": {model.metric_name: model.eval_outputs["val"]["metric"], "loss": model.eval_outputs["val"]["loss"]},
@@ -349,64 +308,14 @@ def train(args) -> tuple[dict, bool]:
     return results, trainer.is_global_zero
 
 
-def read_metrics_rows(path: Path, before_step: int | None) -> list[dict]:
-    """Rows of an existing metrics.csv logged up to `before_step` (Lightning's CSV logger truncates the file when a
-    resumed run starts logging into the same directory; these rows are put back afterwards)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if before_step is None:
-        return rows
-    return [r for r in rows if not r.get("step") or float(r["step"]) < before_step]
-
-
-def merge_metrics(path: Path, old_rows: list[dict]) -> None:
-    """Prepend `old_rows` to metrics.csv (union of the headers)."""
-    new_rows = []
-    if path.is_file():
-        with path.open(newline="") as handle:
-            new_rows = list(csv.DictReader(handle))
-    keys = sorted({k for row in old_rows + new_rows for k in row if k})
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows({k: v for k, v in row.items() if k} for row in old_rows + new_rows)
-
-
-def write_predictions(path: Path, out: dict, video_ids: list[str], class_names: list[str] | None) -> None:
-    """video_id,label,pred[,p_<class>...] — one row per test video (probabilities = mean softmax over its clips)."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        scores = out.get("scores")
-        header = ["video_id", "label", "pred"]
-        if scores:
-            names = class_names if class_names and len(class_names) == len(scores[0]) else \
-                [str(i) for i in range(len(scores[0]))]
-            header += [f"p_{n}" for n in names]
-        writer.writerow(header)
-        for row, v in enumerate(out["video_index"]):
-            line = [video_ids[v], out["labels"][row], out["preds"][row]]
-            if scores:
-                line += [f"{p:.6f}" for p in scores[row]]
-            writer.writerow(line)
-
-
-def summary_line(results: dict) -> str:
-    m = results["metric"]
-    return (f"{results['head']} on {results['dataset']}{'/' + results['task'] if results.get('task') else ''}: "
-            f"test {m} {results['test'][m]:.4f} (val {m} {results['val'][m]:.4f}; best checkpoint of "
-            f"{results.get('epochs_run', '?')} epochs) -> {results['run_dir']}")
-
-
 # -------------------------------------------------------------------------------------------------------- eval
 def evaluate(args) -> dict:
     import pytorch_lightning as pl
 
     from data import get_dataset
     from data.store import FeatureStore
-    from heads.datamodule import FeatureDataModule
-    from heads.module import HeadModule
+    from heads.training.datamodule import FeatureDataModule
+    from heads.training.module import HeadModule
 
     if not args.ckpt:
         raise UserError("no checkpoint given: make eval CKPT=runs/<dataset>/<head>/version_N/checkpoints/best.ckpt")
@@ -433,7 +342,7 @@ def evaluate(args) -> dict:
         trainer.validate(model, datamodule=dm, verbose=False)
         trainer.test(model, datamodule=dm, verbose=False)
     m = model.metric_name
-    results = _plain({
+    results = plain({
         "dataset": config["dataset"], "task": config.get("task"), "head": config["head"], "metric": m,
         "task_type": config["task_type"], "checkpoint": str(args.ckpt), "cache_tag": tag_dir.name,
         "val": {m: model.eval_outputs["val"]["metric"], "loss": model.eval_outputs["val"]["loss"]},

@@ -1,0 +1,65 @@
+"""The feature cache: the boundary between stage 1 (extract) and stage 2 (heads), HDF5 schema 1.
+
+Layout of one cache (see DESIGN.md, "The cache (HDF5 schema 1)"):
+
+    cache/<dataset>/<tag>/shard-r{rank:02d}-{index:05d}.h5   sealed, immutable shard
+                          shard-r..-.....h5.partial          shard being written (never read)
+                          failures.jsonl                     {"video_id", "path", "error"} per failed video
+
+    file attrs : schema=1, encoder, encoder_hash, image_size, patch_size, hidden_size, grid=[h, w], pool,
+                 fps or segments, frames_per_segment, dtype="float16", created, version
+    /videos/<escaped id>/tokens : float16 (T, P, D), chunks (1, P, D), uncompressed
+    /videos/<escaped id> attrs  : video_id, timestamps (T,) seconds, duration, source
+
+Axis letters: T segments (or frames at a fixed fps), P tokens per segment (1 CLS + h*w patches), D channels.
+
+`ShardWriter` appends videos to a `.partial` file and seals it (flush, fsync, rename to `.h5`, fsync the
+folder) after `max_videos` videos or before it would exceed `max_bytes`, and at `close()`. A killed writer
+therefore loses only its open `.partial`; `FeatureStore` indexes sealed shards only, so those videos count as
+not done and a resumed extraction redoes them. Tokens are stored uncompressed on purpose: ViT activations
+barely compress, and training reads random rows of them many times, so read speed matters more than disk.
+
+`FeatureStore` reads any subset of segments of a video. Each segment is one raw (unfiltered) HDF5 chunk: the
+store asks HDF5 once per video where its chunks lie (`get_chunk_info`) and then reads the requested rows with
+`os.preadv` straight into the output array, one call per run of consecutive rows. h5py's own fancy indexing is
+~100x slower for the random sorted subsets that training draws; datasets of any other layout (compressed,
+other chunking) are read through HDF5. The store pickles into DataLoader workers and (re)opens its files
+lazily in each process.
+
+Modules: `layout` (names, tags, attrs, failures), `writer` (`ShardWriter`), `reader` (`FeatureStore`).
+Only numpy, h5py and the standard library are used here, so both stages can import this module cheaply.
+"""
+
+from __future__ import annotations
+
+from data.store.layout import (
+    PROVENANCE_KEYS,
+    SCHEMA,
+    MissingVideoError,
+    StoreError,
+    append_failure,
+    escape_id,
+    find_caches,
+    make_tag,
+    package_version,
+    read_failures,
+    unescape_id,
+)
+from data.store.reader import FeatureStore
+from data.store.writer import ShardWriter
+
+__all__ = [
+    "PROVENANCE_KEYS",
+    "SCHEMA",
+    "FeatureStore",
+    "MissingVideoError",
+    "ShardWriter",
+    "StoreError",
+    "append_failure",
+    "escape_id",
+    "find_caches",
+    "make_tag",
+    "package_version",
+    "read_failures",
+    "unescape_id",
+]

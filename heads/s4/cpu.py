@@ -1,0 +1,96 @@
+"""Process-wide CPU machinery of the S4 fast paths, in one place: the channel-chunk thread pool (`run_chunks`, which
+sets and restores torch's thread counts), per-thread scratch buffers (`Scratch`) and the huge-page hint for big
+buffers (`empty_huge`, madvise). Only the S4 kernels and the fused core use them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+
+class Scratch(threading.local):
+    """Per-thread scratch buffers for one kernel call: chunk after chunk reuses the same memory (fresh ~1 MB
+    temporaries per chunk cost page faults and cold caches; with the 2-thread pool they also went through glibc's
+    per-thread arenas, which return freed tops to the OS). Not for FFT outputs: torch's fft with out= computes into
+    a temporary and copies (measured 1.7x slower). `get(name, shape, dtype)` is a view of the named buffer
+    (grown when needed); buffers with different names never alias. Freed with the object (end of the call)."""
+
+    def __init__(self, device) -> None:
+        self.device, self.bufs = device, {}
+
+    def get(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.bufs[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+
+_MADVISE: list = []  # [libc.madvise or None], resolved on first use
+
+
+def empty_huge(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty for the big per-call CPU buffers (k, e1, e2: 48 MB each at the paper size), advised to use
+    transparent huge pages on Linux: their first touch then faults 2 MB pages instead of 4 KB ones (measured here:
+    ~4 ms instead of ~22 ms per 48 MB; the whole kernel 0.52 -> 0.48 s at the paper size). Only a hint: where
+    madvise is unavailable or refuses, the buffer is a plain torch.empty."""
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type != "cpu" or nbytes < 1 << 23:
+        return out
+    if not _MADVISE:
+        try:
+            import ctypes
+            import sys
+
+            libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+            if libc is not None:
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _MADVISE.append(libc.madvise if libc is not None else None)
+        except (OSError, AttributeError):
+            _MADVISE.append(None)
+    if _MADVISE[0] is not None:
+        huge = 1 << 21
+        lo = (out.data_ptr() + huge - 1) & ~(huge - 1)
+        hi = (out.data_ptr() + nbytes) & ~(huge - 1)
+        if hi > lo:
+            _MADVISE[0](lo, hi - lo, 14)  # MADV_HUGEPAGE; the return code is ignored (a hint)
+    return out
+
+
+def run_chunks(fn, H: int, chunk: int, device) -> None:
+    """Call fn(lo, hi) over channel chunks. On CPU with T > 1 torch threads, T Python threads each take whole
+    chunks with ONE intra-op thread: coarse-grained parallelism needs no per-op OpenMP barrier, so it keeps both
+    cores busy even when other jobs share them (per-op barriers waiting for a descheduled worker made the 2-thread
+    run 10-100x slower than 1 thread on this project's loaded 2-core machine). Chunks write disjoint slices."""
+    spans = [(lo, min(H, lo + chunk)) for lo in range(0, H, chunk)]
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads <= 1 or len(spans) < 2:
+        for lo, hi in spans:
+            fn(lo, hi)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    grad_mode = torch.is_grad_enabled()
+    inference = torch.is_inference_mode_enabled()  # Lightning validates under inference_mode: tensors made there
+    # are inference tensors, and a worker thread not in that mode may not write into them
+
+    def init() -> None:
+        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: this worker only
+        torch.set_grad_enabled(grad_mode)
+
+    def call(lo: int, hi: int) -> None:
+        if not inference:  # NB inference_mode(False) would switch grad mode ON: enter it only when needed
+            return fn(lo, hi)
+        with torch.inference_mode():
+            fn(lo, hi)
+
+    try:
+        with ThreadPoolExecutor(min(threads, len(spans)), initializer=init) as pool:
+            for future in [pool.submit(call, lo, hi) for lo, hi in spans]:
+                future.result()
+    finally:
+        torch.set_num_threads(threads)  # MKL's count is process-wide: restore it

@@ -1,0 +1,115 @@
+"""The run directory of `python -m heads train|eval`:
+
+    <runs-dir>/<dataset>[-<task>]/<head>/version_N/
+        checkpoints/{best,last}.ckpt, metrics.csv (Lightning's CSV logger), config.json (the resolved config),
+        results.json (val and test metrics of the best checkpoint, cache tag, code version), predictions.csv
+
+Versions (`next_version`, `find_last`), metrics.csv kept across a resume, predictions.csv, the summary line and the
+JSON-safe form of what is written (`plain`).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+from pathlib import Path
+
+from data.errors import UserError
+
+
+def code_version() -> str:
+    """`git describe` of the source tree when available, else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from data.store import package_version
+
+    return package_version()
+
+
+def plain(value):
+    """Make a value JSON- and weights_only-safe (numpy scalars/arrays, tuples, paths -> python types)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return plain(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def next_version(parent: Path) -> int:
+    versions = [int(m.group(1)) for p in parent.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return max(versions, default=-1) + 1
+
+
+def find_last(runs_dir: Path, head: str | None, dataset: str | None) -> Path:
+    """`--resume last`: the most recently written last.ckpt under runs_dir (of that head / dataset when given)."""
+    found = [p for p in runs_dir.glob("*/*/version_*/checkpoints/last.ckpt")
+             if (head is None or p.parents[2].name == head)
+             and (dataset is None or p.parents[3].name.split("-")[0] == dataset)]
+    if not found:
+        raise UserError(f"--resume last: no checkpoints/last.ckpt under {runs_dir}"
+                        f"{' for ' + head if head else ''}{' on ' + dataset if dataset else ''}; "
+                        f"pass the checkpoint path instead (RESUME=runs/.../checkpoints/last.ckpt)")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def read_metrics_rows(path: Path, before_step: int | None) -> list[dict]:
+    """Rows of an existing metrics.csv logged up to `before_step` (Lightning's CSV logger truncates the file when a
+    resumed run starts logging into the same directory; these rows are put back afterwards)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if before_step is None:
+        return rows
+    return [r for r in rows if not r.get("step") or float(r["step"]) < before_step]
+
+
+def merge_metrics(path: Path, old_rows: list[dict]) -> None:
+    """Prepend `old_rows` to metrics.csv (union of the headers)."""
+    new_rows = []
+    if path.is_file():
+        with path.open(newline="") as handle:
+            new_rows = list(csv.DictReader(handle))
+    keys = sorted({k for row in old_rows + new_rows for k in row if k})
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({k: v for k, v in row.items() if k} for row in old_rows + new_rows)
+
+
+def write_predictions(path: Path, out: dict, video_ids: list[str], class_names: list[str] | None) -> None:
+    """video_id,label,pred[,p_<class>...] — one row per test video (probabilities = mean softmax over its clips)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        scores = out.get("scores")
+        header = ["video_id", "label", "pred"]
+        if scores:
+            names = class_names if class_names and len(class_names) == len(scores[0]) else \
+                [str(i) for i in range(len(scores[0]))]
+            header += [f"p_{n}" for n in names]
+        writer.writerow(header)
+        for row, v in enumerate(out["video_index"]):
+            line = [video_ids[v], out["labels"][row], out["preds"][row]]
+            if scores:
+                line += [f"{p:.6f}" for p in scores[row]]
+            writer.writerow(line)
+
+
+def summary_line(results: dict) -> str:
+    m = results["metric"]
+    return (f"{results['head']} on {results['dataset']}{'/' + results['task'] if results.get('task') else ''}: "
+            f"test {m} {results['test'][m]:.4f} (val {m} {results['val'][m]:.4f}; best checkpoint of "
+            f"{results.get('epochs_run', '?')} epochs) -> {results['run_dir']}")
