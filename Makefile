@@ -33,7 +33,7 @@ TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,t
 	$(call opt,DEVICES,devices) $(call opt,NODES,nodes) $(call opt,ACCELERATOR,accelerator) \
 	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers) $(call opt,TAG,tag)
 
-.PHONY: help install test lint clean data extract train eval demo bench report
+.PHONY: help install test lint clean data extract train eval demo bench report doctor
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -54,7 +54,7 @@ test: $(STAMP) ## run the test suite (offline) and the quick benchmarks
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 lint: $(STAMP) ## ruff over the code
-	$(PY) -m ruff check data extract heads bench tests
+	$(PY) -m ruff check data extract heads doctor bench tests
 
 data: $(STAMP) ## write the synthetic data set (DATASET=synthetic) into DATA_ROOT
 	@$(PY) -m data make $(if $(DATASET),$(DATASET),synthetic) $(call opt,DATA_ROOT,root) $(call opt,SEED,seed)
@@ -73,6 +73,9 @@ demo: $(STAMP) ## offline end to end: synthetic videos -> cache -> three heads -
 
 bench: $(STAMP) ## efficiency figures into bench/results/latest.json (+ PNG); QUICK=1 for tiny sizes
 	@$(PY) -m bench $(if $(QUICK),--quick)
+
+doctor: $(STAMP) ## one screen: torch/CUDA, devices, PyKeOps health, S4 backend per device, encoder offline, disk
+	@$(PY) -m doctor $(call opt,CACHE_DIR,cache-dir) $(call opt,ENCODER,encoder)
 
 report: $(STAMP) ## curves and confusion matrix of a run: make report RUN=runs/.../version_0
 	@$(PY) -m heads report $(call opt,RUN,run)

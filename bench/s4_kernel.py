@@ -95,12 +95,12 @@ def measure(backend: str, H: int, L: int, repeats: int, device: str = "cpu") -> 
     }
 
 
-def _available(backend: str) -> bool:
+def _available(backend: str, device: str) -> bool:
     if backend != "keops":
         return True
     from heads.s4.kernels import keops_available
 
-    return keops_available()
+    return keops_available(device)
 
 
 def _subprocess(backend: str, H: int, L: int, repeats: int, device: str, timeout: float,
@@ -130,8 +130,10 @@ def run(quick: bool = False, device: str | None = None, repeats: int | None = No
     repeats = repeats or (2 if quick else 3)
     results = []
     for backend, H, L in cases:
-        if not _available(backend):
-            results.append({"backend": backend, "H": H, "L": L, "skipped": "pykeops cannot compile here"})
+        if not _available(backend, device):
+            from heads.s4.keops_health import probe
+
+            results.append({"backend": backend, "H": H, "L": L, "skipped": probe(device).cause})
             continue
         slow = not quick and backend == "keops" and device == "cpu"  # ~20 s per pass at the paper size
         timeout = 120 if quick else (900 if slow else 600)

@@ -4,6 +4,7 @@
   layer.py        `S4`: parameters (the paper code's layout), kernel cache, forward
   conv.py         FFT sizing, causal convolution, the fused channel-chunked core (GELU, dropout, pool-by-2)
   kernels.py      backend registry (`naive`, `torch`, `keops`), the `auto` policy, `ssm_kernel`
+  keops_health.py can PyKeOps run on this device? the once-per-process probe behind `auto`
   smooth.py       the `torch` kernel for 11-smooth L
   mixed_radix.py  the `torch` kernel for L with a prime factor > 11 (LVU's 11,820 = 197 * 60)
   numba_loops.py  compiled CPU twins of the mixed-radix kernel's elementwise chains

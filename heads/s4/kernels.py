@@ -17,12 +17,14 @@ from collections.abc import Callable
 
 import torch
 
+from heads.s4 import keops_health
 from heads.s4.mixed_radix import mixed_radix_cauchy, mixed_radix_kernel, split_length
 from heads.s4.reference import cauchy_naive, kernel_from_spectrum, rfft_nodes
 from heads.s4.smooth import smooth_cauchy, smooth_kernel
 
 __all__ = [
     "AUTO_CPU",
+    "AUTO_POLICY",
     "BACKENDS",
     "CAUCHY",
     "cauchy_keops",
@@ -59,25 +61,13 @@ def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chu
     return mixed_radix_kernel(v, a, dt, L, chunk)
 
 
-_KEOPS_OK: bool | None = None
 _KEOPS_ROUTINES: dict = {}
 
 
-def keops_available() -> bool:
-    """True when pykeops imports and can compile a tiny reduction here (result cached per process)."""
-    global _KEOPS_OK
-    if _KEOPS_OK is None:
-        try:
-            import pykeops  # noqa: F401
-            from pykeops.torch import Genred
-
-            x = torch.randn(3, 1)
-            fn = Genred("SqNorm2(x - y)", ["x = Vi(1)", "y = Vj(1)"], reduction_op="Sum", axis=1)
-            out = fn(x, x, backend="CPU")
-            _KEOPS_OK = bool(torch.allclose(out[:, 0], ((x - x.T) ** 2).sum(1)))
-        except Exception:  # any import/compile failure means "not available here"
-            _KEOPS_OK = False
-    return _KEOPS_OK
+def keops_available(device="cpu") -> bool:
+    """True when PyKeOps compiles and runs the `keops` Cauchy kernel on `device` and agrees with `torch` there
+    (`heads.s4.keops_health.probe`: once per process and device type)."""
+    return keops_health.probe(device).ok
 
 
 def _keops_routine(dtype: str):
@@ -170,20 +160,33 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
 #     hint on k and the saved spectra: +0.04 s.
 #   keops (one pass): 9.2 s wall / 18.0 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
 # At L = 2,048 (11-smooth: the time-domain path): torch 0.18-0.22 s, keops 1.6 s, naive 2.4 s (2.2 GB).
-# On CUDA "auto" = keops when it compiles.
+# On CUDA "auto" = keops when its health probe passes (compiles, runs, agrees with torch), else torch.
 AUTO_CPU = "torch"
+# device type -> backends in order of preference; a `keops` entry is taken only where `keops_health.probe` passes.
+# A device type not listed gets `torch`. (Tests put ("keops", "torch") on "cpu" to exercise the CUDA logic here.)
+AUTO_POLICY: dict[str, tuple[str, ...]] = {"cuda": ("keops", "torch"), "cpu": (AUTO_CPU,)}
 
 
 def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
-    """Map "auto" to the measured winner for the device; validate names (the error lists the valid ones)."""
+    """Map "auto" to the preferred backend for the device (`AUTO_POLICY`) that works there; validate names.
+
+    `auto`: a `keops` candidate is taken only when PyKeOps passes its health probe on the device (once per process);
+    otherwise the next candidate, and one line on stderr says why (once per process and device type).
+    `keops` asked explicitly: `KeopsUnavailable` (a ValueError) with what is missing, when it cannot run there
+    (device=None checks only that pykeops is installed). An unknown name: ValueError listing the valid ones.
+    """
     if backend == "auto":
-        is_cuda = torch.device(device).type == "cuda" if device is not None else False
-        if is_cuda:
-            return "keops" if keops_available() else "torch"
-        return AUTO_CPU
+        candidates = AUTO_POLICY.get(keops_health.device_type(device), ("torch",))
+        for name in candidates[:-1]:
+            if name != "keops":
+                return name
+            health = keops_health.probe(device)
+            if health.ok:
+                return name
+            keops_health.announce_fallback(health, candidates[-1])
+        return candidates[-1]
     if backend not in BACKENDS:
         raise ValueError(f"Expected a Cauchy backend in {sorted(BACKENDS) + ['auto']}, got {backend!r}")
-    if backend == "keops" and not keops_available():
-        raise ValueError("backend='keops' needs PyKeOps with a working compiler (g++ on CPU, nvcc on GPU); "
-                         "pip install pykeops, or use backend='torch'")
+    if backend == "keops":
+        keops_health.require(device)
     return backend
