@@ -12,6 +12,19 @@ their tokens. The frame chosen for a target time t is the one *displayed* at t (
 RGB conversion in swscale, see ``SampledVideo._rgb``), so memory holds one decoded frame plus the converted
 samples of the current batch.
 
+Real-world files, each handled by its kind (see the README's bad-video table):
+
+* **Several video streams** (cover art, thumbnails, other angles): the stream FFmpeg's ``av_find_best_stream``
+  chooses, never a picture (attached picture, still image or thumbnail disposition, or a single packet); see
+  :func:`video_stream`.
+* **Display matrix** (phone videos recorded sideways, mirrored front cameras): every sampled frame is turned and
+  mirrored as FFmpeg's display-matrix side data says, before it is resized, as players and ``ffmpeg`` show it; see
+  :func:`orientation`. The matrix is kept in ``SampledVideo.display_matrix``.
+* **Truncation** is decided from the packets: the video is complete when its packets reach the end the container
+  states (the last packet's pts + duration against the stream duration; for AVI, the frame count in its header),
+  not from the last frame's timestamp, so a slideshow whose last frame is held for seconds is complete (the
+  targets after its last frame get the frame on screen at that time). A demuxer error is a truncation too.
+
 A video that cannot be used raises :class:`VideoError` whose ``kind`` is one of ``VideoError.KINDS``.
 """
 
@@ -103,6 +116,7 @@ class VideoInfo:
     height: int
     codec: str
     num_frames: int | None  # None when unknown without decoding
+    stream_index: int = 0  # the container's index of the video stream used (see video_stream)
 
 
 def _precheck(path: Path) -> None:
@@ -165,6 +179,112 @@ def _short(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
+# Dispositions of streams that hold a picture, not a video (FFmpeg's AV_DISPOSITION_*).
+_PICTURE_DISPOSITIONS = (
+    av.stream.Disposition.attached_pic | av.stream.Disposition.still_image | av.stream.Disposition.timed_thumbnails
+)
+
+
+def video_stream(container, packets: dict[int, int] | None = None):
+    """The video stream to sample: FFmpeg's own choice (``av_find_best_stream``), never a picture stream.
+
+    ``av_find_best_stream`` ranks by disposition (default first), then by whether the stream had several frames
+    while probing, bit rate and frame count; it can still pick a one-frame thumbnail marked ``default`` (muxers mark
+    the first stream so). A picture is a stream with the attached_pic, still_image or timed_thumbnails disposition,
+    or one that states (``frames``) or holds (``packets``: stream index -> packet count, counted by the caller)
+    a single frame. When FFmpeg's choice is a picture, the next stream in FFmpeg's own order (disposition, bit
+    rate, stream order) that is not one is used. Returns None when there is no video stream.
+    """
+    videos = list(container.streams.video)
+    if not videos:
+        return None
+    counts = packets or {}
+
+    def is_picture(stream) -> bool:
+        count = counts.get(stream.index, stream.frames or None)
+        return bool(stream.disposition & _PICTURE_DISPOSITIONS) or count == 1
+
+    best = container.streams.best("video")
+    if best is not None and not is_picture(best):
+        return best
+    moving = [s for s in videos if not is_picture(s)]
+    if not moving:
+        return best or videos[0]
+
+    def rank(stream) -> tuple:
+        disposition = stream.disposition
+        impaired = av.stream.Disposition.hearing_impaired | av.stream.Disposition.visual_impaired
+        score = int(not disposition & impaired) + int(bool(disposition & av.stream.Disposition.default))
+        return score, int(stream.codec_context.bit_rate or 0)
+
+    return max(moving, key=rank)  # max keeps the first of equals, as FFmpeg does
+
+
+def _count_packets(path: Path, enough: int = 500) -> dict[int, int]:
+    """Packets per video stream, demuxed (not decoded) until every video stream has shown two of them, or for
+    ``enough`` packets (muxers interleave streams by time, so by then a stream with one packet is a picture).
+    Only files with several video streams pay for it."""
+    container = _open(path)
+    streams = list(container.streams.video)
+    counts = {s.index: 0 for s in streams}
+    try:
+        for number, packet in enumerate(container.demux(*streams)):
+            if packet.size:
+                counts[packet.stream.index] += 1
+            if number >= enough or min(counts.values()) >= 2:
+                break
+    except av.FFmpegError:
+        pass  # a damaged file: the counts so far tell pictures from videos; decoding reports the damage
+    finally:
+        container.close()
+    return counts
+
+
+IDENTITY_MATRIX = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+
+
+def display_matrix(frame) -> tuple[int, ...]:
+    """The frame's display matrix (FFmpeg's AV_FRAME_DATA_DISPLAYMATRIX: 9 int32, a b u / c d v / x y w with a..d
+    and x, y in 16.16 fixed point), or the identity when the file has none. FFmpeg's demuxers read it from the
+    container (mp4/mov ``tkhd``, Matroska ``Projection``, ...) and its decoders attach it to every frame."""
+    side = frame.side_data
+    try:
+        data = side[av.sidedata.sidedata.Type.DISPLAYMATRIX]
+    except KeyError:
+        return IDENTITY_MATRIX
+    values = np.frombuffer(bytes(data), dtype=np.int32)
+    return tuple(int(v) for v in values[:9]) if values.size >= 9 else IDENTITY_MATRIX
+
+
+def orientation(matrix) -> tuple[bool, bool, bool]:
+    """How the display matrix turns the coded picture into the displayed one: (transpose, mirror left-right,
+    mirror top-bottom), applied in that order to an (H, W, C) picture.
+
+    FFmpeg's convention (libavutil/display.h): a coded pixel (x, y) is shown at (x', y') = (a x + c y, b x + d y)
+    (plus a translation that keeps the picture in view). The eight matrices whose 2x2 part is a signed
+    permutation (every rotation by a multiple of 90 degrees, with or without a mirror) are applied exactly; any
+    other matrix is taken as the nearest of the eight (FFmpeg's own CLI rotates by the exact angle and fills the
+    corners, which no encoder was trained on). ``ffmpeg``'s autorotation inserts the same operations as its
+    transpose/hflip/vflip filters.
+    """
+    a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+    if abs(a) + abs(d) >= abs(b) + abs(c):  # x' ~ sign(a) x, y' ~ sign(d) y
+        return False, a < 0, d < 0
+    return True, c < 0, b < 0  # x' ~ sign(c) y, y' ~ sign(b) x: the picture is transposed
+
+
+def apply_orientation(rgb: np.ndarray, turn: tuple[bool, bool, bool]) -> np.ndarray:
+    """(H, W, C) coded picture -> the displayed picture ((W, H, C) when transposed), as a view (no copy)."""
+    transpose, mirror_lr, mirror_tb = turn
+    if transpose:
+        rgb = rgb.transpose(1, 0, 2)  # (W, H, C)
+    if mirror_lr:
+        rgb = rgb[:, ::-1]
+    if mirror_tb:
+        rgb = rgb[::-1]
+    return rgb
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Read the video stream's duration, start, frame rate and size without decoding.
 
@@ -175,58 +295,97 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     _precheck(path)
     container = _open(path)
     try:
-        stream = container.streams.video[0]
+        counts = _count_packets(path) if len(container.streams.video) > 1 else None
+        stream = video_stream(container, counts)
         tb = float(stream.time_base) if stream.time_base else None
         rate = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0) or 25.0
         start = float(stream.start_time * tb) if (stream.start_time is not None and tb) else 0.0
         num_frames = int(stream.frames) or None
         duration = None
-        if stream.duration and tb:
+        if num_frames and tb and _counts_frames(container):
+            # AVI: one chunk per tick of 1/rate, and the header states the frame count. FFmpeg's own duration is
+            # an estimate from the file size when the index at the end of the file is missing (a cut file).
+            duration = num_frames * tb
+        elif stream.duration and tb:
             duration = float(stream.duration * tb)
         elif container.duration and len(container.streams) == 1:
             duration = container.duration / av.time_base - start
         codec = stream.codec_context.name
         width, height = stream.codec_context.width, stream.codec_context.height
+        index = stream.index
     finally:
         container.close()
     if duration is None:
-        duration, num_frames = _demux_duration(path, rate)
+        duration, num_frames = _demux_duration(path, rate, index)
     if num_frames is not None and num_frames < 1:
         num_frames = None
-    return VideoInfo(float(duration), start, rate, width, height, codec, num_frames)
+    return VideoInfo(float(duration), start, rate, width, height, codec, num_frames, index)
 
 
-def _demux_duration(path: Path, rate: float) -> tuple[float, int]:
-    """Duration and packet count of the video stream from its packets (timestamps, else count / rate)."""
+def _counts_frames(container) -> bool:
+    """Containers whose header frame count is the length of the video (AVI: its time base is one frame)."""
+    return "avi" in container.format.name.split(",")
+
+
+def _demux_duration(path: Path, rate: float, index: int) -> tuple[float, int]:
+    """Duration and packet count of video stream ``index`` from its packets (timestamps, else count / rate)."""
     container = _open(path)
     try:
-        stream = container.streams.video[0]
-        tb = float(stream.time_base) if stream.time_base else 0.0
-        first, end, count = None, None, 0
+        stream = container.streams[index]
+        packets = PacketSpan(stream, rate)
         for packet in container.demux(stream):
-            if packet.size == 0:  # the flush packet
-                continue
-            count += 1
-            if packet.pts is not None and tb:
-                t0 = packet.pts * tb
-                t1 = t0 + (packet.duration * tb if packet.duration else 1.0 / rate)
-                first = t0 if first is None else min(first, t0)
-                end = t1 if end is None else max(end, t1)
+            packets.add(packet)
     except av.FFmpegError as exc:
         raise VideoError("decode_error", f"demuxing failed ({_short(exc)}); the file is corrupt") from exc
     finally:
         container.close()
-    if end is not None:
-        return end - first, count
-    return count / rate, count
+    return packets.length(), packets.count
+
+
+class PacketSpan:
+    """The time span a stream's packets cover, in seconds of the stream's clock (they arrive in decode order).
+
+    ``end`` is the largest pts + duration (a packet without a duration lasts 1 / rate), ``last_start`` the largest
+    pts; a stream without timestamps (raw elementary streams) spans ``count / rate``.
+    """
+
+    def __init__(self, stream, rate: float):
+        self.tb = float(stream.time_base) if stream.time_base else 0.0
+        self.rate = float(rate)
+        self.first: float | None = None
+        self.last_start: float | None = None
+        self.end: float | None = None
+        self.count = 0
+
+    def add(self, packet) -> None:
+        if packet.size == 0:  # the flush packet at the end of the stream
+            return
+        self.count += 1
+        if packet.pts is None or not self.tb:
+            return
+        t0 = packet.pts * self.tb
+        t1 = t0 + (packet.duration * self.tb if packet.duration else 1.0 / self.rate)
+        self.first = t0 if self.first is None else min(self.first, t0)
+        self.last_start = t0 if self.last_start is None else max(self.last_start, t0)
+        self.end = t1 if self.end is None else max(self.end, t1)
+
+    def length(self) -> float:
+        """Seconds from the first packet to the end of the last one."""
+        return self.end - self.first if self.end is not None else self.count / self.rate
+
+    def stop(self, start: float) -> float:
+        """Where the packets end, in seconds after the stream start ``start``."""
+        return self.end - start if self.end is not None else self.count / self.rate
 
 
 class SampledVideo:
     """The sampled frames of one video: ``for index, time, rgb in SampledVideo(...)`` (rgb: (H, W, 3) uint8).
 
     ``targets`` (T, k) are the planned times; items come in target order (index = t * k + j), one per target.
-    ``times`` fills with the timestamps of the frames actually used. Iterating to the end checks that the decoded
-    frames reached the end the container promised (else VideoError ``truncated``).
+    ``times`` fills with the timestamps of the frames actually used, ``display_matrix`` with the display matrix
+    applied to them (FFmpeg's 9 int32; the identity when the file has none). Iterating to the end checks that the
+    packets reached the end the container states (else VideoError ``truncated``) and that the decoder turned them
+    into frames (else ``decode_error``).
     """
 
     def __init__(
@@ -245,6 +404,7 @@ class SampledVideo:
         self.threads = threads
         self.targets = sampling.targets(self.info.duration, self.info.num_frames)  # (T, k)
         self.times = np.full(self.targets.size, np.nan)  # (T*k,)
+        self.display_matrix: tuple[int, ...] | None = None
 
     @property
     def num_segments(self) -> int:
@@ -257,8 +417,16 @@ class SampledVideo:
         # Two swscale passes: YUV -> RGB at the source size, then an antialiased bilinear resize in RGB. This matches
         # "decode to RGB, then ViTImageProcessor" within a grey level; one combined pass scales the subsampled chroma
         # planes on their own and differs by several levels on small outputs. Only sampled frames pay for it.
+        # Between the two, the picture is turned as the display matrix says (lossless: a strided view + one copy).
+        matrix = display_matrix(frame)
+        if self.display_matrix is None:
+            self.display_matrix = matrix
+        turn = orientation(matrix)
         if frame.format.name != "rgb24":
             frame = frame.reformat(format="rgb24")
+        if any(turn):
+            rgb = apply_orientation(frame.to_ndarray(), turn)  # (H', W', 3): the displayed picture
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         if (frame.height, frame.width) != (self.height, self.width):
             frame = frame.reformat(width=self.width, height=self.height, interpolation=self.interpolation)
         return frame.to_ndarray()  # (H, W, 3) uint8
@@ -269,55 +437,94 @@ class SampledVideo:
         container = _open(self.path)
         j, decoded, last_time = 0, 0, None
         prev, prev_time, prev_rgb = None, None, None
+        demux_error = decode_error = packets = None
+        rate = self.info.rate
         try:
-            stream = container.streams.video[0]
+            stream = container.streams[self.info.stream_index]
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads
-            rate = self.info.rate
-            for frame in container.decode(stream):
-                t = frame.time
-                t = (t - self.info.start) if t is not None else decoded / rate
-                decoded += 1
-                # Targets strictly before this frame are displayed by the previous one (or this one, if first).
-                while j < n and targets[j] < t:
-                    if prev is None:
-                        prev, prev_time, prev_rgb = frame, t, None
-                    if prev_rgb is None:
-                        prev_rgb = self._rgb(prev)
-                    self.times[j] = prev_time
-                    yield j, prev_time, prev_rgb
-                    j += 1
-                last_time = t
-                if j >= n:
+            packets = PacketSpan(stream, rate)
+            demuxed = container.demux(stream)
+            while j < n:
+                try:
+                    packet = next(demuxed)
+                except StopIteration:
                     break
-                if prev is not frame:
-                    prev, prev_time, prev_rgb = frame, t, None
+                except av.FFmpegError as exc:  # the container cannot be read on: judged with the packets below
+                    demux_error = exc
+                    break
+                packets.add(packet)
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError as exc:
+                    decode_error = exc
+                    break
+                for frame in frames:
+                    t = frame.time
+                    t = (t - self.info.start) if t is not None else decoded / rate
+                    decoded += 1
+                    # Targets strictly before this frame are displayed by the previous one (or this one, if first).
+                    while j < n and targets[j] < t:
+                        if prev is None:
+                            prev, prev_time, prev_rgb = frame, t, None
+                        if prev_rgb is None:
+                            prev_rgb = self._rgb(prev)
+                        self.times[j] = prev_time
+                        yield j, prev_time, prev_rgb
+                        j += 1
+                    last_time = t
+                    if j >= n:
+                        break
+                    if prev is not frame:
+                        prev, prev_time, prev_rgb = frame, t, None
+            if decode_error is not None:  # a damaged packet: is it the cut end of the file, or damage inside?
+                try:
+                    for packet in demuxed:
+                        packets.add(packet)
+                except av.FFmpegError as exc:
+                    demux_error = exc
         except av.FFmpegError as exc:
-            where = f"{last_time:.2f} s" if last_time is not None else "the first frame"
-            raise VideoError(
-                "decode_error", f"decoding failed at {where} ({_short(exc)}); the file is corrupt"
-            ) from exc
+            decode_error = exc
         finally:
             container.close()
-        if j < n:
-            if prev is None:
-                raise VideoError("decode_error", f"no frame of {self.path.name} could be decoded; the file is corrupt")
-            if decoded < 2 and self.info.num_frames is None:
-                raise VideoError("too_short", "the video has 1 frame; at least 2 are needed (a still image)")
-            # Frames must reach the last target, give or take two frame intervals (the last frame's display time).
-            slack = 2.0 / self.info.rate + 1e-3
-            if targets[-1] > last_time + slack:
-                raise VideoError(
-                    "truncated",
-                    f"frames stop at {last_time:.2f} s but the video should last {self.info.duration:.2f} s "
-                    "(an interrupted download?); download it again",
-                )
-            if prev_rgb is None:
-                prev_rgb = self._rgb(prev)
-            while j < n:
-                self.times[j] = prev_time
-                yield j, prev_time, prev_rgb
-                j += 1
+        if j == n:
+            return
+        if packets is None:
+            raise VideoError("decode_error", f"FFmpeg cannot decode {self.path.name} ({_short(decode_error)})")
+        # The decoder stopped before the last target. The video is complete when its packets reach the end the
+        # container states (the last frame is then on screen until that end); a decoder error at a cut is the cut.
+        slack = 2.0 / rate + 1e-3
+        stop = packets.stop(self.info.start)
+        if demux_error is not None or stop < self.info.duration - slack:
+            why = demux_error if demux_error is not None else decode_error
+            why = f" ({_short(why)})" if why is not None else ""
+            raise VideoError(
+                "truncated",
+                f"packets stop at {stop:.2f} s but the container says the video lasts {self.info.duration:.2f} s"
+                f"{why}: the file is cut (an interrupted download?); download it again",
+            )
+        if decode_error is not None:
+            where = f"{last_time:.2f} s" if last_time is not None else "the first frame"
+            raise VideoError(
+                "decode_error", f"decoding failed at {where} ({_short(decode_error)}); the file is corrupt"
+            ) from decode_error
+        if prev is None:
+            raise VideoError("decode_error", f"no frame of {self.path.name} could be decoded; the file is corrupt")
+        if decoded < 2 and self.info.num_frames is None:
+            raise VideoError("too_short", "the video has 1 frame; at least 2 are needed (a still image)")
+        last_packet = packets.last_start - self.info.start if packets.last_start is not None else None
+        if last_packet is not None and last_time < last_packet - slack:
+            raise VideoError(
+                "decode_error",
+                f"frames stop at {last_time:.2f} s but the packets go on to {last_packet:.2f} s (the decoder "
+                "dropped the rest); the file is corrupt",
+            )
+        if prev_rgb is None:
+            prev_rgb = self._rgb(prev)
+        while j < n:
+            self.times[j] = prev_time
+            yield j, prev_time, prev_rgb
+            j += 1
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """All sampled frames at once (tests, small videos): frames (T*k, H, W, 3) uint8 and times (T*k,)."""
