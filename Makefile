@@ -21,7 +21,7 @@ TORCH_PIN := torch==2.13.0
 ##   ACCELERATOR, DEVICES, NODES   [auto, 1, 1]; DEVICES>1 or NODES>1 trains with DDP
 ##   RESUME       runs/.../checkpoints/last.ckpt, or 'last' for the newest run   [none]
 ##   TAG          cache tag to train on (cache/<dataset>/<tag>)   [most recent]
-##   CKPT (make eval), RUN (make report), QUICK=1 (make bench), DEBUG=1 (full tracebacks)
+##   CKPT (make eval), RUN (make report), QUICK=1 / GPU=1 (make bench), DEBUG=1 (full tracebacks)
 
 opt = $(if $($(1)),--$(2) '$($(1))')
 EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
@@ -71,8 +71,8 @@ eval: $(STAMP) ## test a checkpoint: make eval CKPT=runs/.../best.ckpt
 demo: $(STAMP) ## offline end to end: synthetic videos -> cache -> three heads -> runs/demo/summary.{json,png}
 	@$(PY) -m bench.demo
 
-bench: $(STAMP) ## efficiency figures into bench/results/latest.json (+ PNG); QUICK=1 for tiny sizes
-	@$(PY) -m bench $(if $(QUICK),--quick)
+bench: $(STAMP) ## efficiency figures into bench/results/latest.json (+ PNG); QUICK=1 tiny sizes; GPU=1 the CUDA section
+	@$(PY) -m bench $(if $(QUICK),--quick) $(if $(GPU),--only gpu)
 
 doctor: $(STAMP) ## one screen: torch/CUDA, devices, PyKeOps health, S4 backend per device, encoder offline, disk
 	@$(PY) -m doctor $(call opt,CACHE_DIR,cache-dir) $(call opt,ENCODER,encoder)

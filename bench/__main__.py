@@ -1,8 +1,9 @@
 """`make bench` / `python -m bench [--quick] [--out DIR]`: every benchmark, one JSON, the pictures.
 
-Runs bench/store.py, bench/s4_kernel.py, bench/heads.py and bench/extract.py through their `run(quick)` functions
-(each of them measures in its own subprocesses where the issue asks for it), gathers the figures into
-`<out>/latest.json` (`--quick`: `<out>/quick.json`) and draws:
+Runs bench/store.py, bench/s4_kernel.py, bench/heads.py, bench/extract.py and bench/gpu.py through their
+`run(quick)` functions (each of them measures in its own subprocesses where the issue asks for it), gathers the
+figures into `<out>/latest.json` (`--quick`: `<out>/quick.json`; `--only` updates those sections of the file and keeps
+the others) and draws:
   - `scaling.png`: training-step time (and peak memory when measured) against sequence length L, log-log, S4 vs
     attention — the paper's efficiency claim on this machine;
   - `kernel.png`: the Cauchy-kernel backends, time and extra memory.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import platform
 import sys
 import time
@@ -26,6 +28,7 @@ SECTIONS = {  # key in latest.json -> module
     "kernel": "bench.s4_kernel",
     "heads": "bench.heads",
     "extract": "bench.extract",
+    "gpu": "bench.gpu",  # recorded as skipped without CUDA; `make bench GPU=1` runs only this one
 }
 
 
@@ -67,8 +70,18 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"device": describe_device(), "quick": args.quick,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    name = "quick" if args.quick else "latest"
+    path = out / f"{name}.json"
+    results: dict = {}
+    if args.only and path.is_file():  # a partial run updates its sections and keeps the others' figures
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            results = {}
+    results.update({"device": describe_device(), "quick": args.quick,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if args.only:
+        results.setdefault("section_created", {}).update({k: results["created"] for k in args.only})
     failed = []
     for key in args.only or list(SECTIONS):
         start = time.perf_counter()
@@ -81,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench {key} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"== bench {key}: {time.perf_counter() - start:.1f} s", flush=True)
 
-    name = "quick" if args.quick else "latest"
-    path = out / f"{name}.json"
     write_json(path, results)
     from bench.plots import plot_all
 

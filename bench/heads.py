@@ -62,8 +62,13 @@ def _vm_bytes() -> int:
 
 
 def measure(variant: str, T: int, P: int, d: int, layers: int, classes: int, steps: int = 3,
-            mem_budget_gb: float | None = None) -> dict:
-    """Time `steps` training steps (after one warm-up) of one head in this process."""
+            mem_budget_gb: float | None = None, batch: int = 1, device: str = "cpu",
+            backend: str | None = None) -> dict:
+    """Time `steps` training steps (after one warm-up) of one head in this process.
+
+    On CUDA each step is bracketed by synchronisations and the memory is `torch.cuda.max_memory_allocated` over the
+    steps (warm-up included; the input batch and the model are part of it); on CPU it is the process's peak RSS.
+    `backend` overrides the S4 Cauchy backend of the variant (s4 heads only)."""
     import torch
 
     from heads import build_head
@@ -71,35 +76,51 @@ def measure(variant: str, T: int, P: int, d: int, layers: int, classes: int, ste
     from heads.training.optim import param_groups
 
     name, extra = VARIANTS[variant]
+    if backend is not None:
+        extra = {**extra, "backend": backend}
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.manual_seed(0)
-    head = build_head(name, d, classes, T * P, d_model=d, n_layers=layers, dropout=0.2, **extra)
+    head = build_head(name, d, classes, T * P, d_model=d, n_layers=layers, dropout=0.2, **extra).to(device)
     optimizer = make_adamw(param_groups(head, lr=1e-3, weight_decay=0.01), lr=1e-3, weight_decay=0.01)
-    x = torch.randn(1, T, P, d).half()  # (B, T, P, D) float16, as read from the cache
-    y = torch.tensor([1])
+    y = torch.arange(batch, device=device) % classes
     head.train()
-    if mem_budget_gb:
+    if mem_budget_gb and not cuda:
         limit = _vm_bytes() + int(mem_budget_gb * 1e9)
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     base_rss = proc_status_mb("VmRSS") * 2**20 / 1e9  # GB, like ru_maxrss below
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     try:
+        x = torch.randn(batch, T, P, d, device=device).half()  # (B, T, P, D) float16, as read from the cache
         for i in range(steps + 1):
+            sync()
             start = time.perf_counter()
             loss = torch.nn.functional.cross_entropy(head(x), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            sync()
             if i:  # the first step is the warm-up
                 times.append(time.perf_counter() - start)
-    except (RuntimeError, MemoryError) as exc:
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
             raise
-        return {"variant": variant, "L": T * P, "step_s": "OOM", "peak_gb": "OOM",
-                "detail": f"did not fit {mem_budget_gb} GB: {str(exc).splitlines()[0][:160]}"}
+        return {"variant": variant, "L": T * P, "batch": batch, "device": device, "step_s": "OOM", "peak_gb": "OOM",
+                "detail": f"did not fit {mem_budget_gb or 'the device'} GB: {str(exc).splitlines()[0][:160]}"}
+    out = {"variant": variant, "L": T * P, "batch": batch, "device": device, "step_s": statistics.median(times),
+           "steps_s": times, "params": sum(p.numel() for p in head.parameters()), "threads": torch.get_num_threads()}
+    if cuda:
+        out.update(peak_gb=torch.cuda.max_memory_allocated(device) / 1e9, memory="torch.cuda.max_memory_allocated",
+                   gpu=torch.cuda.get_device_name(device), tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        if name.startswith("s4"):
+            from heads.s4.kernels import resolve_backend
+
+            out["s4_backend"] = resolve_backend(extra.get("backend", "auto"), device)
+        return out
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB -> GB
-    return {"variant": variant, "L": T * P, "step_s": statistics.median(times), "steps_s": times,
-            "peak_gb": peak, "extra_gb": peak - base_rss, "params": sum(p.numel() for p in head.parameters()),
-            "threads": torch.get_num_threads()}
+    return {**out, "peak_gb": peak, "extra_gb": peak - base_rss}
 
 
 def in_subprocess(jobs: list[dict], timeout: float = 900) -> list[dict]:
@@ -109,15 +130,15 @@ def in_subprocess(jobs: list[dict], timeout: float = 900) -> list[dict]:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     except subprocess.TimeoutExpired:
         bound = f"timeout (> {timeout / (jobs[0].get('steps', 3) + 1):.0f} s/step)"
-        return [{"variant": j["variant"], "L": j["T"] * j["P"], "step_s": bound, "peak_gb": "timeout"}
-                for j in jobs]
+        return [{"variant": j["variant"], "L": j["T"] * j["P"], "batch": j.get("batch", 1), "step_s": bound,
+                 "peak_gb": "timeout"} for j in jobs]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or len(lines) != len(jobs):
         reason = "OOM" if proc.returncode in (-9, 137) else f"failed (exit {proc.returncode})"
         done = [json.loads(ln) for ln in lines]
         tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
-        return done + [{"variant": j["variant"], "L": j["T"] * j["P"], "step_s": reason, "peak_gb": reason,
-                        "detail": " ".join(tail)[:300]} for j in jobs[len(done):]]
+        return done + [{"variant": j["variant"], "L": j["T"] * j["P"], "batch": j.get("batch", 1), "step_s": reason,
+                        "peak_gb": reason, "detail": " ".join(tail)[:300]} for j in jobs[len(done):]]
     return [json.loads(ln) for ln in lines]
 
 

@@ -35,3 +35,28 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert any(name.startswith("s4-multiscale") for name in heads["lvu_step_s"])
     assert {"encoder_fps", "end_to_end_fps", "bytes_per_value"} <= set(results["extract"])
     assert (tmp_path / "quick-kernel.png").stat().st_size > 0
+    import torch
+
+    if not torch.cuda.is_available():  # recorded, not silently absent
+        assert "no CUDA device" in results["gpu"]["skipped"]
+
+
+@pytest.mark.slow
+def test_gpu_section_runs_on_the_cpu_at_tiny_sizes():
+    """No GPU is lent to most runs of this suite: the GPU section's own code (the LVU comparison with its
+    materialized-batch search and ratios, the float64 gradcheck of keops against torch) runs here on the CPU."""
+    from bench import gpu
+
+    out = gpu.run(quick=True, device="cpu", parts=("gradcheck", "lvu"), say=lambda *a, **k: None)
+    for L in ("L=32", "L=78"):
+        assert out["gradcheck"][L]["torch"]["gradcheck"] is True, out["gradcheck"]
+        if "gradcheck" in out["gradcheck"][L]["keops"]:  # pykeops runs here
+            assert out["gradcheck"][L]["keops"]["gradcheck"] is True
+            assert out["gradcheck"][L]["keops_vs_torch_max_rel"] < 1e-8
+    lvu = out["lvu"]
+    assert set(lvu["step_s"]) == {"s4-multiscale (keops)", "s4-multiscale (torch kernel)",
+                                  "transformer-multiscale (sdpa)", "transformer-multiscale (materialized)"}
+    assert isinstance(lvu["step_s"]["s4-multiscale (torch kernel)"], float)
+    assert lvu["materialized_fits_at_batch"] == gpu.BATCH  # tiny sizes fit
+    assert lvu["materialized_vs_s4_same_batch"]["step_ratio"] > 0
+    assert all(r["batch"] == gpu.BATCH for r in lvu["detail"])
