@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_bench_writes_every_section(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)  # loaded shared machines: minutes
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "quick.json").read_text())
     assert results["device"]
