@@ -4,11 +4,17 @@ An adapter turns a data set *as its authors distribute it* into `Record(video_id
 the annotations alone (a missing video never changes the record list; `missing_media(split)` reports it instead),
 and maps a video id to the file on disk with `video_path`. Only the standard library is imported here, so that
 `import data` stays light (no torch, no av, no numpy).
+
+Every adapter's records pass one check here (`check_listing`), so no adapter can skip it: an id listed in two splits
+(test-set leakage) or with two labels is refused with one line naming the ids, how many, and the annotation file
+(`listed_in`); an exact repeat (same id, split and label) is dropped with a warning. `_load` therefore returns the
+records as the annotations list them, repeats included.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -97,10 +103,15 @@ class VideoDataset:
     def _records(self) -> dict[str, list[Record]]:
         loaded = self._load()
         assert set(loaded) == set(self.splits), (sorted(loaded), self.splits)
-        return loaded
+        return check_listing(self.name, {split: loaded[split] for split in self.splits}, self.listed_in)
 
     def _load(self) -> dict[str, list[Record]]:
+        """split -> records, as the annotations list them (repeats included: `check_listing` judges them)."""
         raise NotImplementedError
+
+    def listed_in(self, split: str) -> str:
+        """Where the records of `split` are listed (an annotation file, or the folder tree), for messages."""
+        return str(self.root)
 
     def _check_root(self) -> None:
         """Raise a one-line DatasetError unless the root holds the layout (subclasses extend)."""
@@ -147,6 +158,57 @@ def index_media(folder: Path) -> dict[str, Path]:
             if is_video_name(path) and path.is_file():
                 found.setdefault(path.stem, path)
     return found
+
+
+def check_listing(name: str, loaded: dict[str, list[Record]], listed_in) -> dict[str, list[Record]]:
+    """The records per split with exact repeats dropped (one warning); DatasetError when an id is in two splits or
+    has two labels. `listed_in(split)` names the file that lists a split, for the messages."""
+    first: dict[str, tuple[str, int | float]] = {}  # id -> (split, label) of its first listing
+    splits: dict[str, list[str]] = {}  # id -> the splits it is listed in, when more than one
+    labels: dict[str, list[int | float]] = {}  # id -> its labels, when more than one
+    repeats: dict[str, int] = {}  # id -> how many exact repeats were dropped
+    out: dict[str, list[Record]] = {}
+    for split, records in loaded.items():
+        out[split] = []
+        for record in records:
+            seen = first.get(record.video_id)
+            if seen is None:
+                first[record.video_id] = (split, record.label)
+            elif seen == (split, record.label):
+                repeats[record.video_id] = repeats.get(record.video_id, 0) + 1
+                continue
+            elif seen[0] != split:
+                splits.setdefault(record.video_id, [seen[0]]).append(split)
+            elif seen[1] != record.label:
+                labels.setdefault(record.video_id, [seen[1]]).append(record.label)
+            out[split].append(record)
+
+    def files(split_names) -> str:
+        names = list(dict.fromkeys(listed_in(s) for s in split_names))
+        return " and ".join(names)
+
+    if splits:
+        used = sorted({s for found in splits.values() for s in found}, key=list(loaded).index)
+        ids = _some(f"{v!r} ({'/'.join(dict.fromkeys(found))})" for v, found in splits.items())
+        raise DatasetError(f"{name}: {len(splits)} video id(s) listed in more than one split (the test set would leak "
+                           f"into training): {ids}, in {files(used)}; keep each video in one split")
+    if labels:
+        ids = _some(f"{v!r} (labels {', '.join(map(str, dict.fromkeys(found)))})" for v, found in labels.items())
+        where = sorted({first[v][0] for v in labels}, key=list(loaded).index)
+        raise DatasetError(f"{name}: {len(labels)} video id(s) listed with more than one label: {ids}, in "
+                           f"{files(where)}; keep one label per video")
+    if repeats:
+        where = sorted({first[v][0] for v in repeats}, key=list(loaded).index)
+        warnings.warn(f"{name}: {len(repeats)} video id(s) listed more than once with the same split and label "
+                      f"({_some(map(repr, repeats))}) in {files(where)}; each is used once", stacklevel=4)
+    return out
+
+
+def _some(items: Iterable[str], shown: int = 5) -> str:
+    """The first `shown` items joined by commas, and how many more."""
+    items = list(items)
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def _unique(ids: Iterable[str]) -> list[str]:

@@ -38,14 +38,25 @@ class Coin(VideoDataset):
 
     @cached_property
     def _entries(self) -> dict[str, tuple[str, int, str]]:
-        """youtube id -> (split, recipe_type, class name)."""
+        """youtube id -> (split, recipe_type, class name), from its first entry in COIN.json."""
+        entries: dict[str, tuple[str, int, str]] = {}
+        for video_id, entry in self._listed:
+            entries.setdefault(video_id, entry)
+        return entries
+
+    @cached_property
+    def _listed(self) -> list[tuple[str, tuple[str, int, str]]]:
+        """(youtube id, (split, recipe_type, class name)) for every entry of COIN.json in file order, an id that
+        appears twice included (json.loads alone would keep only its last entry, silently)."""
         path = self.root / "COIN.json"
         try:
-            database = json.loads(path.read_text(encoding="utf-8"))["database"]
+            database = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_Object)["database"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise self.layout_error(f"{path.resolve()} is not the COIN annotation file ({exc})") from None
-        entries: dict[str, tuple[str, int, str]] = {}
-        for video_id, entry in database.items():
+        if not isinstance(database, _Object):
+            raise self.layout_error(f"{path.resolve()} is not the COIN annotation file (database is not an object)")
+        listed: list[tuple[str, tuple[str, int, str]]] = []
+        for video_id, entry in database.pairs:
             try:
                 subset, recipe = entry["subset"], int(entry["recipe_type"])
             except (KeyError, TypeError, ValueError) as exc:
@@ -55,8 +66,8 @@ class Coin(VideoDataset):
                     f"{path.name}: entry {video_id!r} has subset={subset!r}, recipe_type={recipe} "
                     f"(expected training|testing and 0..{NUM_TASKS - 1})"
                 )
-            entries[video_id] = (SUBSETS[subset], recipe, str(entry.get("class", "")))
-        return entries
+            listed.append((video_id, (SUBSETS[subset], recipe, str(entry.get("class", "")))))
+        return listed
 
     @property
     def class_names(self) -> list[str]:
@@ -68,9 +79,12 @@ class Coin(VideoDataset):
 
     def _load(self) -> dict[str, list[Record]]:
         out: dict[str, list[Record]] = {split: [] for split in self.splits}
-        for video_id, (split, recipe, _) in self._entries.items():
+        for video_id, (split, recipe, _) in self._listed:
             out[split].append(Record(video_id, recipe))
         return out
+
+    def listed_in(self, split: str) -> str:
+        return str(self.root / "COIN.json")
 
     @cached_property
     def _found(self) -> dict[str, Path]:
@@ -84,3 +98,11 @@ class Coin(VideoDataset):
         if expected.is_file():
             return expected
         return self._found.get(video_id, expected)
+
+
+class _Object(dict):
+    """A JSON object that also keeps its (key, value) pairs in file order, repeated keys included."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.pairs = list(pairs)

@@ -43,6 +43,7 @@ class Scan(NamedTuple):
     entries: dict[str, Entry]  # video id -> entry, in sorted path order
     skipped: list[str]  # paths relative to the root
     regression: bool
+    repeats: tuple[tuple[str, Entry], ...] = ()  # labels.csv rows naming an id again (judged by the base class)
 
 
 class Folder(VideoDataset):
@@ -87,7 +88,8 @@ class Folder(VideoDataset):
 
     @cached_property
     def _classes(self) -> list[str]:
-        return sorted({str(e.label) for e in self._scan.entries.values()})
+        entries = [*self._scan.entries.values(), *(e for _, e in self._scan.repeats)]
+        return sorted({str(e.label) for e in entries})
 
     @property
     def num_classes(self) -> int | None:
@@ -120,7 +122,14 @@ class Folder(VideoDataset):
         for video_id, e in scan.entries.items():
             if e.split is not None:
                 out[e.split].append(records[video_id])
+        drawn_split = {r.video_id: split for split, part in out.items() for r in part}
+        for video_id, e in scan.repeats:  # as listed: the base class drops exact repeats and refuses conflicts
+            label = e.label if scan.regression else index[str(e.label)]
+            out[e.split or drawn_split[video_id]].append(Record(video_id, label))
         return out
+
+    def listed_in(self, split: str) -> str:
+        return str(self.root / LABELS_FILE) if self._scan.kind == LABELS_FILE else str(self.root)
 
     # ------------------------------------------------------------------ layout detection
     @cached_property
@@ -140,9 +149,13 @@ class Folder(VideoDataset):
     def _files(self) -> list[Path]:
         return sorted(p for p in self.root.rglob("*") if p.is_file())
 
-    def _add(self, entries: dict[str, Entry], path: Path, label, split: str | None, where: str) -> None:
+    def _add(self, entries: dict[str, Entry], path: Path, label, split: str | None, where: str,
+             repeats: list | None = None) -> None:
         relative = PurePosixPath(path.relative_to(self.root).as_posix())
         video_id = str(relative.with_suffix(""))
+        if video_id in entries and repeats is not None and entries[video_id].path == path:
+            repeats.append((video_id, Entry(path, label, split)))  # the same file listed again
+            return
         if video_id in entries:
             raise self.layout_error(f"{entries[video_id].path.relative_to(self.root)} and {relative} have the same "
                                     f"video id {video_id!r} ({where}); rename one of them")
@@ -181,6 +194,7 @@ class Folder(VideoDataset):
         col_path, col_value = header.index("path"), header.index(value[0])
         col_split = header.index("split") if "split" in header else None
         entries: dict[str, Entry] = {}
+        repeats: list[tuple[str, Entry]] = []
         for number, row in enumerate(rows[1:], start=2):
             if not any(cell.strip() for cell in row):
                 continue
@@ -203,9 +217,10 @@ class Folder(VideoDataset):
             split = cells[col_split] if col_split is not None else None
             if col_split is not None and split not in SPLITS:
                 raise self.layout_error(f"{where}: split {split!r} is not one of train, val, test")
-            self._add(entries, self.root.joinpath(*pure.parts), label, split, f"listed twice, line {number}")
+            self._add(entries, self.root.joinpath(*pure.parts), label, split, f"listed twice, line {number}",
+                      repeats)
         if not entries:
             raise self.layout_error(f"{path.resolve()} lists no videos")
         listed = {e.path for e in entries.values()} | {path}
         skipped = [p.relative_to(self.root).as_posix() for p in self._files() if p not in listed]
-        return Scan(LABELS_FILE, entries, skipped, regression)
+        return Scan(LABELS_FILE, entries, skipped, regression, tuple(repeats))

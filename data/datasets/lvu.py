@@ -73,6 +73,9 @@ class LVU(VideoDataset):
     def _load(self) -> dict[str, list[Record]]:
         return {split: self._parse(self.task, split)[0] for split in self.splits}
 
+    def listed_in(self, split: str) -> str:
+        return str(self.root / "lvu_1.0" / self.task / f"{split}.csv")
+
     def _parse(self, task: str, split: str) -> tuple[list[Record], dict[int, str]]:
         """Records of one csv, and class id -> class name (classification only)."""
         key = (task, split)

@@ -62,5 +62,8 @@ class Synthetic(VideoDataset):
                 raise self.layout_error(f"{path.name}:{number} is not video_id,split,label ({exc})") from None
         return out
 
+    def listed_in(self, split: str) -> str:
+        return str(self.root / "labels.csv")
+
     def video_path(self, video_id: str) -> Path:
         return self.root / "videos" / f"{video_id}.mp4"
