@@ -109,13 +109,56 @@ def sealed_ids(directory: Path) -> tuple[set[str], dict]:
         raise UserError(f"{exc}") from exc
 
 
-def remove_stale_partials(directory: Path) -> list[Path]:
-    """Delete .partial shards left by a killed run (only the launching process of a one-node run calls this)."""
-    removed = []
-    for path in sorted(directory.glob("shard-*.h5.partial")):
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+def clean_partials(directory: Path) -> None:
+    """Delete the .partial shards of killed runs; say so, and name the ones another live run is writing."""
+    from data.store import remove_dead_partials
+
+    removed, kept = remove_dead_partials(directory) if directory.is_dir() else ([], [])
+    if removed:
+        log(f"removed {len(removed)} .partial shard(s) left by a killed run; their videos are redone")
+    if kept:
+        log(f"another extraction is writing into {directory} right now ({len(kept)} locked .partial shard(s): "
+            f"{', '.join(p.name for p in kept[:3])}{', ...' if len(kept) > 3 else ''}); this run goes on beside it "
+            "without touching its files. Videos both runs encode are stored twice and read once; to share the work "
+            "instead, run one extraction with DEVICES= or NODES=")
+
+
+def estimate_bytes(items, sampling, tokens: int, channels: int, sample: int = 8) -> tuple[int, str]:
+    """Bytes the cache needs for ``items`` (videos x segments x tokens x channels x 2 bytes, float16), and how the
+    segments were counted. FPS mode probes up to ``sample`` videos spread over the list for their durations."""
+    per_segment = tokens * channels * 2
+    if sampling.segments is not None:
+        return len(items) * int(sampling.segments) * per_segment, f"{sampling.segments} segments"
+    from extract.video import VideoError, probe
+
+    picks = items[:: max(1, len(items) // sample)][:sample]
+    segments = []
+    for _, path in picks:
+        try:
+            segments.append(int(probe(path).duration * float(sampling.fps)))
+        except (VideoError, OSError):
+            continue
+    mean = sum(segments) / len(segments) if segments else 0
+    return int(len(items) * mean * per_segment), f"about {mean:.0f} segments (durations of {len(segments)} videos)"
+
+
+def check_free_space(directory: Path, items, sampling, encoder) -> None:
+    """Warn when the cache's disk has less room than the run will write."""
+    import shutil
+
+    from data.store.writer import format_bytes
+
+    tokens = 1 + int(encoder.grid[0]) * int(encoder.grid[1])  # CLS + the (pooled) patch grid: no forward pass
+    need, how = estimate_bytes(items, sampling, tokens, encoder.hidden_size)
+    where = directory if directory.is_dir() else next((p for p in directory.parents if p.is_dir()), Path("."))
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    if need > free:
+        log(f"warning: {len(items)} videos x {how} x {tokens} tokens x {encoder.hidden_size} "
+            f"channels x 2 bytes = {format_bytes(need)}, but the disk holding {where} has {format_bytes(free)} free: "
+            "the run will stop when the disk is full (sealed shards are kept); free space or set CACHE_DIR")
 
 
 def is_launcher() -> bool:
@@ -184,10 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                             "that folder to re-extract")
         if launcher:
             log(describe(encoder))
-            if args.nodes == 1:
-                stale = remove_stale_partials(directory) if directory.is_dir() else []
-                if stale:
-                    log(f"removed {len(stale)} .partial shard(s) left by a killed run; their videos are redone")
+            clean_partials(directory)  # only .partial files whose writer is gone: their locks are free
+            check_free_space(directory, items, sampling, encoder)
         attrs = {**encoder_attrs, **sampling.as_attrs()}
         with torch.no_grad():  # a context, not a global switch: callers (tests, the demo) keep their grad mode
             stats, rank = run_predict(

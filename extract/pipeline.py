@@ -31,8 +31,9 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.store import ShardWriter, StoreError, append_failure
+from data.store.writer import DiskFullError, disk_full_error, is_disk_full
 from extract.encoder import FrozenEncoder
-from extract.video import SampledVideo, Sampling, VideoError
+from extract.video import IDENTITY_MATRIX, SampledVideo, Sampling, VideoError
 
 
 @dataclass
@@ -79,7 +80,9 @@ def pack_videos(items, sampling: Sampling, size: tuple[int, int], batch: int, th
                 if len(frames) == batch:
                     yield flush()
             done.append({"video_id": video_id, "path": str(path), "times": video.times.tolist(),
-                         "segments": video.num_segments, "duration": float(video.info.duration)})
+                         "segments": video.num_segments, "duration": float(video.info.duration),
+                         "attrs": {"display_matrix": list(video.display_matrix or IDENTITY_MATRIX),
+                                   "video_stream": int(video.info.stream_index)}})
         except Exception as exc:  # noqa: BLE001 - one bad video must never stop the run
             error = str(exc) if isinstance(exc, VideoError) else f"unexpected {type(exc).__name__}: {exc}"
             if spans and spans[-1][0] == video_id:  # do not encode frames of a video that failed
@@ -163,7 +166,12 @@ class VideoAssembler:
             self._fail(record["video_id"], record["path"], record["error"])
 
     def _fail(self, video_id: str, path: str, error: str) -> None:
-        append_failure(self.directory, video_id, path, error)
+        try:
+            append_failure(self.directory, video_id, path, error)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.directory, f"writing failures.jsonl: {exc.strerror}") from None
+            raise
         self.stats.failed.append({"video_id": video_id, "path": path, "error": error})
         if self.on_video:
             self.on_video(0)
@@ -185,7 +193,9 @@ class VideoAssembler:
             self._fail(video_id, record["path"], "the encoder produced inf/NaN values (float16 overflow?)")
             return
         try:
-            self.writer.add(video_id, tokens, times, record["duration"], record["path"])
+            self.writer.add(video_id, tokens, times, record["duration"], record["path"], attrs=record.get("attrs"))
+        except DiskFullError:
+            raise  # the run cannot go on: one error line (sealed shards are kept)
         except StoreError as exc:  # the writer undoes a refused add; the shard's other videos still seal
             self._fail(video_id, record["path"], f"store: {exc}")
             return

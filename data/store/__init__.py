@@ -9,15 +9,19 @@ Layout of one cache (see DESIGN.md, "The cache (HDF5 schema 1)"):
     file attrs : schema=1, encoder, encoder_hash, image_size, patch_size, hidden_size, grid=[h, w], pool,
                  fps or segments, frames_per_segment, dtype="float16", created, version
     /videos/<escaped id>/tokens : float16 (T, P, D), chunks (1, P, D), uncompressed
-    /videos/<escaped id> attrs  : video_id, timestamps (T,) seconds, duration, source
+    /videos/<escaped id> attrs  : video_id, timestamps (T,) seconds, duration, source; from extraction also
+                                  display_matrix (9 int32, FFmpeg's, applied to the frames) and video_stream
 
 Axis letters: T segments (or frames at a fixed fps), P tokens per segment (1 CLS + h*w patches), D channels.
 
 `ShardWriter` appends videos to a `.partial` file and seals it (flush, fsync, rename to `.h5`, fsync the
 folder) after `max_videos` videos or before it would exceed `max_bytes`, and at `close()`. A killed writer
 therefore loses only its open `.partial`; `FeatureStore` indexes sealed shards only, so those videos count as
-not done and a resumed extraction redoes them. Tokens are stored uncompressed on purpose: ViT activations
-barely compress, and training reads random rows of them many times, so read speed matters more than disk.
+not done and a resumed extraction redoes them. Writers of several runs or nodes may share a folder: each `.partial`
+is created exclusively and locked by its writer, `remove_dead_partials` removes only those whose writer is gone,
+and a writer renames only the file it created. A full disk raises `DiskFullError` (sealed shards kept).
+Tokens are stored uncompressed on purpose: ViT activations barely compress, and training reads random rows of
+them many times, so read speed matters more than disk.
 
 `FeatureStore` reads any subset of segments of a video. Each segment is one raw (unfiltered) HDF5 chunk: the
 store asks HDF5 once per video where its chunks lie (`get_chunk_info`) and then reads the requested rows with
@@ -46,11 +50,12 @@ from data.store.layout import (
     unescape_id,
 )
 from data.store.reader import FeatureStore
-from data.store.writer import ShardWriter
+from data.store.writer import DiskFullError, ShardWriter, remove_dead_partials
 
 __all__ = [
     "PROVENANCE_KEYS",
     "SCHEMA",
+    "DiskFullError",
     "FeatureStore",
     "MissingVideoError",
     "ShardWriter",
@@ -61,5 +66,6 @@ __all__ = [
     "make_tag",
     "package_version",
     "read_failures",
+    "remove_dead_partials",
     "unescape_id",
 ]

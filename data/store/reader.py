@@ -77,6 +77,7 @@ class FeatureStore:
     # -- indexing
     def _build_index(self) -> None:
         shard_attrs: list[dict[str, Any]] = []
+        twice: list[str] = []  # "id (first shard, other shard)" for videos that two writers both stored
         for number, shard in enumerate(self._shards):
             try:
                 with h5py.File(shard, "r") as handle:
@@ -94,11 +95,13 @@ class FeatureStore:
             for name in names:
                 video_id = unescape_id(name)
                 if video_id in self._index:
-                    first = self._shards[self._index[video_id][0]].name
-                    warnings.warn(f"Video {video_id!r} is in both {first} and {shard.name}; "
-                                  f"reading it from {first}", stacklevel=3)
+                    twice.append(f"{video_id!r} ({self._shards[self._index[video_id][0]].name}, {shard.name})")
                     continue
                 self._index[video_id] = (number, name)
+        if twice:  # e.g. two extractions ran at once into this folder: the copies hold the same features
+            more = f" and {len(twice) - 3} more" if len(twice) > 3 else ""
+            warnings.warn(f"{len(twice)} video(s) are in two shards of {self.path}: {', '.join(twice[:3])}{more}; "
+                          "each is read from the first", stacklevel=3)
         if shard_attrs:
             meta = {}
             for key, value in shard_attrs[0].items():

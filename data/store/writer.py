@@ -1,11 +1,28 @@
 """Write side of the feature cache: `ShardWriter` appends videos to a `.partial` shard and seals it (see
-`data.store`)."""
+`data.store`).
+
+Several writers may share one cache folder: the ranks of one run, two runs started by hand, nodes on a shared file
+system. Each `.partial` is created exclusively (O_EXCL: no two writers ever get the same name) and its writer holds
+an advisory lock on it (`flock`) until it is sealed or abandoned, so `remove_dead_partials` deletes only the
+`.partial` files whose writer is provably gone (a killed run); a writer renames only the file it created (same
+inode) and never onto an existing shard. Locks are released by the kernel when a process dies, however it dies.
+
+A full disk (ENOSPC, or EDQUOT for a quota) raises `DiskFullError`: the writer removes its open `.partial` (after
+truncating it, so that HDF5 can close the file cleanly) and leaves every sealed shard as it is. Before each video
+it compares the free space with the video's size, so a full disk is normally found before HDF5 writes a byte.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import os
+import shutil
+import sys
 import warnings
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +31,108 @@ import h5py
 import numpy as np
 
 from data.store.layout import DTYPE, SCHEMA, SHARD_RE, StoreError, escape_id, fsync_dir, package_version, to_attr
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+HEADROOM_BYTES = 64 << 10  # HDF5 metadata of one video (its group, attrs, chunk index) is a few KB
+
+
+class DiskFullError(StoreError):
+    """The file system holding the cache has no room for the next video (ENOSPC, or EDQUOT: the quota)."""
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True for an OSError with errno ENOSPC/EDQUOT, or an HDF5 error that reports one (h5py raises RuntimeError
+    "Unable to flush raw data (... errno = 28, error message = 'No space left on device' ...)")."""
+    while exc is not None:
+        if getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
+            return True
+        text = str(exc)
+        if any(f"errno = {code}," in text or os.strerror(code) in text for code in DISK_FULL_ERRNOS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def format_bytes(count: float) -> str:
+    """1234567 -> "1.2 MB" (decimal units, as df -H)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} PB"
+
+
+def disk_full_error(directory: Path, detail: str) -> DiskFullError:
+    return DiskFullError(f"the disk holding the cache folder {directory} is full ({detail}); sealed shards are "
+                         "kept: free space there or set CACHE_DIR to a disk with room, then rerun the same command "
+                         "to resume")
+
+
+@contextlib.contextmanager
+def _unraisable_collected(into: list):
+    """Collect the errors h5py raises while deallocating objects (printed as "Exception ignored in ..." otherwise)."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda info: into.append(info.exc_value)
+    try:
+        yield into
+    finally:
+        sys.unraisablehook = previous
+
+
+_LOCKS: weakref.WeakSet = weakref.WeakSet()  # writers holding a lock fd in this process
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): drop the copies of the parent's lock fds, so that the lock lives and
+    dies with the writer's own process (flock locks belong to the open file, which a fork shares)."""
+    for writer in list(_LOCKS):
+        if writer._lock_fd is not None:
+            try:
+                os.close(writer._lock_fd)
+            except OSError:
+                pass
+            writer._lock_fd = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        here, ours = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def remove_dead_partials(directory) -> tuple[list[Path], list[Path]]:
+    """Delete the `.partial` shards of `directory` whose writer is gone; returns (removed, kept).
+
+    A `.partial` is removed only when its lock can be taken (its writer was killed, or it predates the locks).
+    Kept: the ones a live writer holds, and those whose lock cannot be tested (a file system without locks):
+    they are never read, and a later run removes them once their lock can be taken.
+    """
+    removed, kept = [], []
+    for path in sorted(Path(directory).glob("shard-*.h5.partial")):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # sealed or removed meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by a live writer (EWOULDBLOCK), or locks unsupported here
+                kept.append(path)
+                continue
+            if _same_file(path, fd):  # still the file we locked, not a new one of the same name
+                path.unlink()
+                removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        fsync_dir(Path(directory))
+    return removed, kept
 
 
 class ShardWriter:
@@ -29,7 +148,7 @@ class ShardWriter:
 
     Use as a context manager: the open shard is sealed on exit, also when an exception ends the block (a
     video whose `add` failed is not in it; if it cannot be undone, the shard stays `.partial`, like a killed
-    writer's).
+    writer's). Raises `DiskFullError` when the disk is full (the open `.partial` is then removed).
     """
 
     def __init__(self, directory, attrs: Mapping[str, Any], rank: int = 0, max_videos: int = 256,
@@ -55,7 +174,9 @@ class ShardWriter:
         self._ids: set[str] = set()  # every id written by this writer (open and sealed shards)
         self._token_shape: tuple[int, int] | None = None  # (P, D) shared by every video of this writer
         self._dirty = False  # True while an add() is half done
+        self._lock_fd: int | None = None  # our own fd of the open .partial, holding its flock
         self._next_index = self._first_free_index()
+        _LOCKS.add(self)
 
     def _first_free_index(self) -> int:
         used = [-1]
@@ -92,13 +213,47 @@ class ShardWriter:
         return tokens
 
     # -- shard lifecycle
+    def _claim(self) -> Path:
+        """Create and lock the next free `.partial` of this rank: exclusively, so no other writer (another run,
+        another node) can hold the same name; a name whose `.h5` exists is never taken."""
+        while True:
+            final = self.directory / f"shard-r{self.rank:02d}-{self._next_index:05d}.h5"
+            self._next_index += 1
+            partial = final.with_name(final.name + ".partial")
+            if final.exists():
+                continue
+            try:
+                fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue  # another writer's
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a cleaner is looking at it this very moment: it will go; take the next
+                os.close(fd)
+                continue
+            except OSError:
+                pass  # no locks on this file system: the exclusive name still keeps writers apart
+            if not _same_file(partial, fd) or final.exists():  # removed by a cleaner, or sealed meanwhile
+                os.close(fd)
+                continue
+            self._lock_fd = fd
+            return partial
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
     def _open_shard(self) -> None:
-        name = f"shard-r{self.rank:02d}-{self._next_index:05d}.h5"
-        self._next_index += 1
-        self._path = self.directory / (name + ".partial")
+        self._path = self._claim()
         # v1.10 format: the chunk index of a fixed-size dataset is one small array, not a B-tree interleaved
         # with the data, so (with early allocation below) a video's chunks lie back to back in the file.
-        self._file = h5py.File(self._path, "w-", libver=("v110", "v110"))
+        # HDF5's own file locking is off: it would conflict with the writer's lock (HDF5 flocks another fd).
+        try:
+            self._file = h5py.File(self._path, "w", libver=("v110", "v110"), locking=False)
+        except BaseException:
+            self._abandon()
+            raise
         attrs = dict(self.attrs)
         attrs.update(schema=SCHEMA, dtype="float16", rank=self.rank, version=package_version(),
                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -114,21 +269,79 @@ class ShardWriter:
         if self._dirty:  # a video could not be written nor undone: abandon the shard as .partial
             self._file.close()
             self._file = None
+            self._release()
             return
         partial = self._path
-        self._file.flush()
-        self._file.close()
-        self._file = None
-        with open(partial, "rb+") as handle:  # data on disk before the rename makes it visible
-            os.fsync(handle.fileno())
+        try:
+            self._file.flush()
+            self._file.close()
+            self._file = None
+            if self._lock_fd is not None:
+                os.fsync(self._lock_fd)  # data on disk before the rename makes it visible (same inode)
+        except Exception as exc:
+            if is_disk_full(exc):
+                self._abandon()
+                raise disk_full_error(self.directory, f"sealing {partial.name}: {_short(exc)}") from None
+            raise
         final = partial.with_name(partial.name[: -len(".partial")])
+        if self._lock_fd is not None and not _same_file(partial, self._lock_fd):
+            self._release()
+            self._path = None
+            raise StoreError(f"{partial} is no longer the file this writer wrote (another process removed or "
+                             "replaced it); it is not renamed. Run one extraction per cache folder at a time and "
+                             "rerun to redo its videos")
+        if final.exists():
+            self._release()
+            self._path = None
+            raise StoreError(f"{final} already exists; {partial.name} is left as it is (never overwrite a sealed "
+                             "shard). Rerun to redo its videos")
         os.replace(partial, final)
         fsync_dir(self.directory)
+        self._release()
         self.sealed.append(final)
         self._path = None
 
-    def add(self, video_id: str, tokens, timestamps, duration: float, source: str) -> None:
-        """Append one video: tokens (T, P, D) (stored as float16), timestamps (T,) in seconds."""
+    def _abandon(self) -> None:
+        """Drop the open shard after a failure and remove our `.partial`.
+
+        HDF5 still holds bytes it could not write; closing the file makes it try again, and a file it cannot close
+        crashes the interpreter at exit. So its file descriptor is first pointed at a scratch file in memory
+        (`memfd_create`, else /dev/null): the last writes succeed there and the file closes cleanly.
+        """
+        ours = self._path is not None and self._lock_fd is not None and _same_file(self._path, self._lock_fd)
+        if ours:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)  # frees the disk space at once
+        collected: list = []
+        with _unraisable_collected(collected):
+            if self._file is not None:
+                with contextlib.suppress(Exception):
+                    _divert(self._file)
+                with contextlib.suppress(Exception):
+                    self._file.close()
+            self._file = None
+        if ours:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+        self._release()
+        self._path = None
+        self._dirty = False
+
+    def _check_room(self, size: int) -> None:
+        """DiskFullError (after sealing the open shard) when the disk cannot take `size` more bytes."""
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return
+        if free >= size + HEADROOM_BYTES:
+            return
+        self._seal()
+        raise disk_full_error(self.directory, f"{format_bytes(free)} free, the next video needs {format_bytes(size)}")
+
+    def add(self, video_id: str, tokens, timestamps, duration: float, source: str,
+            attrs: Mapping[str, Any] | None = None) -> None:
+        """Append one video: tokens (T, P, D) (stored as float16), timestamps (T,) in seconds; `attrs`: more
+        per-video attrs (a str, number or 1-D list of numbers each, e.g. the display matrix applied)."""
         name = escape_id(video_id)
         if video_id in self._ids:
             raise StoreError(f"Video {video_id!r} was already written by this writer: add each id once")
@@ -138,8 +351,10 @@ class ShardWriter:
             raise StoreError(f"Expected {tokens.shape[0]} timestamps (one per segment) for {video_id!r}, "
                              f"got shape {timestamps.shape}")
         size = tokens.shape[0] * tokens.shape[1] * tokens.shape[2] * DTYPE.itemsize
+        extra = {key: to_attr(key, value) for key, value in dict(attrs or {}).items() if value is not None}
         if self._file is not None and self._count > 0 and self._bytes + size > self.max_bytes:
             self._seal()
+        self._check_room(size)
         with np.errstate(over="ignore"):  # overflow is reported below, with the video's name
             tokens = tokens.astype(DTYPE, copy=False)  # (T, P, D) float16
         if not np.isfinite(tokens).all():  # stored anyway (training reports a NaN loss), but say so now
@@ -149,17 +364,28 @@ class ShardWriter:
             self._open_shard()
         self._dirty = True
         videos = self._file["videos"]
+        collected: list = []
         try:
-            group = videos.create_group(name)
-            group.attrs["video_id"] = video_id
-            group.attrs["timestamps"] = timestamps
-            group.attrs["duration"] = float(duration)
-            group.attrs["source"] = str(source)
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all chunks allocated at once, in segment order
-            group.create_dataset("tokens", data=tokens, dcpl=dcpl, fill_time="never",
-                                 chunks=(1, tokens.shape[1], tokens.shape[2]))
-        except BaseException:
+            with _unraisable_collected(collected):
+                group = videos.create_group(name)
+                group.attrs["video_id"] = video_id
+                group.attrs["timestamps"] = timestamps
+                group.attrs["duration"] = float(duration)
+                group.attrs["source"] = str(source)
+                for key, value in extra.items():
+                    group.attrs[key] = value
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all chunks allocated at once, in segment order
+                dataset = group.create_dataset("tokens", data=tokens, dcpl=dcpl, fill_time="never",
+                                               chunks=(1, tokens.shape[1], tokens.shape[2]))
+                dataset.flush()  # the bytes go to the OS now: a full disk is an exception here, not at exit
+                del dataset, group
+            if collected:  # an error HDF5 could only report while freeing an object
+                raise collected[0]
+        except BaseException as exc:
+            if isinstance(exc, Exception) and is_disk_full(exc):
+                self._abandon()
+                raise disk_full_error(self.directory, _short(exc)) from None
             try:  # undo the half-written video so that the shard's other videos can still be sealed
                 if name in videos:
                     del videos[name]
@@ -185,3 +411,21 @@ class ShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()  # seals the complete videos (a half-written one was undone or leaves a .partial)
+
+
+def _divert(file: h5py.File) -> None:
+    """Point the HDF5 file's descriptor at a scratch file in memory, so that its pending writes cannot fail."""
+    fd = file.id.get_vfd_handle()
+    scratch = os.memfd_create("abandoned-shard") if hasattr(os, "memfd_create") else os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(scratch, fd)
+    finally:
+        os.close(scratch)
+
+
+def _short(exc: BaseException) -> str:
+    """The OS's words for a disk-full error (HDF5's messages run over several lines)."""
+    for code in DISK_FULL_ERRNOS:
+        if getattr(exc, "errno", None) == code or os.strerror(code) in str(exc):
+            return os.strerror(code)
+    return " ".join(str(exc).split())[:200]
