@@ -289,7 +289,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """Read the video stream's duration, start, frame rate and size without decoding.
 
     Duration comes from the stream header; when it is missing (Matroska, raw streams) from the container when the video
-    is its only stream; otherwise from one demuxing pass over the video packets (no decoding).
+    is its only stream; otherwise from one demuxing pass over the video packets (no decoding). Containers whose header
+    states the length in a way FFmpeg drops when the file is cut are read as they state it: AVI (the frame count)
+    and ASF/WMV (the play duration). MPEG program and transport streams (mpg, vob, ts) state no length at all, so a
+    cut one is the shorter video FFmpeg sees.
     """
     path = Path(path)
     _precheck(path)
@@ -308,6 +311,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             duration = num_frames * tb
         elif stream.duration and tb:
             duration = float(stream.duration * tb)
+        elif "asf" in container.format.name.split(",") and (stated := _asf_play_duration(path)) is not None:
+            duration = stated - start  # FFmpeg leaves the stream's duration unset when the file is shorter than stated
         elif container.duration and len(container.streams) == 1:
             duration = container.duration / av.time_base - start
         codec = stream.codec_context.name
@@ -325,6 +330,35 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 def _counts_frames(container) -> bool:
     """Containers whose header frame count is the length of the video (AVI: its time base is one frame)."""
     return "avi" in container.format.name.split(",")
+
+
+_ASF_HEADER = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")  # GUID 75B22630-668E-11CF-A6D9-00AA0062CE6C
+_ASF_FILE_PROPERTIES = bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365")  # GUID 8CABDCA1-A947-11CF-8EE4-00C00C205365
+
+
+def _asf_play_duration(path: Path) -> float | None:
+    """Seconds of presentation an ASF (wmv) file's File Properties Object states: play duration (100 ns units) less
+    the preroll (ms); None when absent, or when the broadcast flag says the values are not set."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return None
+    if head[:16] != _ASF_HEADER or len(head) < 30:
+        return None
+    at, end = 30, min(len(head), int.from_bytes(head[16:24], "little"))  # after the header object's own fields
+    while at + 24 <= end:
+        guid, size = head[at : at + 16], int.from_bytes(head[at + 16 : at + 24], "little")
+        if guid == _ASF_FILE_PROPERTIES and at + 104 <= len(head):
+            body = head[at + 24 : at + 104]
+            play = int.from_bytes(body[40:48], "little")  # after file id (16), size, date, packet count (8 each)
+            preroll = int.from_bytes(body[56:64], "little")
+            broadcast = int.from_bytes(body[64:68], "little") & 1
+            return None if broadcast or not play else play / 1e7 - preroll / 1e3
+        if size < 24:
+            return None
+        at += size
+    return None
 
 
 def _demux_duration(path: Path, rate: float, index: int) -> tuple[float, int]:

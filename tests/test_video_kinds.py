@@ -163,20 +163,25 @@ def test_a_last_frame_held_for_seconds_is_complete(tmp_path, container):
 
 
 # ----------------------------------------------------------------------------- 3. files cut short
-CUT_KINDS = {  # every container the README documents (data.datasets.base.VIDEO_EXTENSIONS)
-    "avi": ("mjpeg", None),  # Breakfast's container: the length is the frame count in its header
-    "mp4": ("libx264", {"movflags": "faststart"}),  # index first, as downloads are; index last: test_extract_media
-    "m4v": ("libx264", {"movflags": "faststart"}),
-    "mov": ("libx264", {"movflags": "faststart"}),
-    "mkv": ("libx264", None),
-    "webm": ("libvpx", None),
-}
+CUT_KINDS = {  # every container that states its length, of those the adapters take for videos (VIDEO_EXTENSIONS)
+    "avi": ("mjpeg", None, None),  # Breakfast's container: the length is the frame count in its header
+    "mp4": ("libx264", {"movflags": "faststart"}, None),  # index first, as downloads are (index last: media tests)
+    "m4v": ("libx264", {"movflags": "faststart"}, None),
+    "mov": ("libx264", {"movflags": "faststart"}, None),
+    "3gp": ("libx264", {"movflags": "faststart"}, None),
+    "mkv": ("libx264", None, None),
+    "webm": ("libvpx", None, None),
+    "flv": ("flv", None, None),
+    "wmv": ("wmv2", None, "asf"),  # the play duration in its header; FFmpeg drops it when the file is cut
+    "mxf": ("mpeg2video", None, "mxf"),
+}  # MPEG program and transport streams (mpg, vob, ts) state no length: a cut one is a shorter video
 
 
 @pytest.mark.parametrize("container", sorted(CUT_KINDS))
 def test_a_file_cut_at_60_percent_is_truncated_in_every_container(tmp_path, container):
-    codec, options = CUT_KINDS[container]
-    whole = write_video(tmp_path / f"whole.{container}", n=200, size=(32, 16), codec=codec, options=options)  # 8 s
+    codec, options, muxer = CUT_KINDS[container]
+    whole = write_video(tmp_path / f"whole.{container}", n=200, size=(32, 16), codec=codec, options=options,
+                        container_format=muxer)  # 8 s
     data = whole.read_bytes()
     cut = tmp_path / f"cut.{container}"
     cut.write_bytes(data[: len(data) * 6 // 10])
@@ -247,3 +252,23 @@ def test_the_video_stream_is_ffmpegs_choice_never_a_picture(tmp_path, name, stre
     assert video.info.stream_index == index and video.info.duration == pytest.approx(2.0)
     frames, _ = video.read()
     assert [frame_index(f) for f in frames] == [5, 15, 25, 35, 45]  # the 50-frame video, not the picture
+
+
+def test_the_display_matrix_and_stream_are_kept_in_the_videos_attrs(tmp_path):
+    """Decoding side to the sealed shard, without an encoder (zero tokens): the attrs say what was applied."""
+    from data.store import FeatureStore, ShardWriter
+    from extract.pipeline import VideoAssembler, pack_videos
+
+    rotated = write_rotated(tmp_path / "phone.mp4", -90)
+    cover = write_streams(tmp_path / "cover.mkv", [{**THUMB, "disposition": Disposition.default}, VIDEO])
+    items = [("phone", rotated), ("cover", cover)]
+    with ShardWriter(tmp_path / "cache", {"encoder": "none", "segments": 2}) as writer:
+        assembler = VideoAssembler(writer, tmp_path / "cache")
+        for batch in pack_videos(items, Sampling(segments=2), size=(16, 16), batch=3):
+            frames = batch["frames"].shape[0]
+            assembler.consume(np.zeros((frames, 1, 4), np.float16), batch["spans"], batch["done"], batch["failed"])
+    assert assembler.stats.extracted == 2 and not assembler.stats.failed
+    store = FeatureStore(tmp_path / "cache")
+    phone, cover = store.video_attrs("phone"), store.video_attrs("cover")
+    assert tuple(phone["display_matrix"]) == matrix_in_file(rotated) and phone["video_stream"] == 0
+    assert tuple(cover["display_matrix"]) == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30) and cover["video_stream"] == 1
