@@ -116,9 +116,12 @@ def remove_dead_partials(directory) -> tuple[list[Path], list[Path]]:
     removed, kept = [], []
     for path in sorted(Path(directory).glob("shard-*.h5.partial")):
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             continue  # sealed or removed meanwhile
+        except OSError:  # unreadable: its writer cannot be told dead
+            kept.append(path)
+            continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -126,8 +129,13 @@ def remove_dead_partials(directory) -> tuple[list[Path], list[Path]]:
                 kept.append(path)
                 continue
             if _same_file(path, fd):  # still the file we locked, not a new one of the same name
-                path.unlink()
-                removed.append(path)
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:  # e.g. a read-only folder
+                    kept.append(path)
         finally:
             os.close(fd)
     if removed:
