@@ -12,9 +12,9 @@ mkv, webm, avi, mov, ...); other files, hidden ones (`.DS_Store`, macOS `._*` fo
 skipped and counted in `.skipped`, not errors. Whether a file really is a video is FFmpeg's call at extraction: a text
 file named `.mp4` is recorded there as `cannot_open`.
 
-Drawn splits are 80/10/10 train/val/test per class and **stable**: a video's split depends only on its id and the seed
-(`data.datasets.splits`), so adding videos never moves existing ones. Protocol: the Breakfast/COIN one (`SEGMENTS=128`,
-train on a random sorted 64, evaluate on 64 uniform); `FPS=1` with `--clip window:60` gives the LVU one.
+Drawn splits are 80/10/10 train/val/test (per class in expectation) and **stable**: a video's split depends only on
+its id and the seed (`data.datasets.splits`), so adding videos never moves existing ones. Protocol: the Breakfast/COIN
+one (`SEGMENTS=128`, train on a random sorted 64, evaluate on 64 uniform); `FPS=1` with `CLIP=window:60` gives LVU's.
 """
 
 from __future__ import annotations
@@ -115,8 +115,7 @@ class Folder(VideoDataset):
         out: dict[str, list[Record]] = {split: [] for split in self.splits}
         drawn = [records[v] for v, e in scan.entries.items() if e.split is None]
         if drawn:
-            parts = draw(drawn, self.seed, SPLIT_FRACTIONS, key=lambda r: r.video_id,
-                         group=None if scan.regression else (lambda r: r.label))
+            parts = draw(drawn, self.seed, SPLIT_FRACTIONS, key=lambda r: r.video_id)
             for split, part in parts.items():
                 out[split].extend(part)
         for video_id, e in scan.entries.items():

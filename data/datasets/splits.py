@@ -2,19 +2,18 @@
 
 Each video id gets a number u in [0, 1) from a hash of (seed, id) (SHA-256, first 8 bytes); fractions cut [0, 1) into
 consecutive intervals in the order given (train 0.8, val 0.1, test 0.1: train [0, 0.8), val [0.8, 0.9), test
-[0.9, 1)). Adding or removing videos therefore never moves an existing one, unlike a seeded shuffle of the current list
-(issue #20: one added video moved 5 of 5 held-out videos, and an old checkpoint "validated" on its training videos).
-
-Draws are made per group (per class, for classification), so each class is split in the same proportions in
-expectation. A group too small for the intervals to give a split any video (fewer than about 1 / fraction videos) lends
-that split its video whose u lies nearest the split's interval, as long as the group has a video to spare; only such
-tiny groups can see a video move when videos are added. Standard library only: `import data` stays light.
+[0.9, 1)). Adding or removing videos therefore never moves an existing one, unlike a seeded shuffle of the current
+list, where one added video can move every held-out one (and an old checkpoint then "validates" on videos it trained
+on). Each class is split in the same proportions in expectation (a hash knows no classes). Only a set too small for a
+split to receive any video (about 1 / fraction videos) lends that split the video whose u lies nearest its interval,
+so that training still gets a val and a test split; only then can adding videos move one.
+Standard library only, so that `import data` stays light.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -39,63 +38,38 @@ def _check_fractions(fractions: dict[str, float]) -> list[tuple[str, float, floa
     return intervals
 
 
-def draw(items: Sequence[T], seed: int, fractions: dict[str, float], key: Callable[[T], str] = str,
-         group: Callable[[T], Hashable] | None = None) -> dict[str, list[T]]:
+def draw(items: Sequence[T], seed: int, fractions: dict[str, float], key: Callable[[T], str] = str
+         ) -> dict[str, list[T]]:
     """Split `items` by the stable hash of `key(item)` (a video id) into `fractions` (split name -> share).
 
-    Returns split name -> items in their input order. `group` (e.g. the label) draws each group on its own and
-    guarantees, where the group has enough items, at least one item in every split of positive fraction.
+    Returns split name -> items in their input order. A split of positive fraction that no item falls into takes
+    the item nearest its interval from the largest split (when that has 2 or more), so tiny sets still get every
+    split; only then can adding items move one.
     """
     intervals = _check_fractions(fractions)
-    out: dict[str, list[T]] = {name: [] for name in fractions}
-    groups: dict[Hashable, list[int]] = {}
-    for index, item in enumerate(items):
-        groups.setdefault(group(item) if group else None, []).append(index)
-    assigned: dict[int, str] = {}
-    for members in groups.values():
-        u = {i: unit_hash(key(items[i]), seed) for i in members}
-        chosen: dict[str, list[int]] = {name: [] for name in fractions}
-        for i in members:
-            name = next((n for n, lo, hi in intervals if lo <= u[i] < hi), intervals[-1][0])
-            chosen[name].append(i)
-        _fill_empty(chosen, u, intervals)
-        for name, indices in chosen.items():
-            for i in indices:
-                assigned[i] = name
-    for i in sorted(assigned):
-        out[assigned[i]].append(items[i])
-    return out
-
-
-def _fill_empty(chosen: dict[str, list[int]], u: dict[int, float], intervals) -> None:
-    """Give each empty split of positive width the spare item (from a split holding 2 or more) nearest its interval."""
+    u = [unit_hash(key(item), seed) for item in items]
+    chosen: dict[str, list[int]] = {name: [] for name in fractions}
+    for i, value in enumerate(u):
+        chosen[next((n for n, lo, hi in intervals if lo <= value < hi), intervals[-1][0])].append(i)
     for name, lo, hi in intervals:
         if chosen[name] or hi <= lo:
             continue
-        spare = [(abs(min(max(u[i], lo), hi) - u[i]), u[i], i, other)
-                 for other, indices in chosen.items() if len(indices) >= 2 for i in indices]
-        if not spare:
+        largest = max(chosen, key=lambda n: len(chosen[n]))
+        if len(chosen[largest]) < 2:
             continue
-        _, _, i, other = min(spare)
-        chosen[other].remove(i)
-        chosen[name].append(i)
+        nearest = min(chosen[largest], key=lambda i: (abs(min(max(u[i], lo), hi) - u[i]), u[i]))
+        chosen[largest].remove(nearest)
+        chosen[name].append(nearest)
+    return {name: [items[i] for i in sorted(indices)] for name, indices in chosen.items()}
 
 
-def hold_out(records: Sequence[T], fraction: float, seed: int, key: Callable[[T], str] = str,
-             group: Callable[[T], Hashable] | None = None) -> tuple[list[T], list[T]]:
+def hold_out(records: Sequence[T], fraction: float, seed: int, key: Callable[[T], str] = str
+             ) -> tuple[list[T], list[T]]:
     """(kept, held out): the records whose stable hash falls in the last `fraction` of [0, 1) are held out.
 
     Used for the validation split of data sets without one (10 % of train): `draw` with {train: 1 - f, val: f}.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"Expected a held-out fraction in (0, 1), got {fraction}")
-    parts = draw(records, seed, {"train": 1.0 - fraction, "val": fraction}, key=key, group=group)
+    parts = draw(records, seed, {"train": 1.0 - fraction, "val": fraction}, key=key)
     return parts["train"], parts["val"]
-
-
-def split_digest(ids: Iterable[str]) -> str:
-    """Order-free fingerprint of a set of video ids (SHA-256 of the sorted ids, first 16 hex digits)."""
-    digest = hashlib.sha256()
-    for video_id in sorted(set(ids)):
-        digest.update(video_id.encode() + b"\n")
-    return digest.hexdigest()[:16]
