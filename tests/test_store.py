@@ -437,3 +437,37 @@ def test_failures_append_and_read(tmp_path):
         handle.write('{"video_id": "torn", "pa')  # a writer killed mid-line
     with pytest.warns(UserWarning, match="unreadable line"):
         assert len(read_failures(directory)) == 2
+
+
+def test_add_parts_streams_into_the_layout_add_writes(tmp_path):
+    """A video written part by part reads back like one written at once, with the same raw-chunk layout."""
+    tokens = make_tokens(5, 11)
+    times = np.arange(11) * 0.5
+    with ShardWriter(tmp_path / "once", ATTRS) as writer:
+        writer.add("v", tokens, times, 5.5, "v.mp4")
+    parts = ((tokens[a:a + 4], times[a:a + 4]) for a in range(0, 11, 4))  # 4 + 4 + 3 segments
+    with ShardWriter(tmp_path / "parts", ATTRS) as writer:
+        writer.add_parts("v", 11, parts, 5.5, "v.mp4")
+    once, streamed = FeatureStore(tmp_path / "once"), FeatureStore(tmp_path / "parts")
+    np.testing.assert_array_equal(streamed.read("v"), once.read("v"))
+    np.testing.assert_array_equal(streamed.timestamps("v"), times)
+    assert streamed._layout("v")[2] is not None  # raw chunks: read with preadv, like add's
+    np.testing.assert_array_equal(streamed.read("v", [9, 2, 2]), once.read("v", [9, 2, 2]))
+
+
+def test_add_parts_undoes_a_video_whose_parts_fail(tmp_path):
+    def broken():
+        yield make_tokens(0, 3), np.arange(3.0)
+        raise RuntimeError("the decoder died")
+
+    with ShardWriter(tmp_path, ATTRS) as writer:
+        writer.add("good", make_tokens(1, 2), np.arange(2.0), 1.0, "s")
+        with pytest.raises(RuntimeError, match="decoder died"):
+            writer.add_parts("bad", 6, broken(), 3.0, "s")
+        with pytest.raises(StoreError, match="Expected 6 segments for 'short', got 3"):
+            writer.add_parts("short", 6, iter([(make_tokens(2, 3), np.arange(3.0))]), 3.0, "s")
+        with pytest.raises(StoreError, match="got more"):
+            writer.add_parts("long", 2, iter([(make_tokens(2, 3), np.arange(3.0))]), 3.0, "s")
+        writer.add("after", make_tokens(3, 2), np.arange(2.0), 1.0, "s")
+    store = FeatureStore(tmp_path)
+    assert store.ids() == ["after", "good"] and not store.partial_paths()

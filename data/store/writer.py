@@ -23,7 +23,7 @@ import shutil
 import sys
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -350,24 +350,34 @@ class ShardWriter:
             attrs: Mapping[str, Any] | None = None) -> None:
         """Append one video: tokens (T, P, D) (stored as float16), timestamps (T,) in seconds; `attrs`: more
         per-video attrs (a str, number or 1-D list of numbers each, e.g. the display matrix applied)."""
+        tokens = self._check_tokens(video_id, tokens)
+        self.add_parts(video_id, tokens.shape[0], [(tokens, timestamps)], duration, source, attrs)
+
+    def add_parts(self, video_id: str, num_segments: int, parts: Iterable, duration: float, source: str,
+                  attrs: Mapping[str, Any] | None = None) -> None:
+        """Append one video whose segments arrive in order, part by part, into the layout `add` writes.
+
+        `parts` yields (tokens (n, P, D), timestamps (n,) seconds), the n summing to `num_segments`; each part is
+        written (and flushed) before the next one is asked for, so memory holds one part whatever the video's length
+        (prediction streams long videos decode -> encode -> cache this way). An exception raised while drawing from
+        `parts` undoes the video (the shard's other videos still seal) and propagates.
+        """
         name = escape_id(video_id)
         if video_id in self._ids:
             raise StoreError(f"Video {video_id!r} was already written by this writer: add each id once")
-        tokens = self._check_tokens(video_id, tokens)
-        timestamps = np.asarray(timestamps, dtype=np.float64)
-        if timestamps.shape != (tokens.shape[0],):
-            raise StoreError(f"Expected {tokens.shape[0]} timestamps (one per segment) for {video_id!r}, "
-                             f"got shape {timestamps.shape}")
-        size = tokens.shape[0] * tokens.shape[1] * tokens.shape[2] * DTYPE.itemsize
+        total = int(num_segments)
+        parts = iter(parts)
+        part = next(parts, None)
+        if total < 1 or part is None:
+            raise StoreError(f"Expected at least one segment for {video_id!r}, got num_segments={num_segments!r}"
+                             f"{'' if part is not None else ' and no tokens'}")
+        tokens, times = self._check_part(video_id, *part)
+        p, d = tokens.shape[1], tokens.shape[2]
+        size = total * p * d * DTYPE.itemsize
         extra = {key: to_attr(key, value) for key, value in dict(attrs or {}).items() if value is not None}
         if self._file is not None and self._count > 0 and self._bytes + size > self.max_bytes:
             self._seal()
         self._check_room(size)
-        with np.errstate(over="ignore"):  # overflow is reported below, with the video's name
-            tokens = tokens.astype(DTYPE, copy=False)  # (T, P, D) float16
-        if not np.isfinite(tokens).all():  # stored anyway (training reports a NaN loss), but say so now
-            warnings.warn(f"Tokens of {video_id!r} contain NaN or inf (as float16, which overflows past "
-                          "65504): check the encoder's output for this video", RuntimeWarning, stacklevel=2)
         if self._file is None:
             self._open_shard()
         self._dirty = True
@@ -377,16 +387,32 @@ class ShardWriter:
             with _unraisable_collected(collected):
                 group = videos.create_group(name)
                 group.attrs["video_id"] = video_id
-                group.attrs["timestamps"] = timestamps
                 group.attrs["duration"] = float(duration)
                 group.attrs["source"] = str(source)
                 for key, value in extra.items():
                     group.attrs[key] = value
                 dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
                 dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all chunks allocated at once, in segment order
-                dataset = group.create_dataset("tokens", data=tokens, dcpl=dcpl, fill_time="never",
-                                               chunks=(1, tokens.shape[1], tokens.shape[2]))
-                dataset.flush()  # the bytes go to the OS now: a full disk is an exception here, not at exit
+                dataset = group.create_dataset("tokens", shape=(total, p, d), dtype=DTYPE, dcpl=dcpl,
+                                               fill_time="never", chunks=(1, p, d))
+                timestamps = np.empty(total, dtype=np.float64)  # (T,)
+                row = 0
+                while part is not None:
+                    if row + tokens.shape[0] > total:
+                        raise StoreError(f"Expected {total} segments for {video_id!r}, got more")
+                    dataset[row:row + tokens.shape[0]] = tokens
+                    dataset.flush()  # the bytes go to the OS now: a full disk is an exception here, not at exit
+                    timestamps[row:row + tokens.shape[0]] = times
+                    row += tokens.shape[0]
+                    part = next(parts, None)
+                    if part is not None:
+                        tokens, times = self._check_part(video_id, *part)
+                        if tokens.shape[1:] != (p, d):
+                            raise StoreError(f"Expected (P, D) = {(p, d)} in every part of {video_id!r}, got "
+                                             f"{tuple(tokens.shape[1:])}")
+                if row != total:
+                    raise StoreError(f"Expected {total} segments for {video_id!r}, got {row}")
+                group.attrs["timestamps"] = timestamps
                 del dataset, group
             if collected:  # an error HDF5 could only report while freeing an object
                 raise collected[0]
@@ -403,11 +429,25 @@ class ShardWriter:
             raise
         self._dirty = False
         self._ids.add(video_id)
-        self._token_shape = (tokens.shape[1], tokens.shape[2])
+        self._token_shape = (p, d)
         self._count += 1
         self._bytes += size
         if self._count >= self.max_videos or self._bytes >= self.max_bytes:
             self._seal()
+
+    def _check_part(self, video_id: str, tokens, timestamps) -> tuple[np.ndarray, np.ndarray]:
+        """One part of a video as float16 tokens (n, P, D) and float64 timestamps (n,); StoreError otherwise."""
+        tokens = self._check_tokens(video_id, tokens)
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        if timestamps.shape != (tokens.shape[0],):
+            raise StoreError(f"Expected {tokens.shape[0]} timestamps (one per segment) for {video_id!r}, "
+                             f"got shape {timestamps.shape}")
+        with np.errstate(over="ignore"):  # overflow is reported below, with the video's name
+            tokens = tokens.astype(DTYPE, copy=False)  # (n, P, D) float16
+        if not np.isfinite(tokens).all():  # stored anyway (training reports a NaN loss), but say so now
+            warnings.warn(f"Tokens of {video_id!r} contain NaN or inf (as float16, which overflows past "
+                          "65504): check the encoder's output for this video", RuntimeWarning, stacklevel=3)
+        return tokens, timestamps
 
     def close(self) -> list[Path]:
         """Seal the open shard (if any); returns every shard this writer sealed."""
