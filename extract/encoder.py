@@ -259,3 +259,13 @@ def describe(encoder: FrozenEncoder) -> str:
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """numpy uint8 (B, H, W, 3) -> torch uint8 (B, H, W, 3) without a copy."""
     return torch.from_numpy(np.ascontiguousarray(frames))
+
+
+def segment_means(tokens: np.ndarray, times: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average each segment's k frames in token space: tokens (T*k, P, D) -> float16 (T, P, D), times (T*k,) ->
+    (T,) seconds. Frames arrive in target order (segment t's frames are rows t*k .. t*k + k - 1)."""
+    t = tokens.shape[0] // k
+    times = times.reshape(t, k).mean(1)  # (T,)
+    if k > 1:
+        tokens = tokens.reshape(t, k, *tokens.shape[1:]).astype(np.float32).mean(1).astype(np.float16)  # (T, P, D)
+    return tokens, times

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.store import ShardWriter, StoreError, append_failure
 from data.store.writer import DiskFullError, disk_full_error, is_disk_full
-from extract.encoder import FrozenEncoder
+from extract.encoder import FrozenEncoder, segment_means
 from extract.video import IDENTITY_MATRIX, SampledVideo, Sampling, VideoError
 
 
@@ -185,10 +185,7 @@ class VideoAssembler:
             self._fail(video_id, record["path"], f"internal: received {got} of {expected} frames")
             return
         tokens = np.concatenate([p for _, p in parts])  # (T*k, P, D) float16
-        times = np.asarray(record["times"], dtype=np.float64).reshape(segments, self.k).mean(1)  # (T,)
-        if self.k > 1:
-            t, p, d = segments, tokens.shape[1], tokens.shape[2]
-            tokens = tokens.reshape(t, self.k, p, d).astype(np.float32).mean(1).astype(np.float16)  # (T, P, D)
+        tokens, times = segment_means(tokens, np.asarray(record["times"], dtype=np.float64), self.k)  # (T, P, D)
         if not np.isfinite(tokens).all():
             self._fail(video_id, record["path"], "the encoder produced inf/NaN values (float16 overflow?)")
             return
