@@ -47,3 +47,13 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
         report(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         report(tmp_path / "missing")
+
+
+def test_predictions_by_class_name_become_indices(tmp_path):
+    from heads.training.report import read_predictions
+
+    path = tmp_path / "predictions.csv"
+    path.write_text("video_id,label,pred,p_cat,p_dog\nv0,dog,cat,0.6,0.4\nv1,dog,dog,0.1,0.9\n")
+    assert read_predictions(path, ["cat", "dog"]) == ([1.0, 1.0], [0.0, 1.0])
+    path.write_text("video_id,label,pred\nv0,1,0\n")  # a run written before names: indices
+    assert read_predictions(path, ["cat", "dog"]) == ([1.0], [0.0])

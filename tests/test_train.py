@@ -16,6 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from data.datasets.splits import unit_hash
 from data.errors import run_cli
 from data.store import ShardWriter, make_tag
 from heads import HEADS, build_head
@@ -166,7 +167,9 @@ def test_regression_windows_fast_dev_run(tiny):
 
     store = FeatureStore(tag)
     dm = FeatureDataModule(store, Regression(store.ids()), batch_size=4, workers=0)
-    assert len(dm.video_ids("val")) == 1 and len(dm.video_ids("train")) == 11  # held out: no val split
+    # no val split: the train videos whose stable hash falls in the top 10 % are held out
+    held = [v for v in store.ids()[:12] if unit_hash(v, 0) >= 0.9] or dm.video_ids("val")
+    assert dm.video_ids("val") == held and len(dm.video_ids("train")) == 12 - len(held)
     model = HeadModule(build_head("s4-multiscale", 8, 1, dm.seq_len, **{"d_model": 16, "n_layers": 2}), {},
                        task_type="regression", n_outputs=1)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
@@ -176,6 +179,29 @@ def test_regression_windows_fast_dev_run(tiny):
     out = model.eval_outputs["test"]
     assert model.monitor == "val/mse" and out["scores"] is None and len(out["preds"]) == 6
     assert out["metric"] == pytest.approx(np.mean((np.array(out["preds"]) - 1.0) ** 2), rel=1e-5)
+
+
+def test_held_out_validation_never_moves_when_videos_are_added(tiny):
+    """Issue #20: adding videos to a data set without a val split must not move the held-out ones."""
+    root, cache = tiny
+    from data.store import FeatureStore
+
+    store = FeatureStore(next((cache / "synthetic").iterdir()))
+    ids = store.ids()
+
+    class NoVal(Regression):
+        def __init__(self, n):
+            from data import Record
+
+            self._records = {"train": [Record(v, i % 3) for i, v in enumerate(ids[:n])],
+                             "test": [Record(v, 0) for v in ids[-3:]]}
+
+    NoVal.task_type, NoVal.num_classes = "classification", 3
+    before = FeatureDataModule(store, NoVal(20), batch_size=4, workers=0, clip=("subset", 4))
+    after = FeatureDataModule(store, NoVal(30), batch_size=4, workers=0, clip=("subset", 4))
+    assert before.video_ids("val") and set(before.video_ids("val")) <= set(after.video_ids("val"))
+    assert set(before.video_ids("train")) <= set(after.video_ids("train"))
+    assert set(after.video_ids("val")) == {v for v in ids[:30] if unit_hash(v, 0) >= 0.9}
 
 
 # ------------------------------------------------------------------------------------------- the command line
@@ -202,6 +228,25 @@ def test_train_writes_run_directory_and_eval_matches(tiny, tmp_path, capsys):
     assert evaluated["test"]["acc"] == pytest.approx(results["test"]["acc"])
     assert main(cli(root, cache, runs, "--epochs", "1", "--limit-batches", "1")) == 0
     assert (runs / "synthetic" / "s4-multiscale" / "version_1" / "results.json").is_file()
+
+
+def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys):
+    root, cache = make_tiny(tmp_path)
+    runs = tmp_path / "runs"
+    assert main(cli(root, cache, runs, "--epochs", "1", "--limit-batches", "1")) == 0
+    run = runs / "synthetic" / "s4-multiscale" / "version_0"
+    recorded = json.loads((run / "results.json").read_text())["splits"]
+    assert len(recorded["val"]) == 6 and len(recorded["test"]) == 9
+    capsys.readouterr()
+    labels = root / "labels.csv"
+    labels.write_text(labels.read_text().replace("val000,val,", "val000,train,"))  # one val video moves to train
+    assert main(["eval", "--ckpt", str(run / "checkpoints" / "best.ckpt")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the val split is not the checkpoint's: 0 of its 5 videos were not in it at training time, " \
+           "1 of the 6 then are not in it now (e.g. 'val000')" in err
+    assert "warning: the train split is not the checkpoint's" in err and "test split" not in err
+    evaluated = json.loads((run / "checkpoints" / "best.eval.json").read_text())
+    assert len(evaluated["split_changes"]) == 2 and "val000" in evaluated["splits"]["train"]
 
 
 def test_resume_equals_uninterrupted_run(tiny, tmp_path):

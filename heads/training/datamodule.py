@@ -1,11 +1,7 @@
 """Lightning data module over a feature cache (`data.store.FeatureStore`) and a dataset's records.
 
-Clips follow DESIGN.md's protocols (`ds.clip`):
-  ("window", W)  LVU: training takes one random window of W consecutive segments; evaluation takes every window
-                 (stride `eval_stride`, last window aligned to the end) and the module averages the softmax per video.
-  ("subset", K)  Breakfast / COIN / synthetic: training takes K random segments in temporal order; evaluation takes
-                 K uniformly spaced segments (one clip per video).
-Videos shorter than a clip repeat their last segment (windows) or repeat segments (subsets).
+Clips follow the data set's protocol (`ds.clip`, see `heads.training.clips`): one random clip per video per epoch for
+training; every evaluation clip of a video (windows: many, averaged by the module; subsets: one) for val and test.
 Labels always come from the dataset's records, never from the cache. Every record must have cached features:
 missing ones stop the run with how many and how to fill them (recorded extraction failures are skipped with a note).
 """
@@ -19,36 +15,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from data.datasets.splits import hold_out
 from data.errors import UserError
+from heads.training.clips import random_subset, uniform_indices, window_indices, window_starts
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------------- index helpers
-def window_starts(num_segments: int, window: int, stride: int = 1) -> list[int]:
-    """Start indices of every window of `window` segments (stride `stride`), the last one ending at the end."""
-    last = max(0, num_segments - window)
-    starts = list(range(0, last + 1, max(1, stride)))
-    if starts[-1] != last:
-        starts.append(last)
-    return starts
-
-
-def window_indices(num_segments: int, start: int, window: int) -> np.ndarray:
-    """Segment indices of one window; past the end the last segment repeats."""
-    return np.minimum(np.arange(start, start + window), num_segments - 1)
-
-
-def uniform_indices(num_segments: int, k: int) -> np.ndarray:
-    """k uniformly spaced segment indices (centres of k equal bins); repeats when num_segments < k."""
-    return np.floor((np.arange(k) + 0.5) * num_segments / k).astype(np.int64)
-
-
-def random_subset(num_segments: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k random segment indices in temporal order (distinct when the video has at least k segments)."""
-    if num_segments >= k:
-        return np.sort(rng.choice(num_segments, size=k, replace=False))
-    return np.sort(rng.integers(0, num_segments, size=k))
 
 
 # --------------------------------------------------------------------------------------------------------- datasets
@@ -134,7 +105,8 @@ class UnrepeatedSampler(torch.utils.data.Sampler):
 class FeatureDataModule(pl.LightningDataModule):
     """Splits of `dataset` served from the cache at `store` (a FeatureStore or its tag directory).
 
-    Validation: the dataset's "val" split when it has one, else a held-out `val_fraction` of train (fixed by `seed`).
+    Validation: the dataset's "val" split when it has one, else a held-out `val_fraction` of train, drawn by a hash
+    of each video's id and `seed` (`data.datasets.splits.hold_out`), so that it never moves.
     """
 
     def __init__(self, store, dataset, batch_size: int = 16, workers: int = 2, clip: tuple[str, int] | None = None,
@@ -216,19 +188,23 @@ class FeatureDataModule(pl.LightningDataModule):
         splits = tuple(self.dataset.splits)
         if "train" not in splits or "test" not in splits:
             raise UserError(f"dataset {self.dataset.name} must have train and test splits, has {splits}")
-        train = self._check_cached("train", self._records("train"))
+        train = self._records("train")
         if "val" in splits:
             val = self._check_cached("val", self._records("val"))
         else:
-            rng = np.random.default_rng(self.seed)
-            order = rng.permutation(len(train))
-            n_val = max(1, int(round(self.val_fraction * len(train)))) if len(train) > 1 else 0
-            if n_val == 0:
-                val = list(train)
-            else:
-                val = [train[i] for i in sorted(order[:n_val])]
-                train = [train[i] for i in sorted(order[n_val:])]
-            self.notes.append(f"no val split: {len(val)} train videos held out for validation (seed {self.seed})")
+            # Held out by a hash of each id and the seed: adding videos never moves a held-out one, and
+            # which videos happen to be cached does not change the draw (data/datasets/splits.py).
+            if not 0.0 < self.val_fraction < 1.0:
+                raise UserError(f"--val-fraction must lie in (0, 1) for {self.dataset.name}, which has no val split; "
+                                f"got {self.val_fraction}")
+            kept, held = hold_out(train, self.val_fraction, self.seed, key=lambda r: r.video_id)
+            if held:
+                train, val = kept, self._check_cached("val", held)
+            else:  # a single training video: validate on it
+                val = self._check_cached("val", list(train))
+            self.notes.append(f"no val split: {len(val)} train videos held out for validation (stable: by a hash of "
+                              f"their id and seed {self.seed})")
+        train = self._check_cached("train", train)
         test = self._check_cached("test", self._records("test"))
         for name, recs in (("train", train), ("val", val), ("test", test)):
             self.splits[name] = self._pack(recs)
@@ -247,6 +223,10 @@ class FeatureDataModule(pl.LightningDataModule):
 
     def video_ids(self, split: str) -> list[str]:
         return self.splits[split][0]
+
+    def split_ids(self) -> dict[str, list[str]]:
+        """The ids of every split this module serves (recorded in results.json and the checkpoint)."""
+        return {split: list(ids) for split, (ids, _, _) in self.splits.items()}
 
     def labels(self, split: str) -> list:
         return self.splits[split][1]

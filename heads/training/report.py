@@ -84,12 +84,19 @@ def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title:
     return path
 
 
-def read_predictions(path: Path) -> tuple[list[float], list[float]]:
+def read_predictions(path: Path, class_names: list[str] | None = None) -> tuple[list[float], list[float]]:
+    """Labels and predictions of predictions.csv as numbers: class names become their index in `class_names`
+    (runs before names were written hold the indices themselves)."""
+    index = {name: i for i, name in enumerate(class_names or [])}
+
+    def number(text: str) -> float:
+        return float(index[text]) if text in index else float(text)
+
     labels, preds = [], []
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            labels.append(float(row["label"]))
-            preds.append(float(row["pred"]))
+            labels.append(number(row["label"]))
+            preds.append(number(row["pred"]))
     return labels, preds
 
 
@@ -122,11 +129,11 @@ def plot_predictions(labels: list[float], preds: list[float], task_type: str, cl
         fig, ax = plt.subplots(figsize=(size + 1, size))
         image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
         fig.colorbar(image, ax=ax, fraction=0.046)
-        names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
-        if k <= 30:  # columns by index, rows "index name" (long names would squeeze the matrix)
-            ax.set_xticks(range(k), [str(i) for i in range(k)], fontsize=7)
-            ax.set_yticks(range(k), [f"{i} {n}" if len(n) <= 60 else f"{i} {n[:57]}..." for i, n in enumerate(names)],
-                          fontsize=7)
+        names = class_names if class_names and len(class_names) == k else [f"class {i}" for i in range(k)]
+        if k <= 30:  # class names on both axes, long ones shortened
+            short = [n if len(n) <= 40 else f"{n[:37]}..." for n in names]
+            ax.set_xticks(range(k), short, fontsize=7, rotation=90)
+            ax.set_yticks(range(k), short, fontsize=7)
             for i in range(k):
                 for j in range(k):
                     if matrix[i, j]:
@@ -161,7 +168,7 @@ def report(run: Path) -> list[Path]:
         if metrics:
             written.append(plot_curves(metrics, run, title))
     if predictions.exists():
-        labels, preds = read_predictions(predictions)
+        labels, preds = read_predictions(predictions, results.get("class_names"))
         if labels:
             task_type = results.get("task_type", "classification")
             written.append(plot_predictions(labels, preds, task_type, results.get("class_names"), run, title))

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from data.errors import UserError
+from data.store import PROVENANCE_KEYS
 from heads import DEFAULTS, HEADS, build_head
 from heads.training.run_dir import (
     code_version,
@@ -31,10 +32,13 @@ from heads.training.run_dir import (
     next_version,
     plain,
     read_metrics_rows,
+    split_changes,
     write_predictions,
 )
 
-CACHE_KEYS = ("encoder", "encoder_hash", "hidden_size", "image_size", "patch_size", "grid", "pool")
+# What a checkpoint records of its cache: the provenance attrs that say what the tokens mean (encoder name and weights
+# hash, sizes, pool, sampling), so that `make predict` can make features of a new video the same way.
+CACHE_KEYS = tuple(k for k in PROVENANCE_KEYS if k not in ("schema", "dtype"))
 
 
 # --------------------------------------------------------------------------------------------- small resolvers
@@ -124,6 +128,21 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def restore_head(ckpt: dict) -> torch.nn.Module:
+    """The trained head of a checkpoint read by `load_checkpoint`, built from its config with its weights, in eval
+    mode: (B, T, P, D) -> (B, n_outputs)."""
+    config = ckpt["hyper_parameters"]["config"]
+    head = build_head(config["head"], config["cache"]["hidden_size"], config["n_outputs"], config["seq_len"],
+                      **config["head_cfg"])
+    state = {k[len("head."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("head.")}
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"the checkpoint's weights do not fit its own {config['head']} config "
+                        f"({str(exc).splitlines()[0]}); is it a checkpoint written by `make train`?") from exc
+    return head.eval()
+
+
 def cache_info(store, tag_dir: Path, dm) -> dict:
     meta = dict(store.meta)
     P, D = dm.feature_shape
@@ -200,7 +219,7 @@ def train(args) -> tuple[dict, bool]:
         args.data_root = args.data_root or prev.get("data_root")
         args.tag = args.tag or prev["cache"]["tag"]
     dataset_name = args.dataset or default_dataset(cache_dir)
-    ds = get_dataset(dataset_name, root=args.data_root, task=args.task)
+    ds = get_dataset(dataset_name, root=args.data_root, task=args.task, seed=args.seed)
     task = getattr(ds, "task", None)
     tag_dir = resolve_cache(cache_dir, dataset_name, args.tag)
     store = FeatureStore(tag_dir)
@@ -216,6 +235,9 @@ def train(args) -> tuple[dict, bool]:
     if resume_ckpt is not None:
         check_cache_matches(resume_ckpt["hyper_parameters"]["config"]["cache"], cache, tag_dir,
                             f"the checkpoint {args.resume}")
+        for line in split_changes(resume_ckpt["hyper_parameters"]["config"].get("splits"), dm.split_ids()):
+            print(f"warning: {line}; the resumed run trains and validates on the splits of today",
+                  file=sys.stderr, flush=True)
     regression = ds.task_type == "regression"
     n_outputs = 1 if regression else int(ds.num_classes)
     if resume_ckpt is None:
@@ -245,7 +267,7 @@ def train(args) -> tuple[dict, bool]:
         "weight_decay": args.weight_decay, "seed": args.seed, "val_fraction": args.val_fraction,
         "plateau_factor": args.plateau_factor, "plateau_patience": args.plateau_patience,
         "devices": args.devices, "nodes": args.nodes, "accelerator": args.accelerator, "params": params,
-        "run_dir": str(run_dir), "code_version": code_version(), "notes": dm.notes,
+        "run_dir": str(run_dir), "code_version": code_version(), "notes": dm.notes, "splits": dm.split_ids(),
     })
     model = HeadModule(head, config, task_type=ds.task_type, n_outputs=n_outputs, lr=args.lr,
                        weight_decay=args.weight_decay, plateau_factor=args.plateau_factor,
@@ -295,7 +317,7 @@ def train(args) -> tuple[dict, bool]:
         "epochs_run": trainer.current_epoch, "global_step": trainer.global_step, "train_s": round(train_s, 2),
         "params": params, "cache_tag": cache["tag"], "cache": cache, "code_version": config["code_version"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(run_dir), "notes": dm.notes,
-        "n_videos": {s: len(dm.video_ids(s)) for s in ("train", "val", "test")},
+        "n_videos": {s: len(dm.video_ids(s)) for s in ("train", "val", "test")}, "splits": dm.split_ids(),
     })
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -323,18 +345,19 @@ def evaluate(args) -> dict:
     hp = ckpt["hyper_parameters"]
     config = hp["config"]
     cache_dir = Path(args.cache_dir or config["cache_dir"])
-    ds = get_dataset(config["dataset"], root=args.data_root or config.get("data_root"), task=config.get("task"))
+    ds = get_dataset(config["dataset"], root=args.data_root or config.get("data_root"), task=config.get("task"),
+                     seed=config["seed"])
     tag_dir = resolve_cache(cache_dir, config["dataset"], args.tag or config["cache"]["tag"])
     store = FeatureStore(tag_dir)
     dm = FeatureDataModule(store, ds, batch_size=args.batch or config["batch"], workers=args.workers,
                            clip=tuple(config["clip"]), eval_stride=config["eval_stride"], seed=config["seed"],
                            val_fraction=config["val_fraction"], allow_missing=args.allow_missing)
     check_cache_matches(config["cache"], cache_info(store, tag_dir, dm), tag_dir, f"the checkpoint {args.ckpt}")
-    head = build_head(config["head"], config["cache"]["hidden_size"], config["n_outputs"], config["seq_len"],
-                      **config["head_cfg"])
-    model = HeadModule(head, config, task_type=config["task_type"], n_outputs=config["n_outputs"], lr=hp["lr"],
-                       weight_decay=hp["weight_decay"])
-    model.load_state_dict(ckpt["state_dict"])
+    changes = split_changes(config.get("splits"), dm.split_ids())
+    for line in changes:  # e.g. videos added to DATA_ROOT since training (issue: a validation split that moves)
+        print(f"warning: {line}; its metrics are not comparable with the run's", file=sys.stderr, flush=True)
+    model = HeadModule(restore_head(ckpt), config, task_type=config["task_type"], n_outputs=config["n_outputs"],
+                       lr=hp["lr"], weight_decay=hp["weight_decay"])
     trainer = pl.Trainer(accelerator=args.accelerator or "auto", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
     with warnings.catch_warnings():
@@ -349,6 +372,7 @@ def evaluate(args) -> dict:
         "test": {m: model.eval_outputs["test"]["metric"], "loss": model.eval_outputs["test"]["loss"]},
         "epochs_run": ckpt.get("epoch"), "run_dir": str(Path(args.ckpt).resolve().parent.parent),
         "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "splits": dm.split_ids(), "split_changes": changes,
     })
     out = Path(args.ckpt).with_suffix(".eval.json")
     try:

@@ -91,21 +91,39 @@ def merge_metrics(path: Path, old_rows: list[dict]) -> None:
 
 
 def write_predictions(path: Path, out: dict, video_ids: list[str], class_names: list[str] | None) -> None:
-    """video_id,label,pred[,p_<class>...] — one row per test video (probabilities = mean softmax over its clips)."""
+    """video_id,label,pred[,p_<class>...] — one row per test video, classes by name (probabilities = mean softmax
+    over its clips); regression: the label and the prediction."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         scores = out.get("scores")
+        names = None
         header = ["video_id", "label", "pred"]
         if scores:
             names = class_names if class_names and len(class_names) == len(scores[0]) else \
-                [str(i) for i in range(len(scores[0]))]
+                [f"class {i}" for i in range(len(scores[0]))]
             header += [f"p_{n}" for n in names]
         writer.writerow(header)
         for row, v in enumerate(out["video_index"]):
-            line = [video_ids[v], out["labels"][row], out["preds"][row]]
+            label, pred = out["labels"][row], out["preds"][row]
+            line = [video_ids[v], *((names[int(label)], names[int(pred)]) if names else (label, pred))]
             if scores:
                 line += [f"{p:.6f}" for p in scores[row]]
             writer.writerow(line)
+
+
+def split_changes(recorded: dict | None, current: dict[str, list[str]]) -> list[str]:
+    """One line per split whose video ids differ from those a checkpoint recorded ([] when all agree, or when the
+    checkpoint predates recording them)."""
+    lines = []
+    for split, ids in (current.items() if recorded else ()):
+        before, now = set(recorded.get(split) or ()), set(ids)
+        if before == now:
+            continue
+        added, gone = sorted(now - before), sorted(before - now)
+        lines.append(f"the {split} split is not the checkpoint's: {len(added)} of its {len(now)} videos were not in "
+                     f"it at training time, {len(gone)} of the {len(before)} then are not in it now "
+                     f"(e.g. {(added or gone)[0]!r})")
+    return lines
 
 
 def summary_line(results: dict) -> str:
