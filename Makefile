@@ -21,7 +21,10 @@ TORCH_PIN := torch==2.13.0
 ##   ACCELERATOR, DEVICES, NODES   [auto, 1, 1]; DEVICES>1 or NODES>1 trains with DDP
 ##   RESUME       runs/.../checkpoints/last.ckpt, or 'last' for the newest run   [none]
 ##   TAG          cache tag to train on (cache/<dataset>/<tag>)   [most recent]
-##   CKPT (make eval), RUN (make report), QUICK=1 / GPU=1 (make bench), DEBUG=1 (full tracebacks)
+##   CLIP         clip protocol: window:W (LVU) or subset:K (Breakfast, COIN, folder)   [the data set's]
+##   CKPT (make eval, make predict: [the newest runs/**/best.ckpt]), RUN (make report), QUICK=1 / GPU=1 (make bench)
+##   VIDEO, OUT, TOPK   make predict: a video file or folder, output folder, classes shown   [-, predictions, 5]
+##   DEBUG=1      full tracebacks
 
 opt = $(if $($(1)),--$(2) '$($(1))')
 EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
@@ -31,9 +34,10 @@ EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA
 TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
 	$(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) $(call opt,LR,lr) $(call opt,SEED,seed) \
 	$(call opt,DEVICES,devices) $(call opt,NODES,nodes) $(call opt,ACCELERATOR,accelerator) \
-	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers) $(call opt,TAG,tag)
+	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers) $(call opt,TAG,tag) \
+	$(call opt,CLIP,clip)
 
-.PHONY: help install test lint clean data extract train eval demo bench report doctor
+.PHONY: help install test lint clean data extract train eval predict demo bench report doctor
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -54,7 +58,7 @@ test: $(STAMP) ## run the test suite (offline) and the quick benchmarks
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 lint: $(STAMP) ## ruff over the code
-	$(PY) -m ruff check data extract heads doctor bench tests
+	$(PY) -m ruff check data extract heads predict doctor bench tests
 
 data: $(STAMP) ## write the synthetic data set (DATASET=synthetic) into DATA_ROOT
 	@$(PY) -m data make $(if $(DATASET),$(DATASET),synthetic) $(call opt,DATA_ROOT,root) $(call opt,SEED,seed)
@@ -67,6 +71,10 @@ train: $(STAMP) ## stage 2: train a head on cached features into runs/
 
 eval: $(STAMP) ## test a checkpoint: make eval CKPT=runs/.../best.ckpt
 	@$(PY) -m heads eval $(call opt,CKPT,ckpt) $(call opt,CACHE_DIR,cache-dir) $(call opt,DATA_ROOT,data-root)
+
+predict: $(STAMP) ## classify new videos: make predict VIDEO=<file or folder> [CKPT=...] [OUT=predictions] [TOPK=5]
+	@$(PY) -m predict $(if $(VIDEO),'$(VIDEO)') $(call opt,CKPT,ckpt) $(call opt,OUT,out) $(call opt,TOPK,topk) \
+		$(call opt,CACHE_DIR,cache-dir)
 
 demo: $(STAMP) ## offline end to end: synthetic videos -> cache -> three heads -> runs/demo/summary.{json,png}
 	@$(PY) -m bench.demo

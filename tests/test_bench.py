@@ -23,7 +23,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "quick.json").read_text())
     assert results["device"]
-    for section in ("store", "kernel", "heads", "extract"):
+    for section in ("store", "kernel", "heads", "extract", "predict"):
         assert "error" not in results[section], results[section]
     assert results["store"]["read_ratio"] > 0
     assert {"naive", "torch"} <= set(results["kernel"])
@@ -34,6 +34,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert {"lvu_step_s", "lvu_peak_gb", "scaling_step_s"} <= set(heads)
     assert any(name.startswith("s4-multiscale") for name in heads["lvu_step_s"])
     assert {"encoder_fps", "end_to_end_fps", "bytes_per_value"} <= set(results["extract"])
+    assert results["predict"]["peak_rss_ratio"] > 0 and set(results["predict"]["runs"]) == {"0.5min", "1.5min"}
     assert (tmp_path / "quick-kernel.png").stat().st_size > 0
     import torch
 
