@@ -143,8 +143,17 @@ def test_predict_bad_input_is_one_line(class_run, tmp_path, capsys, monkeypatch)
     ckpt = str(run / "checkpoints" / "best.ckpt")
     fake = tmp_path / "holiday.mp4"
     fake.write_text("this is not a video\n")
+    one_frame = write_clip(tmp_path / "still.mp4", COLOURS["red"], seed=5, seconds=0.25)  # 1 frame
+    offline = torch.load(ckpt, map_location="cpu", weights_only=True)
+    offline["hyper_parameters"]["config"]["cache"]["encoder"] = "google/vit-not-downloaded"
+    torch.save(offline, tmp_path / "offline.ckpt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cases = {
-        "a text file named .mp4": ([str(fake), "--ckpt", ckpt], "holiday.mp4"),
+        "a text file named .mp4": ([str(fake), "--ckpt", ckpt], "holiday.mp4: cannot_open"),
+        "a video too short for one segment": ([str(one_frame), "--ckpt", ckpt], "still.mp4: too_short"),
+        "an encoder not available offline": ([str(shutil.copy(root / "red" / "red0.mp4", tmp_path / "r.mp4")),
+                                              "--ckpt", str(tmp_path / "offline.ckpt"), "--cache-dir",
+                                              str(tmp_path / "cache")], "HF_HUB_OFFLINE=1 forbids downloading"),
         "a missing file": ([str(tmp_path / "nope.mp4"), "--ckpt", ckpt], "no file or folder at"),
         "not our checkpoint": ([str(fake), "--ckpt", str(fake)], "cannot load checkpoint"),
         "no checkpoint under runs/": ([str(fake), "--runs-dir", str(tmp_path)], "no checkpoints/best.ckpt under"),
