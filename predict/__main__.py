@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_plot:
             output.plot(out_dir / name.with_suffix(".png"), document, clip[0] == "window", args.topk)
         rows.append(output.csv_row(document, args.topk))
-        print(output.summary(str(path), result, config.get("class_names"), args.topk), flush=True)
+        print(output.summary(str(path), result, config, args.topk), flush=True)
     if rows:
         output.update_csv(out_dir / "predictions.csv", rows)
     print(f"{len(rows)} of {len(videos)} video(s) predicted with {ckpt_path} ({features.encoded} encoded, the rest "

@@ -141,7 +141,7 @@ class Features:
 
     def _encode(self, path: Path, key: str) -> None:
         try:
-            video = SampledVideo(path, self.sampling, size=self.encoder_size())
+            video = SampledVideo(path, self.sampling, size=self._frame_size())
         except VideoError as exc:
             raise UserError(f"{path}: {exc}") from None
         _ = self.encoder  # loaded (or refused) before anything is written
@@ -155,7 +155,8 @@ class Features:
             raise UserError(f"{path}: {exc}") from exc
         self.encoded += 1
 
-    def encoder_size(self) -> tuple[int, int]:
+    def _frame_size(self) -> tuple[int, int]:
+        """(H, W) of the encoder's input, from the provenance (so a bad file fails before the encoder loads)."""
         size = self.cache.get("image_size")
         if size is None:
             return self.encoder.image_size

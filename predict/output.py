@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.datasets.base import default_class_names
 from predict.classify import VideoScores
 
 
@@ -27,16 +28,24 @@ def top_k(scores: np.ndarray, class_names: list[str], k: int) -> list[tuple[str,
     return [(class_names[i], float(scores[i])) for i in order]
 
 
-def summary(video: str, result: VideoScores, class_names: list[str] | None, k: int) -> str:
+def class_names(config: dict) -> list[str] | None:
+    """The checkpoint's class names (`class <i>` for a checkpoint that has none); regression: None."""
+    if config["task_type"] == "regression":
+        return None
+    return list(config.get("class_names") or default_class_names(int(config["n_outputs"])))
+
+
+def summary(video: str, result: VideoScores, config: dict, k: int) -> str:
     """The printed line of one video."""
-    if class_names is None:
+    names = class_names(config)
+    if names is None:
         return f"{video}: {result.scores[0]:.4g}"
-    return f"{video}: " + ", ".join(f"{label} {p:.2f}" for label, p in top_k(result.scores, class_names, k))
+    return f"{video}: " + ", ".join(f"{label} {p:.2f}" for label, p in top_k(result.scores, names, k))
 
 
 def record(video: str, checkpoint: str, config: dict, result: VideoScores, k: int) -> dict:
     """The JSON document of one video."""
-    names = config.get("class_names")
+    names = class_names(config)
     out = {"video": video, "checkpoint": checkpoint, "head": config.get("head"), "task_type": config["task_type"],
            "duration_s": round(result.duration_s, 3)}
     if config["task_type"] == "regression":
