@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data.store import ShardWriter, StoreError, append_failure
 from data.store.writer import DiskFullError, disk_full_error, is_disk_full
 from extract.encoder import FrozenEncoder, segment_means
-from extract.video import IDENTITY_MATRIX, SampledVideo, Sampling, VideoError
+from extract.video import SampledVideo, Sampling, VideoError
 
 
 @dataclass
@@ -81,8 +81,7 @@ def pack_videos(items, sampling: Sampling, size: tuple[int, int], batch: int, th
                     yield flush()
             done.append({"video_id": video_id, "path": str(path), "times": video.times.tolist(),
                          "segments": video.num_segments, "duration": float(video.info.duration),
-                         "attrs": {"display_matrix": list(video.display_matrix or IDENTITY_MATRIX),
-                                   "video_stream": int(video.info.stream_index)}})
+                         "attrs": video.attrs()})
         except Exception as exc:  # noqa: BLE001 - one bad video must never stop the run
             error = str(exc) if isinstance(exc, VideoError) else f"unexpected {type(exc).__name__}: {exc}"
             if spans and spans[-1][0] == video_id:  # do not encode frames of a video that failed

@@ -444,6 +444,12 @@ class SampledVideo:
     def num_segments(self) -> int:
         return self.targets.shape[0]
 
+    def attrs(self) -> dict:
+        """The per-video attrs the cache records once the frames are read: the display matrix applied (9 int32,
+        the identity when the file has none) and the index of the video stream used."""
+        return {"display_matrix": list(self.display_matrix or IDENTITY_MATRIX),
+                "video_stream": int(self.info.stream_index)}
+
     def __len__(self) -> int:
         return self.targets.size
 

@@ -145,10 +145,11 @@ class Features:
         except VideoError as exc:
             raise UserError(f"{path}: {exc}") from None
         _ = self.encoder  # loaded (or refused) before anything is written
-        parts = self._parts(video)
+        attrs: dict = {}  # per-video attrs as make extract records them, filled in by _parts
+        parts = self._parts(video, attrs)
         try:
             with ShardWriter(self.predict_dir, self._attrs(), max_videos=1) as writer:
-                writer.add_parts(key, video.num_segments, parts, video.info.duration, str(path))
+                writer.add_parts(key, video.num_segments, parts, video.info.duration, str(path), attrs)
         except VideoError as exc:
             raise UserError(f"{path}: {exc}") from None
         except StoreError as exc:
@@ -162,8 +163,9 @@ class Features:
             return self.encoder.image_size
         return (int(size), int(size)) if not isinstance(size, (list, tuple)) else (int(size[0]), int(size[1]))
 
-    def _parts(self, video: SampledVideo):
-        """(tokens (n, P, D) float16, timestamps (n,)) per batch of whole segments, in segment order."""
+    def _parts(self, video: SampledVideo, attrs: dict):
+        """(tokens (n, P, D) float16, timestamps (n,)) per batch of whole segments, in segment order; at the end
+        `attrs` gets the video's own attrs (display matrix applied, stream used), as make extract records them."""
         from tqdm.auto import tqdm
 
         k = self.sampling.frames_per_segment
@@ -182,6 +184,7 @@ class Features:
             if frames:
                 yield self._encode_batch(frames, times, k)
                 bar.update(len(frames))
+            attrs.update(video.attrs())
         finally:
             bar.close()
 

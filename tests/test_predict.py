@@ -127,7 +127,10 @@ def test_predict_reuses_the_training_cache_then_caches_new_files(class_run, tmp_
     encoded = json.loads((out / "tomorrow.json").read_text())
     for entry in encoded["top"]:
         assert entry["probability"] == pytest.approx(expected[entry["label"]], abs=2e-3)
-    assert list((work / "cache" / "predict").iterdir())  # cache/predict/<tag>/
+    (tag_dir,) = list((work / "cache" / "predict").iterdir())  # cache/predict/<tag>/, the training cache's tag
+    assert tag_dir.name == Path(json.loads((run / "results.json").read_text())["cache"]["dir"]).name
+    (key,) = FeatureStore(tag_dir).ids()
+    assert key.startswith(f"{copy.resolve()}#") and len(FeatureStore(tag_dir).video_attrs(key)["display_matrix"]) == 9
     status, _, err = predict(capsys, str(copy), "--ckpt", str(ckpt), "--out", str(out), "--cache-dir",
                              str(work / "cache"))
     assert status == 0 and "(0 encoded" in err  # the second predict encodes nothing

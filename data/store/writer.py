@@ -359,8 +359,10 @@ class ShardWriter:
 
         `parts` yields (tokens (n, P, D), timestamps (n,) seconds), the n summing to `num_segments`; each part is
         written (and flushed) before the next one is asked for, so memory holds one part whatever the video's length
-        (prediction streams long videos decode -> encode -> cache this way). An exception raised while drawing from
-        `parts` undoes the video (the shard's other videos still seal) and propagates.
+        (prediction streams long videos decode -> encode -> cache this way). `attrs` are written after the last part,
+        so the code making the parts may fill them in (the display matrix is known once decoding has begun). An
+        exception raised while drawing from `parts` undoes the video (the shard's other videos still seal) and
+        propagates.
         """
         name = escape_id(video_id)
         if video_id in self._ids:
@@ -374,7 +376,6 @@ class ShardWriter:
         tokens, times = self._check_part(video_id, *part)
         p, d = tokens.shape[1], tokens.shape[2]
         size = total * p * d * DTYPE.itemsize
-        extra = {key: to_attr(key, value) for key, value in dict(attrs or {}).items() if value is not None}
         if self._file is not None and self._count > 0 and self._bytes + size > self.max_bytes:
             self._seal()
         self._check_room(size)
@@ -389,8 +390,6 @@ class ShardWriter:
                 group.attrs["video_id"] = video_id
                 group.attrs["duration"] = float(duration)
                 group.attrs["source"] = str(source)
-                for key, value in extra.items():
-                    group.attrs[key] = value
                 dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
                 dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all chunks allocated at once, in segment order
                 dataset = group.create_dataset("tokens", shape=(total, p, d), dtype=DTYPE, dcpl=dcpl,
@@ -413,6 +412,9 @@ class ShardWriter:
                 if row != total:
                     raise StoreError(f"Expected {total} segments for {video_id!r}, got {row}")
                 group.attrs["timestamps"] = timestamps
+                for key, value in dict(attrs or {}).items():  # read now: decoding may have filled them in
+                    if value is not None:
+                        group.attrs[key] = to_attr(key, value)
                 del dataset, group
             if collected:  # an error HDF5 could only report while freeing an object
                 raise collected[0]
