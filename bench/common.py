@@ -1,6 +1,6 @@
 """Small helpers shared by the benchmark scripts: timing medians, JSON results, peak RSS of a subprocess.
 
-Benchmarks are not tests (STYLE.md, principle 9): they print figures measured in one run and save them as JSON
+Benchmarks are not tests (docs/design.md, "Principles"): they print figures measured in one run and save them as JSON
 under `bench/results/` (git-ignored). On a shared machine timings are noisy, so report medians and ratios of
 two things measured side by side in the same run.
 """

@@ -23,8 +23,8 @@ _DERIVED = ("kernel.krylov.nodes", "kernel.krylov.z")  # FFT nodes the paper cod
 def import_original(state_dict: dict) -> dict:
     """Map a state dict of the paper's `ViS4mer` module onto `s4-multiscale` (built with `input_proj=True`).
 
-    Keys (DESIGN.md): encoder.*, s4_layers.i.{D, kernel.krylov.{log_dt, w, B, C}, output_linear.*}, norms.i.*,
-    linears.i.*, decoder.*; krylov.{nodes, z} are derived and dropped. The paper's output_linear bias is (H, 1).
+    Keys (docs/design.md, "Paper-code checkpoints"): encoder.*, s4_layers.i.{D, kernel.krylov.{log_dt, w, B, C},
+    output_linear.*}, norms.i.*, linears.i.*, decoder.*; krylov.{nodes, z} are derived and dropped. The paper's output_linear bias is (H, 1).
     The paper code always has the input Linear, so the head must keep it even when d_input == d_model:
     `load_original` builds the matching head.
     """

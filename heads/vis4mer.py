@@ -1,7 +1,7 @@
 """The paper's S4 heads: `s4-multiscale` (ViS4mer, Islam & Bertasius, ECCV 2022, Sec. 3) and `s4-singlescale`
 (its ablation, Table 6). Checkpoints of the paper's public `ViS4mer` module load through `heads.paper_checkpoint`.
 
-Per block: pre-LN -> S4 -> channel dropout -> residual -> AvgPool1d(2) -> Linear(H, H/2) -> GELU (DESIGN.md);
+Per block: pre-LN -> S4 -> channel dropout -> residual -> AvgPool1d(2) -> Linear(H, H/2) -> GELU (docs/design.md);
 mean over L; Linear decoder. The S4 layer itself (kernel, FFT convolution, its GELU/dropout/output linear) lives in
 heads/s4/; this file only wires it into the stack.
 """

@@ -1,6 +1,6 @@
 """Heads without data: shapes and gradients of every registered head, the multi-scale structure, the attention
 variants against each other, order sensitivity, parameter groups, and `import_original` against a slow reference
-forward of the paper's ViS4mer written from DESIGN.md."""
+forward of the paper's ViS4mer written from docs/design.md."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_param_groups_tag_the_ssm():
 
 # ----------------------------------------------------------------------------------- paper-code checkpoints
 def original_state_dict(d_input=6, d_model=8, n_layers=2, d_state=4, n_out=3, seed=0) -> dict:
-    """A random state dict in the key layout of the paper's ViS4mer module (DESIGN.md)."""
+    """A random state dict in the key layout of the paper's ViS4mer module (docs/design.md)."""
     g = torch.Generator().manual_seed(seed)
     sd, H, M = {}, d_model, d_state // 2
     sd["encoder.weight"] = torch.randn(d_model, d_input, generator=g) / math.sqrt(d_input)

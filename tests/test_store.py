@@ -125,7 +125,7 @@ def test_round_trip_across_several_shards(tmp_path):
     assert meta["grid"] == [2, 2] and isinstance(meta["grid"], list)
     assert meta["encoder"] == "vit-tiny-random" and meta["hidden_size"] == D and meta["segments"] == 16
     assert meta["schema"] == 1 and meta["dtype"] == "float16" and "pool" not in meta and "created" not in meta
-    with h5py.File(sealed[0], "r") as handle:  # the on-disk schema of DESIGN.md
+    with h5py.File(sealed[0], "r") as handle:  # the on-disk schema of docs/design.md
         tokens = handle["videos/video00/tokens"]
         assert tokens.chunks == (1, P, D) and tokens.dtype == np.float16 and tokens.compression is None
         assert handle["videos/video00"].attrs["video_id"] == "video00"

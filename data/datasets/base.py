@@ -1,4 +1,4 @@
-"""The dataset-adapter contract shared by Breakfast, COIN, LVU and the synthetic set (DESIGN.md, "Contracts").
+"""The dataset-adapter contract shared by Breakfast, COIN, LVU and the synthetic set (docs/design.md, "Contracts").
 
 An adapter turns a data set *as its authors distribute it* into `Record(video_id, label)` lists per split, built from
 the annotations alone (a missing video never changes the record list; `missing_media(split)` reports it instead),

@@ -1,6 +1,6 @@
 """The feature cache: the boundary between stage 1 (extract) and stage 2 (heads), HDF5 schema 1.
 
-Layout of one cache (see DESIGN.md, "The cache (HDF5 schema 1)"):
+Layout of one cache (docs/design.md, "The cache (HDF5 schema 1)"):
 
     cache/<dataset>/<tag>/shard-r{rank:02d}-{index:05d}.h5   sealed, immutable shard
                           shard-r..-.....h5.partial          shard being written (never read)

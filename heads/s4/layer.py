@@ -2,7 +2,7 @@
 
 Axis letters: B batch, H channels (d_model), L sequence, N state size (stored as M = N/2 conjugate-pair modes).
 
-Math (DESIGN.md "The S4 decoder"), per channel h:
+Math (docs/design.md, "The S4 decoder"), per channel h:
   A = diag(w) - P Q*  (HiPPO-LegS in its normal-plus-low-rank form, w shared by channels, rank 1, P = Q at init),
   bilinear discretisation with step dt = exp(log_dt), log_dt ~ U[log 0.001, log 0.1];
   C is learned as C~ = C (I - A_bar^L) (S4 Algorithm 1), so the length-L kernel's spectrum is

@@ -4,7 +4,7 @@ Training: cross-entropy (classification) or MSE (regression) on one clip per vid
 with the step that produced it. Evaluation: every clip's softmax (regression: prediction) is summed into its video's
 row, reduced over all DDP ranks, and averaged; metrics (torchmetrics: accuracy / MSE) are computed on those per-video
 aggregates. Optimizer: AdamW over `optim.param_groups` (SSM parameters: lr 1e-3, no weight decay); the LR is
-reduced on plateau of the validation metric (DESIGN.md, "Protocols"), stepped before the epoch's checkpoints are
+reduced on plateau of the validation metric (docs/design.md, "Protocols"), stepped before the epoch's checkpoints are
 written so that a run resumed from last.ckpt continues with exactly the scheduler state it would have had.
 """
 
