@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(measure(**job)), flush=True)
         return 0
     if args.steps < 3:
-        raise ValueError(f"--steps must be >= 3 (medians of at least 3 steps), got {args.steps}")
+        from data.errors import UserError
+
+        raise UserError(f"--steps must be >= 3 (medians of at least 3 steps), got {args.steps}")
     out = run(quick=args.quick, steps=args.steps, mem_budget_gb=args.mem_budget_gb, job_timeout=args.job_timeout)
     print_table(out)
     path = Path(args.out or REPO / "bench" / "results" / ("heads-quick.json" if args.quick else "heads.json"))

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as `python bench/store.py`: make the reposi
 import numpy as np  # noqa: E402
 
 from bench.common import interleaved_medians, mb_per_s, save_json, scratch_dir  # noqa: E402
-from data.errors import run_cli  # noqa: E402
+from data.errors import UserError, run_cli  # noqa: E402
 from data.store import FeatureStore, ShardWriter  # noqa: E402
 
 T, P, D = 60, 197, 1024  # one LVU minute: 60 frames x (1 CLS + 14x14 patches) x ViT-L width
@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for store.json [bench/results/]")
     args = parser.parse_args(argv)
     if args.videos is not None and args.videos < 1:
-        raise ValueError(f"Expected --videos >= 1, got {args.videos}")
+        raise UserError(f"Expected --videos >= 1, got {args.videos}")
     if args.dir is not None and not Path(args.dir).is_dir():
-        raise FileNotFoundError(f"--dir {args.dir} is not a folder: create it or pick another")
+        raise UserError(f"--dir {args.dir} is not a folder: create it or pick another")
     sizes = {"videos": args.videos} if args.videos else None
     result = run(quick=args.quick, directory=args.dir, sizes=sizes)
     print(report(result))

@@ -1,9 +1,12 @@
-"""The boundary between a person typing a command and the code: one-line errors, no tracebacks.
+"""The boundary between a person typing a command and the code (docs/design.md, "The user-error boundary").
 
 Every entry point (`python -m data`, `python -m extract`, `python -m heads`, bench scripts) wraps its `main` with
-`run_cli`. A `UserError` (or any `ValueError`/`FileNotFoundError` raised while validating input) is printed as a single
-`error: ...` line on stderr with exit status 2; `DEBUG=1` in the environment shows the full traceback instead. So is
-a full disk (ENOSPC, EDQUOT) met anywhere: it names the file that could not be written.
+`run_cli`, which turns exactly these into one `error: ...` line on stderr:
+  UserError   bad input from the person at the keyboard (a name, a path, a cache that does not match): exit 2;
+  a full disk (ENOSPC, EDQUOT met anywhere): the file that could not be written and what to do, exit 2;
+  RunFailed   a run that stopped for a reason that is not its input (e.g. a diverged loss): exit 1.
+Ctrl-C prints that sealed work is kept (exit 130). Anything else is a programming error and keeps its traceback;
+`DEBUG=1` in the environment shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ from collections.abc import Callable
 
 
 class UserError(ValueError):
-    """Bad input from the person at the keyboard; the message must say what to do."""
+    """Bad input from the person at the keyboard; the message must say what to do. (A ValueError, so library callers
+    that validate with `except ValueError` keep working.)"""
+
+
+class RunFailed(RuntimeError):
+    """A run that stopped for a reason that is not bad input and needs no traceback; the message says what to try."""
 
 
 def debug_enabled() -> bool:
@@ -23,18 +31,19 @@ def debug_enabled() -> bool:
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run `main(argv)` and exit with its status; user errors become one line on stderr (exit 2)."""
+    """Run `main(argv)` and exit with its status; `UserError` and a full disk -> one line, exit 2; `RunFailed` -> one
+    line, exit 1."""
     try:
         status = main(argv)
     except KeyboardInterrupt:
         print("interrupted: sealed work is kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
-    except (UserError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except (UserError, RunFailed) as exc:
         if debug_enabled():
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, UserError) else 1)
     except OSError as exc:
         if debug_enabled() or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.errors import UserError
+
 SPLITS = ("train", "val", "test")
 # (name, background hue, shape, motion): hues spaced around the colour wheel, shapes and motions all different
 STEP_POOL = (
@@ -69,15 +71,15 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if not 2 <= self.steps <= len(STEP_POOL):
-            raise ValueError(f"Expected 2 <= steps <= {len(STEP_POOL)}, got {self.steps}")
+            raise UserError(f"Expected 2 <= steps <= {len(STEP_POOL)}, got {self.steps}")
         if not 2 <= self.classes <= 2 * self.steps:
-            raise ValueError(f"Expected 2 <= classes <= 2*steps = {2 * self.steps}, got {self.classes}")
+            raise UserError(f"Expected 2 <= classes <= 2*steps = {2 * self.steps}, got {self.classes}")
         if set(self.per_class) != set(SPLITS) or min(self.per_class.values()) < 1:
-            raise ValueError(f"Expected per_class with >= 1 video for each of {SPLITS}, got {self.per_class}")
+            raise UserError(f"Expected per_class with >= 1 video for each of {SPLITS}, got {self.per_class}")
         if self.size % 2 or self.size < 16:
-            raise ValueError(f"Expected an even frame size >= 16 px, got {self.size}")
+            raise UserError(f"Expected an even frame size >= 16 px, got {self.size}")
         if not 0 < self.seconds[0] <= self.seconds[1] or self.fps < 1:
-            raise ValueError(f"Expected 0 < seconds[0] <= seconds[1] and fps >= 1, got {self.seconds}, {self.fps}")
+            raise UserError(f"Expected 0 < seconds[0] <= seconds[1] and fps >= 1, got {self.seconds}, {self.fps}")
 
 
 def class_orders(steps: int, classes: int) -> list[tuple[int, ...]]:

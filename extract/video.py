@@ -39,6 +39,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from data.errors import UserError
+
 
 class VideoError(Exception):
     """A video that cannot be extracted; ``kind`` names the failure, ``reason`` says what to do."""
@@ -65,13 +67,13 @@ class Sampling:
 
     def __post_init__(self):
         if (self.fps is None) == (self.segments is None):
-            raise ValueError(f"Expected exactly one of FPS or SEGMENTS, got fps={self.fps}, segments={self.segments}")
+            raise UserError(f"Expected exactly one of FPS or SEGMENTS, got fps={self.fps}, segments={self.segments}")
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
-            raise ValueError(f"Expected FPS > 0 (e.g. FPS=1), got {self.fps}")
+            raise UserError(f"Expected FPS > 0 (e.g. FPS=1), got {self.fps}")
         if self.segments is not None and int(self.segments) < 1:
-            raise ValueError(f"Expected SEGMENTS >= 1 (e.g. SEGMENTS=128), got {self.segments}")
+            raise UserError(f"Expected SEGMENTS >= 1 (e.g. SEGMENTS=128), got {self.segments}")
         if int(self.frames_per_segment) < 1:
-            raise ValueError(f"Expected FRAMES_PER_SEGMENT >= 1, got {self.frames_per_segment}")
+            raise UserError(f"Expected FRAMES_PER_SEGMENT >= 1, got {self.frames_per_segment}")
 
     def as_attrs(self) -> dict:
         """The provenance attrs of this sampling (``fps`` or ``segments``, and ``frames_per_segment``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from data.errors import UserError
 from heads.attention import Transformer, TransformerMultiScale
 from heads.pooling import MeanPool
 from heads.vis4mer import S4MultiScale, S4SingleScale
@@ -27,7 +28,7 @@ DEFAULTS = {"d_model": 1024, "n_layers": 3, "d_state": 64, "dropout": 0.2}
 def build_head(name: str, d_input: int, n_outputs: int, seq_len: int | None = None, **cfg) -> nn.Module:
     """Build head `name`; cfg overrides DEFAULTS (None values mean "default")."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}")
+        raise UserError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}")
     if d_input < 1 or n_outputs < 1:
         raise ValueError(f"Expected d_input >= 1 and n_outputs >= 1, got {d_input}, {n_outputs}")
     merged = dict(DEFAULTS)

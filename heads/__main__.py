@@ -4,7 +4,7 @@
                           [--devices N --nodes M --accelerator cpu|gpu|auto] [--resume CKPT] [--d-model 1024 …]
     python -m heads eval --ckpt runs/<dataset>/<head>/version_N/checkpoints/best.ckpt
     python -m heads report --run runs/<dataset>/<head>/version_N
-Bad input prints one `error: …` line (exit 2); DEBUG=1 shows the traceback.
+Bad input prints one `error: …` line (exit 2), a diverged loss one line with exit 1; DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from data.errors import UserError
 from heads.vis4mer import S4MultiScale
 
 _S4_KEYS = {  # suffix after "s4_layers.<i>." in the paper code -> our name under "blocks.<i>.mixer.s4."
@@ -24,9 +25,9 @@ def import_original(state_dict: dict) -> dict:
     """Map a state dict of the paper's `ViS4mer` module onto `s4-multiscale` (built with `input_proj=True`).
 
     Keys (docs/design.md, "Paper-code checkpoints"): encoder.*, s4_layers.i.{D, kernel.krylov.{log_dt, w, B, C},
-    output_linear.*}, norms.i.*, linears.i.*, decoder.*; krylov.{nodes, z} are derived and dropped. The paper's output_linear bias is (H, 1).
-    The paper code always has the input Linear, so the head must keep it even when d_input == d_model:
-    `load_original` builds the matching head.
+    output_linear.*}, norms.i.*, linears.i.*, decoder.*; krylov.{nodes, z} are derived and dropped. The paper's
+    output_linear bias is (H, 1). The paper code always has the input Linear, so the head must keep it even when
+    d_input == d_model: `load_original` builds the matching head.
     """
     out: dict[str, torch.Tensor] = {}
     unknown = []
@@ -53,10 +54,10 @@ def import_original(state_dict: dict) -> dict:
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"Expected a checkpoint of the paper's ViS4mer module, got unknown keys: "
+        raise UserError(f"Expected a checkpoint of the paper's ViS4mer module, got unknown keys: "
                          f"{', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}")
     if "decoder.weight" not in out or "blocks.0.mixer.s4.w" not in out:
-        raise ValueError("Expected a checkpoint of the paper's ViS4mer module (decoder.* and s4_layers.0.* keys), "
+        raise UserError("Expected a checkpoint of the paper's ViS4mer module (decoder.* and s4_layers.0.* keys), "
                          "got a state dict without them")
     return out
 

@@ -273,10 +273,17 @@ def test_resume_equals_uninterrupted_run(tiny, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_nan_loss_stops_with_the_step(tmp_path):
+def test_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DEBUG", raising=False)
     root, cache = make_tiny(tmp_path, nan=True)
+    argv = cli(root, cache, tmp_path / "runs", "--epochs", "1")
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 0 .*lower the learning rate"):
-        main(cli(root, cache, tmp_path / "runs", "--epochs", "1"))
+        main(argv)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # not bad input: exit 1, one line, no traceback
+        run_cli(main, argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 1 and err.startswith("error: training loss became nan") and len(err.splitlines()) == 1
 
 
 def one_line_error(capsys, argv) -> str:

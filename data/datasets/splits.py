@@ -16,6 +16,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from data.errors import UserError
+
 T = TypeVar("T")
 
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}  # the folder adapter's default draw
@@ -30,7 +32,7 @@ def unit_hash(video_id: str, seed: int = 0) -> float:
 def _check_fractions(fractions: dict[str, float]) -> list[tuple[str, float, float]]:
     """[(split, lo, hi)] consecutive intervals; ValueError unless the fractions are >= 0 and sum to 1."""
     if not fractions or any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-9:
-        raise ValueError(f"Expected split fractions >= 0 that sum to 1, got {fractions}")
+        raise UserError(f"Expected split fractions >= 0 that sum to 1, got {fractions}")
     intervals, lo = [], 0.0
     for name, fraction in fractions.items():
         intervals.append((name, lo, lo + fraction))
@@ -70,6 +72,6 @@ def hold_out(records: Sequence[T], fraction: float, seed: int, key: Callable[[T]
     Used for the validation split of data sets without one (10 % of train): `draw` with {train: 1 - f, val: f}.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"Expected a held-out fraction in (0, 1), got {fraction}")
+        raise UserError(f"Expected a held-out fraction in (0, 1), got {fraction}")
     parts = draw(records, seed, {"train": 1.0 - fraction, "val": fraction}, key=key)
     return parts["train"], parts["val"]

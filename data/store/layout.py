@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.errors import UserError
+
 SCHEMA = 1
 DTYPE = np.dtype("<f2")
 # Attributes that must agree across every shard of one cache: they decide what the numbers in `tokens` mean.
@@ -36,7 +38,7 @@ _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 FAILURES_FILE = "failures.jsonl"
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A cache that cannot be used as asked (missing, mismatched, malformed); the message says what to do."""
 
 
@@ -87,21 +89,21 @@ def make_tag(encoder: str, fps=None, segments=None, frames_per_segment: int = 1,
     `frames_per_segment` > 1 adds "_fr<k>"; a pool other than None/"none" adds "_pool-<pool>".
     """
     if not encoder or not str(encoder).strip("/"):
-        raise ValueError(f"Expected an encoder name (hub id or model folder), got {encoder!r}")
+        raise UserError(f"Expected an encoder name (hub id or model folder), got {encoder!r}")
     if (fps is None) == (segments is None):
-        raise ValueError(f"Expected exactly one of fps= or segments=, got fps={fps!r}, segments={segments!r}")
+        raise UserError(f"Expected exactly one of fps= or segments=, got fps={fps!r}, segments={segments!r}")
     slug = _slug(str(encoder).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
     if fps is not None:
         if float(fps) <= 0:
-            raise ValueError(f"Expected fps > 0, got {fps!r}")
+            raise UserError(f"Expected fps > 0, got {fps!r}")
         tag = f"{slug}_fps{_number(fps)}"
     else:
         if int(segments) <= 0 or int(segments) != segments:
-            raise ValueError(f"Expected a positive integer number of segments, got {segments!r}")
+            raise UserError(f"Expected a positive integer number of segments, got {segments!r}")
         tag = f"{slug}_seg{int(segments)}"
     if frames_per_segment is not None and int(frames_per_segment) != 1:
         if int(frames_per_segment) < 1:
-            raise ValueError(f"Expected frames_per_segment >= 1, got {frames_per_segment!r}")
+            raise UserError(f"Expected frames_per_segment >= 1, got {frames_per_segment!r}")
         tag += f"_fr{int(frames_per_segment)}"
     if pool is not None and str(pool).lower() != "none":
         tag += f"_pool-{_slug(str(pool))}"

@@ -20,10 +20,10 @@ from torch import nn
 from torchmetrics.functional import mean_squared_error
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from data.errors import UserError
+from data.errors import RunFailed
 
 
-class TrainingDiverged(UserError):
+class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite; the message names the step and what to try."""
 
 

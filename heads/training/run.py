@@ -244,7 +244,10 @@ def train(args) -> tuple[dict, bool]:
         head_cfg = head_cfg_from_args(args)
     else:  # the checkpoint's architecture wins over the command line
         head_cfg = resume_ckpt["hyper_parameters"]["config"]["head_cfg"]
-    head = build_head(args.head, cache["hidden_size"], n_outputs, dm.seq_len, **head_cfg)
+    try:
+        head = build_head(args.head, cache["hidden_size"], n_outputs, dm.seq_len, **head_cfg)
+    except ValueError as exc:  # the head's own checks of the configuration the command line asked for
+        raise UserError(f"cannot build {args.head} with {head_cfg}: {exc}") from exc
     params = sum(p.numel() for p in head.parameters())
 
     # run directory: runs/<dataset>[-<task>]/<head>/version_N (resume: the checkpoint's own run). Only global rank 0
