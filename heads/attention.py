@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads.blocks import MultiScaleStack, SegmentTokenPositions, avg_pool2, flatten_tokens
+from heads.blocks import MultiScaleStack, PoolingMixer, SegmentTokenPositions, flatten_tokens
+from heads.ops import avg_pool2
 
 ATTENTION_KINDS = ("sdpa", "materialized")
 
@@ -29,7 +30,7 @@ def pick_heads(d_model: int, n_heads: int) -> int:
     return 1
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(PoolingMixer):
     """Multi-head self-attention on (B, L, H) with a fused qkv projection; (B, L, H) -> (B, L, H)."""
 
     def __init__(self, d_model: int, n_heads: int = 8, attention: str = "sdpa", dropout: float = 0.0):
@@ -52,10 +53,10 @@ class SelfAttention(nn.Module):
         """The output projection, the last step of `forward`."""
         return self.out
 
-    def pooled_core(self, x: torch.Tensor) -> torch.Tensor:
-        """avg_pool2 of the attention before its output projection: (B, L, H) -> (B, L // 2, H). The multi-scale
-        block uses it as it does S4's, so the twin gets the same saving."""
-        return avg_pool2(self.attend(x))  # (B, L/2, H)
+    def pooled_core(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """avg_pool2 of the attention over norm(x) before its output projection: (B, L, H) -> (B, L // 2, H). The
+        multi-scale block uses it as it does S4's, so the twin gets the same saving."""
+        return avg_pool2(self.attend(norm(x)), dim=1)  # (B, L/2, H)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """Attention without the output projection: (B, L, H) -> (B, L, H)."""

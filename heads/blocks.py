@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heads.ops import avg_pool2, channel_dropout_scale
+
 
 def flatten_tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, T, P, D) -> (B, L, D) float32 with L = T·P (cached features are float16)."""
@@ -69,21 +71,28 @@ class SegmentTokenPositions(nn.Module):
         return x + self.scale * self.code(T, P, x.device)  # (B, L, H)
 
 
-def avg_pool2(x: torch.Tensor) -> torch.Tensor:
-    """AvgPool1d(2) over L in the (B, L, H) layout: (B, L, H) -> (B, L // 2, H); an odd last step is dropped."""
-    B, L, H = x.shape
-    half = L // 2
-    return x[:, : 2 * half].reshape(B, half, 2, H).mean(dim=2)  # (B, L/2, H)
+class PoolingMixer(nn.Module):
+    """A sequence mixer (B, L, H) -> (B, L, H) whose last step is a position-wise Linear, offering the multi-scale
+    block a cheaper path (docs/design.md, "The sequence-mixer contract"):
+      projection            that Linear;
+      pooled_core(x, norm)  AvgPool1d(2) over L of everything before it, applied to norm(x) (`norm` is the block's
+                            LayerNorm; the mixer decides how to apply it): (B, L, H) -> (B, L // 2, H).
+    Any other nn.Module mapping (B, L, H) -> (B, L, H) is a mixer too; the block then takes the plain path."""
+
+    @property
+    def projection(self) -> nn.Linear:
+        raise NotImplementedError
+
+    def pooled_core(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class MultiScaleBlock(nn.Module):
     """pre-LN -> mixer -> channel dropout -> residual -> [AvgPool1d(2)] -> Linear(H, H_out) -> GELU.
 
-    `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself). A mixer whose last
-    step is a position-wise Linear may expose it as `projection` and offer `pooled_core(x)` = avg_pool2 of
-    everything before it, (B, L, H) -> (B, L/2, H); the multi-scale block then pools first and runs that Linear on
-    half the steps, or folds it into its own Linear (`merged_project`). A mixer with `folds_norm_affine` takes the
-    LayerNorm's affine as `pooled_core(x_normalised, affine=(gamma, beta))`.
+    `mixer` maps (B, L, H) -> (B, L, H) (the S4 wrapper transposes to S4's (B, H, L) itself). When it is a
+    `PoolingMixer`, the multi-scale block pools first and runs the mixer's projection on half the steps, or folds it
+    into its own Linear (`merged_project`).
     """
 
     def __init__(self, d_model: int, mixer: nn.Module, dropout: float, multiscale: bool = True):
@@ -96,17 +105,9 @@ class MultiScaleBlock(nn.Module):
         self.dropout_p = dropout
         self.linear = nn.Linear(d_model, self.d_out)
 
-    def channel_scale(self, z: torch.Tensor) -> torch.Tensor | None:
-        """Channel dropout multiplier (B, H) for z (B, L, H): whole channels dropped per sample (the paper's
-        Dropout2d intent), kept ones scaled by 1 / keep; None when no dropout applies."""
-        if not self.training or self.dropout_p == 0.0:
-            return None
-        keep = 1.0 - self.dropout_p
-        return torch.empty(z.shape[0], z.shape[2], device=z.device, dtype=z.dtype).bernoulli_(keep).div_(keep)
-
     def residual(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x + channel_dropout(z), fused into one addcmul so the (B, L, H) product is never stored separately."""
-        m = self.channel_scale(z)  # (B, H) or None
+        m = channel_dropout_scale(z, self.dropout_p, self.training)  # (B, H) or None
         return x + z if m is None else torch.addcmul(x, z, m[:, None, :])  # (B, L, H)
 
     def pool_project(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +132,7 @@ class MultiScaleBlock(nn.Module):
         per_matrix = B if drop else 1
         if 2 * B * half * H * self.d_out + per_matrix * self.d_out * H * H >= B * half * H * (H + self.d_out):
             return self.linear(self.residual(xp, proj(c)))  # (B, L/2, H_out): folding would not pay
-        m = self.channel_scale(c)  # (B, H) or None
+        m = channel_dropout_scale(c, self.dropout_p, self.training)  # (B, H) or None
         if m is None:
             M = W2 @ W  # (H_out, H)
             out = F.linear(c, M, torch.addmv(b2, W2, b))  # (B, L/2, H_out)
@@ -143,18 +144,12 @@ class MultiScaleBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L/2, H/2) (multi-scale) or (B, L, H) (single-scale)."""
-        if self.multiscale and hasattr(self.mixer, "pooled_core"):
+        if self.multiscale and isinstance(self.mixer, PoolingMixer):
             # pool(x + drop(mixer(x'))) = pool(x) + drop(pool(mixer(x'))): the pooling commutes with the channel
             # dropout and with the mixer's last position-wise Linear (its `projection`), which then runs on L/2 steps
             # or is folded into this block's Linear
-            if getattr(self.mixer, "folds_norm_affine", False) and self.norm.weight is not None:
-                # the LayerNorm's per-channel affine goes inside the mixer (S4's fused core), where its gradients
-                # come without dL/du: the first block then never forms a gradient w.r.t. its input
-                xhat = F.layer_norm(x, self.norm.normalized_shape, None, None, self.norm.eps)  # (B, L, H)
-                c = self.mixer.pooled_core(xhat, affine=(self.norm.weight, self.norm.bias))  # (B, L/2, H)
-            else:
-                c = self.mixer.pooled_core(self.norm(x))  # (B, L/2, H) before the mixer's projection
-            return F.gelu(self.merged_project(avg_pool2(x), c))  # (B, L/2, H/2)
+            c = self.mixer.pooled_core(x, self.norm)  # (B, L/2, H) before the mixer's projection
+            return F.gelu(self.merged_project(avg_pool2(x, dim=1), c))  # (B, L/2, H/2)
         z = self.mixer(self.norm(x))  # (B, L, H)
         x = self.residual(x, z)  # (B, L, H)
         if self.multiscale:
@@ -191,7 +186,6 @@ class MultiScaleStack(nn.Module):
             if multiscale and length is not None:
                 length = max(1, length // 2)
         self.blocks = nn.ModuleList(blocks)
-        self.d_final = width
         self.decoder = nn.Linear(width, n_outputs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

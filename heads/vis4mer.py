@@ -9,37 +9,36 @@ heads/s4/; this file only wires it into the stack.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from heads.blocks import MultiScaleStack
+from heads.blocks import MultiScaleStack, PoolingMixer
+from heads.s4 import S4
 
 
-class S4Mixer(nn.Module):
+class S4Mixer(PoolingMixer):
     """Adapts `heads.s4.S4` ((B, H, L) -> (B, H, L)) to the (B, L, H) residual stream."""
 
     def __init__(self, d_model: int, d_state: int, l_max: int | None, dropout: float, backend: str):
         super().__init__()
-        from heads.s4 import S4
-
         self.s4 = S4(d_model, d_state=d_state, l_max=l_max, dropout=dropout, backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H)."""
-        y = self.s4(x.transpose(1, 2))  # (B, H, L)
-        if isinstance(y, tuple):  # tolerate an (output, state) return
-            y = y[0]
-        return y.transpose(1, 2)  # (B, L, H)
+        return self.s4(x.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
 
     @property
     def projection(self) -> nn.Linear:
         """S4's position-wise output Linear, the last step of `forward`."""
         return self.s4.output_linear
 
-    folds_norm_affine = True  # pooled_core(x, affine=(gamma, beta)) applies a LayerNorm's affine inside S4's core
-
-    def pooled_core(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """avg_pool2 of S4 before its output Linear: (B, L, H) -> (B, L // 2, H) (a transposed view)."""
-        return self.s4.core(x.transpose(1, 2), pool=True, affine=affine).transpose(1, 2)  # (B, L/2, H)
+    def pooled_core(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """avg_pool2 of S4 over norm(x) before its output Linear: (B, L, H) -> (B, L // 2, H) (a transposed view).
+        The LayerNorm's per-channel affine goes inside S4's fused core, where its gradients come without dL/du: the
+        first block then never forms a gradient with respect to its input."""
+        xhat = F.layer_norm(x, norm.normalized_shape, None, None, norm.eps)  # (B, L, H)
+        affine = None if norm.weight is None else (norm.weight, norm.bias)
+        return self.s4.core(xhat.transpose(1, 2), pool=True, affine=affine).transpose(1, 2)  # (B, L/2, H)
 
 
 class S4MultiScale(MultiScaleStack):

@@ -12,7 +12,8 @@ import torch
 
 from heads import DEFAULTS, HEADS, build_head
 from heads.attention import SelfAttention
-from heads.blocks import avg_pool2, sinusoid
+from heads.blocks import sinusoid
+from heads.ops import avg_pool2
 from heads.paper_checkpoint import import_original, load_original, original_config
 from heads.vis4mer import S4MultiScale
 
@@ -63,8 +64,9 @@ def test_multiscale_halves_length_and_width():
 
 def test_avg_pool2_matches_avgpool1d():
     x = torch.randn(2, 9, 5)  # (B, L, H), odd L
-    ref = torch.nn.functional.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2)
-    torch.testing.assert_close(avg_pool2(x), ref)
+    ref = torch.nn.functional.avg_pool1d(x.transpose(1, 2), 2)  # (B, H, L/2)
+    torch.testing.assert_close(avg_pool2(x, dim=1), ref.transpose(1, 2))
+    torch.testing.assert_close(avg_pool2(x.transpose(1, 2)), ref)  # S4's (B, H, L) layout, last axis
 
 
 def test_sdpa_equals_materialized_attention():
@@ -209,10 +211,10 @@ def test_import_original_rejects_other_checkpoints():
                                                 ("s4-multiscale", 1, 0.2), ("s4-multiscale", 3, 0.2)])
 def test_pooling_before_the_mixer_output_linear_changes_nothing(name, batch, dropout):
     """The multi-scale block pools before the mixer's output Linear (and may fold that Linear into its own) when the
-    mixer offers `pooled_core`; values and gradients equal pooling the block's residual sum."""
-    from heads.blocks import MultiScaleBlock
+    mixer is a `PoolingMixer`; values and gradients equal pooling the block's residual sum."""
+    from heads.blocks import MultiScaleBlock, PoolingMixer
 
-    class Plain(torch.nn.Module):  # the same mixer without pooled_core: the block's generic path
+    class Plain(torch.nn.Module):  # the same mixer, not a PoolingMixer: the block's generic path
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
@@ -229,7 +231,7 @@ def test_pooling_before_the_mixer_output_linear_changes_nothing(name, batch, dro
     grads = [p.grad.clone() for p in head.parameters()]
     head.zero_grad()
     for block in head.blocks:
-        assert isinstance(block, MultiScaleBlock) and hasattr(block.mixer, "pooled_core")
+        assert isinstance(block, MultiScaleBlock) and isinstance(block.mixer, PoolingMixer)
         block.mixer = Plain(block.mixer)
     torch.manual_seed(1)
     slow = head(x)

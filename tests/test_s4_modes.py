@@ -111,12 +111,3 @@ def test_fused_core_with_a_folded_layernorm_affine():
             assert torch.autograd.gradcheck(core, (u, k, D, gamma, beta))
     finally:
         torch.set_num_threads(threads)
-
-
-def test_pooled_forward_equals_pooling_the_layer_output():
-    """forward_pooled moves AvgPool1d(2) before the output Linear; the result is the pooled layer output."""
-    torch.manual_seed(0)
-    layer = S4(16, l_max=None, dropout=0.0).double()
-    x = torch.randn(2, 16, 41, dtype=torch.float64)  # (B, H, L), odd L
-    expected = torch.nn.functional.avg_pool1d(layer(x), 2).transpose(1, 2)  # (B, L/2, H)
-    torch.testing.assert_close(layer.forward_pooled(x), expected)

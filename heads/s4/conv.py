@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from heads.ops import avg_pool2
 from heads.s4.cpu import Scratch, run_chunks
 
 
@@ -64,16 +65,9 @@ def causal_conv(u: torch.Tensor, k: torch.Tensor, n: int) -> torch.Tensor:
     return _CausalConv.apply(u, k, n)
 
 
-def _pool_pairs(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """AvgPool1d(2) over the last axis: (..., L) -> (..., L // 2); an odd last step is dropped (as nn.AvgPool1d)."""
-    half = x.shape[-1] // 2
-    out = torch.add(x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2], out=out)  # (..., L/2)
-    return out.mul_(0.5)
-
-
 def _unpool_pairs(g: torch.Tensor, L: int) -> torch.Tensor:
-    """Adjoint of `_pool_pairs`: (..., L // 2) -> (..., L), each pooled gradient split over its pair, 0 at an odd
-    last step."""
+    """Adjoint of `avg_pool2` over the last axis: (..., L // 2) -> (..., L), each pooled gradient split over its
+    pair, 0 at an odd last step."""
     out = g.new_empty(*g.shape[:-1], L)  # (..., L)
     half = g.shape[-1]
     torch.mul(g, 0.5, out=out[..., 0 : 2 * half : 2])
@@ -132,7 +126,7 @@ class _FusedCore(torch.autograd.Function):
             cc.copy_(torch.fft.irfft(spec, n=n)[..., :L])
             zc = F.gelu(_core_pre(xc, cc, k[lo:hi], D[lo:hi], _part(gamma, lo, hi), _part(beta, lo, hi)))
             if pool:
-                zc = _pool_pairs(zc)  # (B, h, Lo)
+                zc = avg_pool2(zc)  # (B, h, Lo)
             if scale is not None:
                 zc = zc.mul_(scale[:, lo:hi, None])
             z[:, lo:hi] = zc
@@ -167,7 +161,7 @@ class _FusedCore(torch.autograd.Function):
             gc = gz[:, lo:hi]  # (B, h, Lo)
             if need_s:
                 zc = F.gelu(yc)
-                gs[:, lo:hi] = (gc * (_pool_pairs(zc) if pool else zc)).sum(-1)
+                gs[:, lo:hi] = (gc * (avg_pool2(zc) if pool else zc)).sum(-1)
             if scale is not None:
                 gc = gc * scale[:, lo:hi, None]
             if pool:
@@ -242,7 +236,7 @@ def fused_core(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor, scale: torch.T
     if u.device.type != "cpu":
         x = u if affine is None else u * gamma[:, None] + beta[:, None]  # (B, H, L)
         y = F.gelu(causal_conv(x, k, n) + x * D[:, None])  # (B, H, L)
-        y = _pool_pairs(y) if pool else y
+        y = avg_pool2(y) if pool else y
         return y if scale is None else y * scale[..., None]
     if chunk is None:  # ~1-2 MB of spectra per chunk (measured: 8-32 channels at n = 24,000 all within noise)
         chunk = max(1, min(H, (1 << 18) // (B * (n // 2 + 1))))

@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn as nn
 
+from heads.ops import channel_dropout_scale
 from heads.s4.conv import fft_length, fused_core
 from heads.s4.kernels import resolve_backend, ssm_kernel
 from heads.s4.reference import hippo_legs_nplr
@@ -127,21 +128,13 @@ class S4(nn.Module):
         L = u.shape[-1]
         k = self.kernel(L)  # (H, L)
         x = u if u.dtype in (torch.float32, torch.float64) else u.float()  # (B, H, L) no half-precision FFTs
-        scale = None
-        if self.training and self.dropout > 0:  # channel-wise: one mask entry per (batch, channel)
-            keep = torch.rand(x.shape[0], x.shape[1], device=x.device) >= self.dropout  # (B, H)
-            scale = keep.to(x.dtype) / (1 - self.dropout)  # (B, H)
+        scale = channel_dropout_scale(x, self.dropout, self.training, channel_dim=1)  # (B, H) or None
         # the paper uses n = 2L; any n >= 2L - 1 is the same causal convolution
         return fused_core(x, k.to(x.dtype), self.D.to(x.dtype), scale, pool, fft_length(2 * L), affine=affine)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, H, L) -> y (B, H, L): `core`, then the position-wise output Linear."""
         return self.output_linear(self.core(u).transpose(1, 2)).transpose(1, 2)  # (B, H, L)
-
-    def forward_pooled(self, u: torch.Tensor) -> torch.Tensor:
-        """AvgPool1d(2)(forward(u)) with the pooling moved before the output Linear (they commute: both are linear,
-        one over L, one over H), so the H x H Linear runs on half the steps.  u (B, H, L) -> (B, L // 2, H)."""
-        return self.output_linear(self.core(u, pool=True).transpose(1, 2))  # (B, L/2, H)
 
     # ---------------------------------------------------------------------------------------------- doubling
     def discrete_system(self) -> tuple[torch.Tensor, torch.Tensor]:
