@@ -17,7 +17,7 @@ TORCH_PIN := torch==2.13.0
 ##   FPS | SEGMENTS  sampling at extraction   [LVU: FPS=1; breakfast, coin: SEGMENTS=128; synthetic: SEGMENTS=64]
 ##   FRAMES_PER_SEGMENT, POOL, BATCH, WORKERS, CACHE_DIR [1, none, 32, 2, cache]
 ##   HEAD         s4-multiscale | s4-singlescale | transformer-multiscale | transformer | mean-pool   [s4-multiscale]
-##   EPOCHS, BATCH, LR, SEED   [100, 16, 1e-3, 0]
+##   EPOCHS, BATCH, LR, SEED   [the training defaults below]
 ##   ACCELERATOR, DEVICES, NODES   [auto, 1, 1]; DEVICES>1 or NODES>1 trains with DDP
 ##   RESUME       runs/.../checkpoints/last.ckpt, or 'last' for the newest run   [none]
 ##   TAG          cache tag to train on (cache/<dataset>/<tag>)   [most recent]
@@ -44,6 +44,9 @@ help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 20
 	@echo
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed -E 's/^## ?//'
+	@echo
+	@echo "Defaults of training and the heads (python -m heads train --help lists every option):"
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) heads/config.py
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -4,6 +4,7 @@
                           [--devices N --nodes M --accelerator cpu|gpu|auto] [--resume CKPT] [--d-model 1024 …]
     python -m heads eval --ckpt runs/<dataset>/<head>/version_N/checkpoints/best.ckpt
     python -m heads report --run runs/<dataset>/<head>/version_N
+    python -m heads defaults
 Bad input prints one `error: …` line (exit 2), a diverged loss one line with exit 1; DEBUG=1 shows the traceback.
 """
 
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from data.errors import UserError, run_cli
-from heads import DEFAULTS, HEADS
+from heads import HEADS
+from heads.config import HEAD, TRAIN, describe_defaults
 
 
 def _int_or_str(text: str):
@@ -30,31 +33,35 @@ def train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--tag", default=None, help="cache tag directory name [most recent]")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=TRAIN.epochs)
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--plateau-factor", type=float, default=0.5, help="LR factor on a val-metric plateau")
-    p.add_argument("--plateau-patience", type=int, default=5, help="epochs without improvement before reducing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=TRAIN.batch)
+    p.add_argument("--lr", type=float, default=TRAIN.lr)
+    p.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay)
+    p.add_argument("--plateau-factor", type=float, default=TRAIN.plateau_factor,
+                   help="LR factor on a val-metric plateau")
+    p.add_argument("--plateau-patience", type=int, default=TRAIN.plateau_patience,
+                   help="epochs without improvement before reducing")
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--devices", type=_int_or_str, default=1, help="[1]; >1 (or --nodes >1) uses DDP; 'auto' = all")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--accelerator", default=None, help="cpu | gpu | auto [auto]")
     p.add_argument("--precision", default=None, help="Lightning precision, e.g. 16-mixed / bf16-mixed [32]")
     p.add_argument("--resume", default=None,
                    help="continue from a checkpoint (.../checkpoints/last.ckpt), or 'last' for the newest one")
-    p.add_argument("--workers", type=int, default=2, help="data loader workers per process")
-    p.add_argument("--d-model", type=int, default=None, help=f"[{DEFAULTS['d_model']}]")
-    p.add_argument("--n-layers", type=int, default=None, help=f"[{DEFAULTS['n_layers']}]")
-    p.add_argument("--d-state", type=int, default=None, help=f"[{DEFAULTS['d_state']}]")
-    p.add_argument("--dropout", type=float, default=None, help=f"[{DEFAULTS['dropout']}]")
-    p.add_argument("--n-heads", type=int, default=None, help="attention heads (transformer heads) [8]")
-    p.add_argument("--attention", default=None, choices=("sdpa", "materialized"), help="[sdpa]")
-    p.add_argument("--backend", default=None, help="S4 Cauchy backend [auto]")
+    p.add_argument("--workers", type=int, default=TRAIN.workers, help="data loader workers per process")
+    p.add_argument("--d-model", type=int, default=None, help=f"[{HEAD.d_model}]")
+    p.add_argument("--n-layers", type=int, default=None, help=f"[{HEAD.n_layers}]")
+    p.add_argument("--d-state", type=int, default=None, help=f"[{HEAD.d_state}]")
+    p.add_argument("--dropout", type=float, default=None, help=f"[{HEAD.dropout}]")
+    p.add_argument("--n-heads", type=int, default=None, help=f"attention heads (transformer heads) [{HEAD.n_heads}]")
+    p.add_argument("--attention", default=None, choices=("sdpa", "materialized"), help=f"[{HEAD.attention}]")
+    p.add_argument("--backend", default=None, help=f"S4 Cauchy backend [{HEAD.backend}]")
     p.add_argument("--clip", default=None, help="window:W or subset:K [the dataset's protocol]")
-    p.add_argument("--eval-stride", type=int, default=1, help="stride (segments) between evaluation windows")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="train share held out when there is no val split")
+    p.add_argument("--eval-stride", type=int, default=TRAIN.eval_stride,
+                   help="stride (segments) between evaluation windows")
+    p.add_argument("--val-fraction", type=float, default=TRAIN.val_fraction,
+                   help="train share held out when there is no val split")
     p.add_argument("--allow-missing", action="store_true", help="train without videos missing from the cache")
     p.add_argument("--fast-dev-run", action="store_true", help="one batch of each loop (smoke test)")
     p.add_argument("--limit-batches", type=float, default=None, help="fraction / number of batches per loop")
@@ -70,26 +77,39 @@ def eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--tag", default=None)
     p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=TRAIN.workers)
     p.add_argument("--accelerator", default=None)
     p.add_argument("--allow-missing", action="store_true")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "report":
-        from heads.training.report import main as report_main
+def report_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="curves and confusion matrix of a run (--run DIR)")
+    p.add_argument("--run", default=None, help="run directory (runs/<dataset>/<head>/version_N)")
+    return p
 
-        return report_main(argv[1:])
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m heads", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     train_parser(sub)
     eval_parser(sub)
-    sub.add_parser("report", help="curves and confusion matrix of a run (--run DIR)")
+    report_parser(sub)
+    sub.add_parser("defaults", help="print the training and head defaults (what make help shows)")
     args = parser.parse_args(argv)
     if args.command is None:
-        raise UserError("give a command: python -m heads train|eval|report (see --help)")
+        raise UserError("give a command: python -m heads train|eval|report|defaults (see --help)")
+    if args.command == "defaults":
+        print(describe_defaults())
+        return 0
+    if args.command == "report":
+        from heads.training.report import report
+
+        if not args.run:
+            raise UserError("no run given: make report RUN=runs/<dataset>/<head>/version_N")
+        for path in report(Path(args.run)):
+            print(f"saved {path}")
+        return 0
     from heads.training.run import evaluate, quiet_lightning, train
     from heads.training.run_dir import summary_line
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heads.blocks import MultiScaleStack, PoolingMixer, SegmentTokenPositions, flatten_tokens
+from heads.config import HEAD
 from heads.ops import avg_pool2
 
 ATTENTION_KINDS = ("sdpa", "materialized")
@@ -76,9 +77,10 @@ class SelfAttention(PoolingMixer):
 class TransformerMultiScale(MultiScaleStack):
     """The paper's self-attention twin: ViS4mer's multi-scale blocks with attention in place of S4."""
 
-    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, d_model: int = 1024,
-                 n_layers: int = 3, dropout: float = 0.2, n_heads: int = 8, attention: str = "sdpa",
-                 attn_dropout: float = 0.0, input_proj: bool | None = None, **unused):
+    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, d_model: int = HEAD.d_model,
+                 n_layers: int = HEAD.n_layers, dropout: float = HEAD.dropout, n_heads: int = HEAD.n_heads,
+                 attention: str = HEAD.attention, attn_dropout: float = HEAD.attn_dropout,
+                 input_proj: bool | None = HEAD.input_proj):
         def make_mixer(width: int, length: int | None) -> nn.Module:
             return SelfAttention(width, n_heads, attention, attn_dropout)
 
@@ -106,9 +108,10 @@ class EncoderLayer(nn.Module):
 class Transformer(nn.Module):
     """Plain pre-LN transformer encoder of constant width, mean pooling, linear decoder."""
 
-    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, d_model: int = 1024,
-                 n_layers: int = 3, dropout: float = 0.2, n_heads: int = 8, attention: str = "sdpa",
-                 mlp_ratio: int = 4, input_proj: bool | None = None, **unused):
+    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, d_model: int = HEAD.d_model,
+                 n_layers: int = HEAD.n_layers, dropout: float = HEAD.dropout, n_heads: int = HEAD.n_heads,
+                 attention: str = HEAD.attention, mlp_ratio: int = HEAD.mlp_ratio,
+                 input_proj: bool | None = HEAD.input_proj):
         super().__init__()
         use_proj = d_input != d_model if input_proj is None else bool(input_proj)
         self.encoder = nn.Linear(d_input, d_model) if use_proj else None

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heads.config import HEAD
 from heads.ops import avg_pool2, channel_dropout_scale
 
 
@@ -166,8 +167,8 @@ class MultiScaleStack(nn.Module):
 
     def __init__(self, d_input: int, n_outputs: int, seq_len: int | None,
                  make_mixer: Callable[[int, int | None], nn.Module],
-                 d_model: int = 1024, n_layers: int = 3, dropout: float = 0.2, multiscale: bool = True,
-                 positions: bool = False, input_proj: bool | None = None):
+                 d_model: int = HEAD.d_model, n_layers: int = HEAD.n_layers, dropout: float = HEAD.dropout,
+                 multiscale: bool = True, positions: bool = False, input_proj: bool | None = HEAD.input_proj):
         super().__init__()
         if multiscale and d_model >> n_layers < 1:
             raise ValueError(f"Expected d_model >= 2**n_layers for a multi-scale head, got d_model={d_model}, "

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from heads.config import HEAD
+
 
 class MeanPool(nn.Module):
     """(B, T, P, D) -> mean over T and P -> Linear(D, n_outputs) -> (B, n_outputs)."""
 
-    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, dropout: float = 0.2, **unused):
+    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, dropout: float = HEAD.dropout):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(d_input, n_outputs)

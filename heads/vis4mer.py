@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heads.blocks import MultiScaleStack, PoolingMixer
+from heads.config import HEAD
 from heads.s4 import S4
 
 
@@ -46,9 +47,9 @@ class S4MultiScale(MultiScaleStack):
 
     multiscale = True
 
-    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, d_model: int = 1024,
-                 n_layers: int = 3, d_state: int = 64, dropout: float = 0.2, backend: str = "auto",
-                 input_proj: bool | None = None, **unused):
+    def __init__(self, d_input: int, n_outputs: int, seq_len: int | None = None, d_model: int = HEAD.d_model,
+                 n_layers: int = HEAD.n_layers, d_state: int = HEAD.d_state, dropout: float = HEAD.dropout,
+                 backend: str = HEAD.backend, input_proj: bool | None = HEAD.input_proj):
         def make_mixer(width: int, length: int | None) -> nn.Module:
             return S4Mixer(width, d_state, length, dropout, backend)
 

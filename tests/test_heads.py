@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from heads import DEFAULTS, HEADS, build_head
+from heads import HEADS, build_head
 from heads.attention import SelfAttention
 from heads.blocks import sinusoid
 from heads.ops import avg_pool2
@@ -40,8 +40,21 @@ def test_unknown_head_lists_valid_names():
         build_head("s5", 8, 2, 16)
 
 
+def test_unknown_head_option_is_refused():
+    """A typo never passes silently: build_head names the closest option; the heads themselves take no **kwargs."""
+    with pytest.raises(ValueError, match=r"unknown head option 'd_stat' \(did you mean 'd_state'\?\)"):
+        build_head("s4-multiscale", 8, 2, 16, d_stat=4)
+    build_head("mean-pool", 8, 2, 16, d_state=4, n_heads=2)  # a known option another head uses is fine
+    for cls in HEADS.values():
+        with pytest.raises(TypeError):
+            cls(8, 2, 16, d_stat=4)
+
+
 def test_defaults_are_the_papers():
-    assert DEFAULTS == {"d_model": 1024, "n_layers": 3, "d_state": 64, "dropout": 0.2}
+    from heads.config import HEAD, TRAIN
+
+    assert (HEAD.d_model, HEAD.n_layers, HEAD.d_state, HEAD.dropout) == (1024, 3, 64, 0.2)
+    assert (TRAIN.batch, TRAIN.lr, TRAIN.epochs) == (16, 1e-3, 100)
     head = build_head("s4-multiscale", d_input=1024, n_outputs=10, seq_len=None)
     assert head.encoder is None  # no input Linear when d_input == d_model
     widths = [(b.d_model, b.d_out) for b in head.blocks]
@@ -239,3 +252,22 @@ def test_pooling_before_the_mixer_output_linear_changes_nothing(name, batch, dro
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, [p.grad for p in head.parameters()]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_command_line_and_make_help_read_the_one_config():
+    import argparse
+    import dataclasses
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from heads.__main__ import train_parser
+    from heads.config import TRAIN
+
+    args = train_parser(argparse.ArgumentParser().add_subparsers()).parse_args([])
+    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(TRAIN)} == dataclasses.asdict(TRAIN)
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run([sys.executable, "heads/config.py"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout  # what `make help` prints
+    for f in dataclasses.fields(TRAIN):
+        assert f"--{f.name.replace('_', '-')} {getattr(TRAIN, f.name)}" in shown

@@ -30,7 +30,7 @@ def unit_hash(video_id: str, seed: int = 0) -> float:
 
 
 def _check_fractions(fractions: dict[str, float]) -> list[tuple[str, float, float]]:
-    """[(split, lo, hi)] consecutive intervals; ValueError unless the fractions are >= 0 and sum to 1."""
+    """[(split, lo, hi)] consecutive intervals; UserError unless the fractions are >= 0 and sum to 1."""
     if not fractions or any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-9:
         raise UserError(f"Expected split fractions >= 0 that sum to 1, got {fractions}")
     intervals, lo = [], 0.0

@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn as nn
 
+from heads.config import HEAD
 from heads.ops import channel_dropout_scale
 from heads.s4.conv import fft_length, fused_core
 from heads.s4.kernels import resolve_backend, ssm_kernel
@@ -47,8 +48,8 @@ def _tag(param: nn.Parameter, optim: dict) -> nn.Parameter:
 class S4(nn.Module):
     """S4 layer: forward (B, H, L) -> (B, H, L); `kernel(L)` -> (H, L)."""
 
-    def __init__(self, d_model: int, d_state: int = 64, l_max: int | None = None, dropout: float = 0.0,
-                 backend: str = "auto", dt_min: float = 0.001, dt_max: float = 0.1):
+    def __init__(self, d_model: int, d_state: int = HEAD.d_state, l_max: int | None = None, dropout: float = 0.0,
+                 backend: str = HEAD.backend, dt_min: float = 0.001, dt_max: float = 0.1):
         super().__init__()
         if d_model < 1:
             raise ValueError(f"Expected d_model >= 1, got {d_model}")

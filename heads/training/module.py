@@ -21,6 +21,7 @@ from torchmetrics.functional import mean_squared_error
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from data.errors import RunFailed
+from heads.config import TRAIN
 
 
 class TrainingDiverged(RunFailed):
@@ -45,8 +46,8 @@ class HeadModule(pl.LightningModule):
     that `python -m heads eval` can rebuild the head and find its cache."""
 
     def __init__(self, head: nn.Module, config: dict, task_type: str = "classification", n_outputs: int = 2,
-                 lr: float = 1e-3, weight_decay: float = 0.01, plateau_factor: float = 0.5,
-                 plateau_patience: int = 5):
+                 lr: float = TRAIN.lr, weight_decay: float = TRAIN.weight_decay,
+                 plateau_factor: float = TRAIN.plateau_factor, plateau_patience: int = TRAIN.plateau_patience):
         super().__init__()
         if task_type not in ("classification", "regression"):
             raise ValueError(f"Expected task_type 'classification' or 'regression', got {task_type!r}")

@@ -9,14 +9,13 @@ next to them, in the run directory. No training, no cache access: the run direct
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from data.errors import UserError, run_cli
+from data.errors import UserError
 
 
 def _float(text: str) -> float | None:
@@ -173,18 +172,3 @@ def report(run: Path) -> list[Path]:
             task_type = results.get("task_type", "classification")
             written.append(plot_predictions(labels, preds, task_type, results.get("class_names"), run, title))
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m heads report", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=False, help="run directory (runs/<dataset>/<head>/version_N)")
-    args = parser.parse_args(argv)
-    if not args.run:
-        raise UserError("no run given: make report RUN=runs/<dataset>/<head>/version_N")
-    for path in report(Path(args.run)):
-        print(f"saved {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

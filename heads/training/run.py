@@ -24,7 +24,8 @@ import torch
 
 from data.errors import UserError
 from data.store import PROVENANCE_KEYS
-from heads import DEFAULTS, HEADS, build_head
+from heads import HEADS, build_head
+from heads.config import HEAD
 from heads.training.run_dir import (
     code_version,
     find_last,
@@ -160,7 +161,7 @@ def head_cfg_from_args(args) -> dict:
         cfg["attention"] = args.attention
     if args.backend is not None:
         cfg["backend"] = args.backend
-    return {k: (DEFAULTS.get(k) if v is None else v) for k, v in cfg.items()}
+    return {k: (getattr(HEAD, k) if v is None else v) for k, v in cfg.items()}
 
 
 def parse_clip(text: str | None):
