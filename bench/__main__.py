@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import write_json
 from data.errors import run_cli
+from data.outputs import write_json
 
 SECTIONS = {  # key in latest.json -> module
     "store": "bench.store",

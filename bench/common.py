@@ -7,7 +7,6 @@ two things measured side by side in the same run.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -20,20 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data.outputs import write_json
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-
-
-def median_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall time (s) of `fn()` over `repeat` runs after `warmup` untimed runs, and all the times."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def interleaved_medians(fns: dict[str, Callable[[], Any]], repeat: int = 5,
@@ -59,34 +48,9 @@ def mb_per_s(nbytes: float, seconds: float) -> float:
     return nbytes / 1e6 / seconds if seconds > 0 else math.inf
 
 
-def to_jsonable(value: Any) -> Any:
-    """numpy scalars/arrays, Paths and tuples -> plain JSON types (recursively)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):  # numpy scalar or array
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def save_json(name: str, data: dict, out_dir: str | Path | None = None) -> Path:
-    """Write `data` to `<out_dir or bench/results>/<name>.json` (atomically) and return the path."""
+    """Write `data` to `<out_dir or bench/results>/<name>.json` (atomically, `data.outputs.write_json`)."""
     return write_json(Path(out_dir if out_dir is not None else RESULTS_DIR) / f"{name}.json", data)
-
-
-def write_json(path: str | Path, data: dict) -> Path:
-    """Write `data` as JSON to `path` (atomically, parents created) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def proc_status_mb(field: str = "VmRSS") -> float:
@@ -139,12 +103,6 @@ def measure_subprocess(command: Sequence[str], timeout: float | None = None, cwd
             "stderr": err.read().decode("utf-8", "replace"),
             "timed_out": timed_out.is_set(),
         }
-
-
-def measure_python(code: str, timeout: float | None = None,
-                   env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`measure_subprocess` of `python -c code` in the repository root (`data`, `heads`, `bench` import)."""
-    return measure_subprocess([sys.executable, "-c", code], timeout=timeout, env=env)
 
 
 def scratch_dir(prefix: str, parent: str | Path | None = None) -> Path:

@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import write_json  # noqa: E402
+from data.outputs import write_json  # noqa: E402
 
 SEGMENTS = 8
 TAG = f"vit-tiny-random_seg{SEGMENTS}"

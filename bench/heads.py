@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import proc_status_mb, write_json  # noqa: E402
+from bench.common import proc_status_mb  # noqa: E402
+from data.outputs import write_json  # noqa: E402
 
 LVU = {"T": 60, "P": 197, "d": 1024, "layers": 3, "classes": 10}
 SCALING_T = (15, 30, 60, 120)  # × 197 tokens = 2,955 / 5,910 / 11,820 / 23,640

@@ -29,7 +29,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import proc_status_mb, write_json  # noqa: E402
+from bench.common import proc_status_mb  # noqa: E402
+from data.outputs import write_json  # noqa: E402
 
 FULL_CASES = [  # (backend, H, L)
     ("torch", 1024, 11820), ("keops", 1024, 11820),

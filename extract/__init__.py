@@ -4,3 +4,5 @@
 runs the resumable, batched, distributed loop (Lightning `Trainer.predict`), and `python -m extract` is the command
 behind `make extract`. Importing this package is cheap; the submodules import torch, av and transformers.
 """
+
+DEFAULT_ENCODER = "google/vit-large-patch16-224-in21k"  # the paper's LVU encoder (ViT-L/16, ImageNet-21k)

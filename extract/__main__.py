@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from data.errors import UserError, run_cli
-
-DEFAULT_ENCODER = "google/vit-large-patch16-224-in21k"  # = extract.encoder.DEFAULT_ENCODER (no torch import here)
+from data.outputs import write_json
+from extract import DEFAULT_ENCODER
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -296,9 +295,7 @@ def write_manifest(directory: Path, args, tag: str, sampling, encoder_attrs: dic
         "failed": failed,
         "missing": [video_id for video_id, _ in missing],
     }
-    tmp = directory / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, directory / "manifest.json")
+    write_json(directory / "manifest.json", manifest)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from data.errors import UserError
+from extract import DEFAULT_ENCODER
 
-DEFAULT_ENCODER = "google/vit-large-patch16-224-in21k"
 TINY_RANDOM = "vit-tiny-random"
 TINY_SEED = 0
 
@@ -254,11 +253,6 @@ def describe(encoder: FrozenEncoder) -> str:
         return (f"encoder {TINY_RANDOM}: a RANDOMLY initialised tiny ViT (seed {TINY_SEED}, hash "
                 f"{encoder.weights_hash}); its features carry no meaning -- tests and demo only; {shape}")
     return f"encoder {encoder.name} (weights {encoder.weights_hash}); {shape}"
-
-
-def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """numpy uint8 (B, H, W, 3) -> torch uint8 (B, H, W, 3) without a copy."""
-    return torch.from_numpy(np.ascontiguousarray(frames))
 
 
 def segment_means(tokens: np.ndarray, times: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,7 @@ Axis letters: N frames in a batch, T segments, k frames per segment, P tokens pe
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data.console import quiet_lightning
 from data.store import ShardWriter, StoreError, append_failure
 from data.store.writer import DiskFullError, disk_full_error, is_disk_full
 from extract.encoder import FrozenEncoder, segment_means
@@ -122,11 +121,7 @@ class EncodeModule(pl.LightningModule):
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        items = self.items
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            box = [items]  # rank 0's list wins, so every rank splits the same list
-            torch.distributed.broadcast_object_list(box, src=0)
-            items = box[0]
+        items = self.trainer.strategy.broadcast(self.items, src=0)  # rank 0's list wins: every rank splits the same
         self.share = items[rank::world]
         dataset = PackedFrames(self.share, self.sampling, self.encoder.image_size, self.batch, self.threads)
         return DataLoader(
@@ -250,7 +245,7 @@ class ShardSink(BasePredictionWriter):
             for video_id in leftover:  # cannot happen unless a worker died mid-video
                 self.assembler._fail(video_id, "", "internal: the decoder stopped before the video was complete")
         gathered = [stats]
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if trainer.world_size > 1:
             gathered = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, stats)
         total = Stats()
@@ -269,21 +264,17 @@ class ShardSink(BasePredictionWriter):
             self._bar.close()
 
 
-def quiet_lightning() -> None:
-    """Lightning's banners ("GPU available: ...") and DataLoader hints are noise for an extraction run."""
-    for name in ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*predict_dataloader.*", ".*IterableDataset.*",
-                    ".*LightningModule.*predict_step.*", ".*`srun`.*", ".*num_nodes.*", ".*LeafSpec.*",
-                    ".*Couldn't infer the batch indices.*"):
-        warnings.filterwarnings("ignore", message=pattern)
+# Lightning's hints that do not apply to an extraction run (one predict loop over an iterable of videos)
+QUIET_WARNINGS = (".*does not have many workers.*", ".*predict_dataloader.*", ".*IterableDataset.*",
+                  ".*LightningModule.*predict_step.*", ".*`srun`.*", ".*num_nodes.*", ".*LeafSpec.*",
+                  ".*Couldn't infer the batch indices.*")
 
 
 def run_predict(encoder: FrozenEncoder, items, directory: Path, attrs: dict, sampling: Sampling, *, batch: int = 32,
                 workers: int = 2, devices=1, nodes: int = 1, accelerator: str = "auto", max_videos: int = 256,
                 max_bytes: int = 2**30, threads: int = 0, progress: bool = True) -> tuple[Stats, int]:
     """Encode ``items`` into ``directory`` with Trainer.predict; returns (stats over all ranks, this global rank)."""
-    quiet_lightning()
+    quiet_lightning(*QUIET_WARNINGS)
     world = (devices if isinstance(devices, int) else 1) * int(nodes)
     sink = ShardSink(directory, attrs, sampling.frames_per_segment, max_videos, max_bytes, progress)
     trainer = pl.Trainer(

@@ -110,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in report(Path(args.run)):
             print(f"saved {path}")
         return 0
-    from heads.training.run import evaluate, quiet_lightning, train
+    from data.console import quiet_lightning
+    from heads.training.run import QUIET_WARNINGS, evaluate, train
     from heads.training.run_dir import summary_line
 
-    quiet_lightning()
+    quiet_lightning(*QUIET_WARNINGS)
     if args.command == "train":
         args.head_given = args.head is not None
         args.head = args.head or "s4-multiscale"

@@ -23,6 +23,7 @@ from data.store import (
     escape_id,
     find_caches,
     make_tag,
+    partial_shards,
     read_failures,
     unescape_id,
 )
@@ -179,7 +180,7 @@ def test_partial_of_a_killed_writer_is_ignored(tmp_path):
     # never closed: v2 sits in an open .partial, as when the process dies here
     store = FeatureStore(tmp_path)
     assert store.ids() == ["v0", "v1"] and "v2" not in store
-    assert [p.name for p in store.partial_paths()] == ["shard-r00-00001.h5.partial"]
+    assert [p.name for p in partial_shards(store.path)] == ["shard-r00-00001.h5.partial"]
 
 
 def test_partial_of_a_sigkilled_process_is_ignored(tmp_path):
@@ -195,7 +196,7 @@ def test_partial_of_a_sigkilled_process_is_ignored(tmp_path):
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
     store = FeatureStore(tmp_path)
     assert store.ids() == ["v0", "v1", "v2"]  # v3, v4 were in the partial: not done, a resume redoes them
-    assert [p.name for p in store.partial_paths()] == ["shard-r00-00001.h5.partial"]
+    assert [p.name for p in partial_shards(store.path)] == ["shard-r00-00001.h5.partial"]
     np.testing.assert_array_equal(store.read("v2"), np.ones((2, 3, 4), np.float16))
 
 
@@ -247,7 +248,7 @@ def test_failed_add_is_undone_and_the_rest_sealed(tmp_path, monkeypatch):
             writer.add("bad", make_tokens(1, 2), np.arange(2.0), 1.0, "s")
         writer.add("after", make_tokens(2, 2), np.arange(2.0), 1.0, "s")
     store = FeatureStore(tmp_path)
-    assert store.ids() == ["after", "good"] and not store.partial_paths()
+    assert store.ids() == ["after", "good"] and not partial_shards(store.path)
 
 
 def test_writer_rejects_duplicates_and_changing_dims(tmp_path):

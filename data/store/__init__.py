@@ -37,6 +37,7 @@ Only numpy, h5py and the standard library are used here, so both stages can impo
 from __future__ import annotations
 
 from data.store.layout import (
+    FEATURE_KEYS,
     PROVENANCE_KEYS,
     SCHEMA,
     MissingVideoError,
@@ -45,7 +46,7 @@ from data.store.layout import (
     escape_id,
     find_caches,
     make_tag,
-    package_version,
+    partial_shards,
     read_failures,
     unescape_id,
 )
@@ -53,6 +54,7 @@ from data.store.reader import FeatureStore
 from data.store.writer import DiskFullError, ShardWriter, remove_dead_partials
 
 __all__ = [
+    "FEATURE_KEYS",
     "PROVENANCE_KEYS",
     "SCHEMA",
     "DiskFullError",
@@ -64,7 +66,7 @@ __all__ = [
     "escape_id",
     "find_caches",
     "make_tag",
-    "package_version",
+    "partial_shards",
     "read_failures",
     "remove_dead_partials",
     "unescape_id",

@@ -31,6 +31,9 @@ PROVENANCE_KEYS = (
     "schema",
     "dtype",
 )
+# The provenance keys that decide what one token vector means: a head trained on features of one cache is refused on
+# a cache that differs in any of these (sampling may differ: the protocols resample segments anyway).
+FEATURE_KEYS = ("encoder", "encoder_hash", "hidden_size")
 # Attributes that legitimately differ from shard to shard (never part of `meta`).
 PER_SHARD_KEYS = ("created", "version", "rank")
 SHARD_RE = re.compile(r"^shard-r(\d{2,})-(\d{5,})\.h5(\.partial)?$")
@@ -112,6 +115,11 @@ def make_tag(encoder: str, fps=None, segments=None, frames_per_segment: int = 1,
 
 def sealed_shards(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("shard-*.h5") if p.is_file())
+
+
+def partial_shards(directory: Path) -> list[Path]:
+    """`.partial` shards in a cache folder: of a writer that is running or was killed (never read)."""
+    return sorted(p for p in Path(directory).glob("shard-*.h5.partial") if p.is_file())
 
 
 def find_caches(cache_root, dataset: str) -> list[Path]:
@@ -206,16 +214,6 @@ def from_attr(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def package_version() -> str:
-    """The installed version of this project ("0+unknown" when run from a tree that is not installed)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("vis4mer-pipeline")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def fsync_dir(directory: Path) -> None:

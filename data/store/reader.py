@@ -147,10 +147,6 @@ class FeatureStore:
     def shards(self) -> list[Path]:
         return list(self._shards)
 
-    def partial_paths(self) -> list[Path]:
-        """`.partial` files in the folder: shards of a writer that is running or was killed (never read)."""
-        return sorted(p for p in self.path.glob("shard-*.h5.partial") if p.is_file())
-
     # -- file handles, one set per process
     def _own_process(self) -> None:
         if self._pid != os.getpid():

@@ -30,7 +30,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from data.store.layout import DTYPE, SCHEMA, SHARD_RE, StoreError, escape_id, fsync_dir, package_version, to_attr
+from data.outputs import code_version
+from data.store.layout import DTYPE, SCHEMA, SHARD_RE, StoreError, escape_id, fsync_dir, partial_shards, to_attr
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 HEADROOM_BYTES = 64 << 10  # HDF5 metadata of one video (its group, attrs, chunk index) is a few KB
@@ -114,7 +115,7 @@ def remove_dead_partials(directory) -> tuple[list[Path], list[Path]]:
     they are never read, and a later run removes them once their lock can be taken.
     """
     removed, kept = [], []
-    for path in sorted(Path(directory).glob("shard-*.h5.partial")):
+    for path in partial_shards(directory):
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -263,7 +264,7 @@ class ShardWriter:
             self._abandon()
             raise
         attrs = dict(self.attrs)
-        attrs.update(schema=SCHEMA, dtype="float16", rank=self.rank, version=package_version(),
+        attrs.update(schema=SCHEMA, dtype="float16", rank=self.rank, version=code_version(),
                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         for key, value in attrs.items():
             self._file.attrs[key] = value

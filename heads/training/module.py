@@ -82,10 +82,8 @@ class HeadModule(pl.LightningModule):
         tokens, labels, _ = batch
         out = self(tokens)  # (B, n_outputs)
         loss = self.loss(out, labels)
-        finite = torch.isfinite(loss.detach()).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # every rank stops at the same step (a rank that raised alone would leave the others waiting)
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        # every rank stops at the same step (a rank that raised alone would leave the others waiting)
+        finite = self.trainer.strategy.reduce(torch.isfinite(loss.detach()).float(), reduce_op="min")
         if not finite:
             raise TrainingDiverged(
                 f"training loss became {_describe(loss)} at step {self.global_step} (epoch {self.current_epoch}, "
@@ -117,10 +115,8 @@ class HeadModule(pl.LightningModule):
         self._counts.index_add_(0, videos, torch.ones_like(videos, dtype=torch.float64))
 
     def _eval_end(self, split: str) -> None:
-        sums, counts = self._sums, self._counts
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(counts)
+        strategy = self.trainer.strategy  # sums over the DDP ranks (the identity on one device)
+        sums, counts = strategy.reduce(self._sums, reduce_op="sum"), strategy.reduce(self._counts, reduce_op="sum")
         seen = counts > 0
         labels = self._split_labels(split)[seen]
         agg = (sums[seen] / counts[seen, None]).float()  # (V', C)

@@ -13,25 +13,21 @@ Checkpoints are always loaded with `weights_only=True`.
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from data.errors import UserError
+from data.outputs import code_version, plain, write_json
 from data.store import PROVENANCE_KEYS
 from heads import HEADS, build_head
 from heads.config import HEAD
 from heads.training.run_dir import (
-    code_version,
     find_last,
     merge_metrics,
     next_version,
-    plain,
     read_metrics_rows,
     split_changes,
     write_predictions,
@@ -63,12 +59,12 @@ def default_dataset(cache_dir: Path) -> str:
 
 def resolve_cache(cache_dir: Path, dataset: str, tag: str | None = None) -> Path:
     """The tag directory to train on: --tag, else the most recently modified one holding sealed shards."""
-    from data.store import find_caches
+    from data.store import find_caches, partial_shards
 
     tags = [Path(t) for t in find_caches(cache_dir, dataset)]
     where = Path(cache_dir) / dataset
     if not tags:
-        partial = sorted(where.rglob("*.h5.partial")) if where.is_dir() else []
+        partial = [p for tag_dir in (where.iterdir() if where.is_dir() else ()) for p in partial_shards(tag_dir)]
         extra = (f" ({len(partial)} unfinished .partial shard(s) there: the extraction was interrupted; rerun it)"
                  if partial else "")
         raise UserError(f"no cached features for {dataset} under {where}{extra}; run "
@@ -85,7 +81,9 @@ def resolve_cache(cache_dir: Path, dataset: str, tag: str | None = None) -> Path
 def check_cache_matches(expected: dict, store_meta: dict, store_dir: Path, what: str) -> None:
     """Refuse a cache made by another encoder or with another feature size than `what` (a checkpoint) expects."""
     diffs = []
-    for key in ("encoder", "encoder_hash", "hidden_size", "tokens"):
+    from data.store import FEATURE_KEYS
+
+    for key in (*FEATURE_KEYS, "tokens"):
         want, have = expected.get(key), store_meta.get(key)
         if want is not None and have is not None and plain(want) != plain(have):
             diffs.append(f"{key} {have!r} instead of {want!r}")
@@ -145,9 +143,11 @@ def restore_head(ckpt: dict) -> torch.nn.Module:
 
 
 def cache_info(store, tag_dir: Path, dm) -> dict:
+    """What a checkpoint records of its cache: the provenance keys that say what the tokens mean (CACHE_KEYS), the
+    tag and folder, tokens per segment P and feature size D."""
     meta = dict(store.meta)
     P, D = dm.feature_shape
-    info = {k: plain(meta.get(k)) for k in CACHE_KEYS if k in meta}
+    info = {k: plain(meta[k]) for k in CACHE_KEYS if k in meta}
     info.update({"tag": tag_dir.name, "dir": str(tag_dir), "tokens": P, "hidden_size": D})
     return info
 
@@ -173,7 +173,7 @@ def parse_clip(text: str | None):
     return (kind, int(size))
 
 
-def _trainer_kwargs(args, run_dir: Path | None):
+def _trainer_kwargs(args) -> dict:
     devices = args.devices if args.devices is not None else "auto"
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -291,7 +291,7 @@ def train(args) -> tuple[dict, bool]:
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""))
     except ImportError:
         pass
-    kwargs = _trainer_kwargs(args, run_dir)
+    kwargs = _trainer_kwargs(args)
     trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps if args.max_steps else -1,
                          logger=loggers,
                          callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch"),
@@ -301,16 +301,13 @@ def train(args) -> tuple[dict, bool]:
                          limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
                          limit_test_batches=args.limit_batches, **kwargs)
     started = time.time()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-        trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
-        train_s = time.time() - started
-        ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"
-        best = checkpoint.best_model_path if not args.fast_dev_run else ""
-        ckpt = best if best and Path(best).exists() else None
-        trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
-        trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
+    trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
+    train_s = time.time() - started
+    ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"
+    best = checkpoint.best_model_path if not args.fast_dev_run else ""
+    ckpt = best if best and Path(best).exists() else None
+    trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
+    trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
     results = plain({
         "dataset": dataset_name, "task": task, "head": args.head, "task_type": ds.task_type,
         "metric": model.metric_name, "class_names": getattr(ds, "class_names", None),
@@ -327,8 +324,8 @@ def train(args) -> tuple[dict, bool]:
         run_dir.mkdir(parents=True, exist_ok=True)
         if old_metrics:
             merge_metrics(run_dir / "metrics.csv", old_metrics)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_json(run_dir / "config.json", config)
+        write_json(run_dir / "results.json", results)
         write_predictions(run_dir / "predictions.csv", model.eval_outputs["test"], dm.video_ids("test"),
                           getattr(ds, "class_names", None))
     return results, trainer.is_global_zero
@@ -364,10 +361,8 @@ def evaluate(args) -> dict:
                        lr=hp["lr"], weight_decay=hp["weight_decay"])
     trainer = pl.Trainer(accelerator=args.accelerator or "auto", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.validate(model, datamodule=dm, verbose=False)
-        trainer.test(model, datamodule=dm, verbose=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    trainer.test(model, datamodule=dm, verbose=False)
     m = model.metric_name
     results = plain({
         "dataset": config["dataset"], "task": config.get("task"), "head": config["head"], "metric": m,
@@ -380,12 +375,12 @@ def evaluate(args) -> dict:
     })
     out = Path(args.ckpt).with_suffix(".eval.json")
     try:
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(out, results)
     except OSError:
         pass
     return results
 
 
-def quiet_lightning() -> None:
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+# Lightning's hints that do not apply here: few loader workers is our choice on small machines, and the val/test
+# metrics are already reduced over the DDP ranks by the module
+QUIET_WARNINGS = (".*does not have many workers.*", ".*sync_dist=True.*")

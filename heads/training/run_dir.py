@@ -5,47 +5,16 @@
         results.json (val and test metrics of the best checkpoint, cache tag, code version), predictions.csv
 
 Versions (`next_version`, `find_last`), metrics.csv kept across a resume, predictions.csv, the summary line and the
-JSON-safe form of what is written (`plain`).
+JSON-safe form of what is written (`data.outputs.plain`).
 """
 
 from __future__ import annotations
 
 import csv
 import re
-import subprocess
 from pathlib import Path
 
 from data.errors import UserError
-
-
-def code_version() -> str:
-    """`git describe` of the source tree when available, else the package version."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from data.store import package_version
-
-    return package_version()
-
-
-def plain(value):
-    """Make a value JSON- and weights_only-safe (numpy scalars/arrays, tuples, paths -> python types)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return plain(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def next_version(parent: Path) -> int:
