@@ -12,11 +12,10 @@ import torch
 
 
 class Scratch(threading.local):
-    """Per-thread scratch buffers for one kernel call: chunk after chunk reuses the same memory (fresh ~1 MB
-    temporaries per chunk cost page faults and cold caches; with the 2-thread pool they also went through glibc's
-    per-thread arenas, which return freed tops to the OS). Not for FFT outputs: torch's fft with out= computes into
-    a temporary and copies (measured 1.7x slower). `get(name, shape, dtype)` is a view of the named buffer
-    (grown when needed); buffers with different names never alias. Freed with the object (end of the call)."""
+    """Per-thread scratch buffers for one kernel call: chunk after chunk reuses the same memory (fresh temporaries
+    per chunk cost page faults and cold caches). Not for FFT outputs: torch's fft with out= computes into a temporary
+    and copies. `get(name, shape, dtype)` is a view of the named buffer (grown when needed); buffers with different
+    names never alias. Freed with the object (end of the call). Figures: bench/history.md."""
 
     def __init__(self, device) -> None:
         self.device, self.bufs = device, {}
@@ -34,9 +33,9 @@ _MADVISE: list = []  # [libc.madvise or None], resolved on first use
 
 def empty_huge(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
     """torch.empty for the big per-call CPU buffers (k, e1, e2: 48 MB each at the paper size), advised to use
-    transparent huge pages on Linux: their first touch then faults 2 MB pages instead of 4 KB ones (measured here:
-    ~4 ms instead of ~22 ms per 48 MB; the whole kernel 0.52 -> 0.48 s at the paper size). Only a hint: where
-    madvise is unavailable or refuses, the buffer is a plain torch.empty."""
+    transparent huge pages on Linux: their first touch then faults 2 MB pages instead of 4 KB ones (5x faster first
+    touch, bench/history.md). Only a hint: where madvise is unavailable or refuses, the buffer is a plain
+    torch.empty."""
     out = torch.empty(*shape, dtype=dtype, device=device)
     nbytes = out.numel() * out.element_size()
     if out.device.type != "cpu" or nbytes < 1 << 23:
@@ -64,8 +63,8 @@ def empty_huge(*shape: int, dtype: torch.dtype, device) -> torch.Tensor:
 def run_chunks(fn, H: int, chunk: int, device) -> None:
     """Call fn(lo, hi) over channel chunks. On CPU with T > 1 torch threads, T Python threads each take whole
     chunks with ONE intra-op thread: coarse-grained parallelism needs no per-op OpenMP barrier, so it keeps both
-    cores busy even when other jobs share them (per-op barriers waiting for a descheduled worker made the 2-thread
-    run 10-100x slower than 1 thread on this project's loaded 2-core machine). Chunks write disjoint slices."""
+    cores busy even when other jobs share them (per-op barriers wait for a descheduled worker: bench/history.md).
+    Chunks write disjoint slices."""
     spans = [(lo, min(H, lo + chunk)) for lo in range(0, H, chunk)]
     threads = torch.get_num_threads()
     if torch.device(device).type != "cpu" or threads <= 1 or len(spans) < 2:

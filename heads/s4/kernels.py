@@ -51,9 +51,8 @@ def cauchy_torch(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
 
 def torch_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int | None = None) -> torch.Tensor:
     """The `torch` backend end to end: k (H, L) with peak extra memory ~ one chunk + two (H, K) spectra.
-    `chunk` channels per task (default: 8 on the mixed-radix path at L >= 8,192, else 16; measured: at the LVU
-    blocks' H, L = 512, 5,910 / 256, 2,955 chunks of 16 take 0.14 / 0.059 s against 0.17 / 0.071 s for 8, since
-    shorter kernels leave per-op dispatch (and the GIL the pool threads share) a larger part of each chunk)."""
+    `chunk` channels per task (default: 8 on the mixed-radix path at L >= 8,192, else 16: shorter kernels leave
+    per-op dispatch a larger part of each chunk; figures in bench/history.md)."""
     smooth = split_length(L)[0] == 1
     chunk = min(chunk or (8 if not smooth and L >= 8192 else 16), v.shape[1])
     if smooth:  # 11-smooth L: time-domain sequences + pocketfft
@@ -151,16 +150,8 @@ def ssm_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, backe
     return BACKENDS[resolve_backend(backend, v.device)](v, a, dt, L)
 
 
-# "auto" on CPU = torch, by measurement (bench/s4_kernel.py, H = 1024, N = 64, L = 11,820, forward+backward, median
-# of 5, on this project's 2-core AMD EPYC, 2 threads, quiet machine):
-#   torch (mixed-radix path, grid inverse, no length-L FFT, numba loops): 0.36-0.45 s wall / 0.74-0.79 s CPU
-#     (forward 0.16-0.19 s), 187-200 MB extra; in the same session with the torch-op chains instead of the loops:
-#     0.50-0.51 s. Before the loops, 0.45-0.52 s over one day (VM drift); before the grid inverse (gather to rfft
-#     bins + length-L irfft/rfft, which pocketfft/MKL do by Bluestein at 11,820): 0.65-0.66 s. Without the huge-page
-#     hint on k and the saved spectra: +0.04 s.
-#   keops (one pass): 9.2 s wall / 18.0 s CPU and 1.06 GB (it keeps the (4, H, K) spectra).
-# At L = 2,048 (11-smooth: the time-domain path): torch 0.18-0.22 s, keops 1.6 s, naive 2.4 s (2.2 GB).
-# On CUDA "auto" = keops when its health probe passes (compiles, runs, agrees with torch), else torch.
+# "auto" on CPU = torch: 20x faster than keops at the paper size, and naive does not fit (bench/history.md); on CUDA
+# "auto" = keops when its health probe passes (compiles, runs, agrees with torch), else torch
 AUTO_CPU = "torch"
 # device type -> backends in order of preference; a `keops` entry is taken only where `keops_health.probe` passes.
 # A device type not listed gets `torch`. (Tests put ("keops", "torch") on "cpu" to exercise the CUDA logic here.)

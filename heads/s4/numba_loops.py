@@ -3,19 +3,16 @@
 The kernel's chunk bodies are near-peak GEMMs and length-R FFTs (torch) joined by chains of small complex
 elementwise ops: power tables, the closed-form Cauchy tables, the Woodbury correction and their adjoints. In torch
 each link of a chain is one pass over memory and one dispatch; here each chain is one call of a few loops over
-interleaved (re, im) floats that LLVM vectorises. Whether it does depends on the loop (numba cannot mark arrays
-as non-aliasing): a loop reading one part of an array argument and writing another stayed scalar (measured, 8
-channels at the paper size, one thread: 66 us against 18 us with separate arrays), and so did some loops with two
-store streams (53 against 14 us) while the Woodbury loop's three vectorise; so the chains that were slow are split
-into loops with one store stream each. All six chains of one chunk: 0.89 ms in torch ops, 0.39 ms here. Every
+interleaved (re, im) floats that LLVM vectorises (2.3x faster than the torch ops, bench/history.md). Numba cannot
+mark arrays as non-aliasing, and a loop that reads one part of an array argument and writes another stays scalar,
+so the outputs go in as separate arrays and the slow chains are split into loops with one store stream each. Every
 function has the same signature and results as its torch twin in `mixed_radix._TorchLoops`, which stays the path on
 other devices and the reference of the tests.
 
 Layout contract: every tensor argument is C-contiguous; complex tensors are passed as their `view_as_real` float
 arrays (no copy). Working precision follows the outputs (float32 for complex64, float64 for complex128); powers,
-tables and sums are formed in float64. Numba compiles the loops on first use per dtype (about 4 s for the six)
-and caches the machine code next to this file (`__pycache__`; a later process loads it in 0.4 s), or keeps it in
-memory where that directory is not writable.
+tables and sums are formed in float64. Numba compiles the loops on first use per dtype (a few seconds) and caches
+the machine code next to this file (`__pycache__`), or keeps it in memory where that directory is not writable.
 """
 
 from __future__ import annotations
@@ -279,7 +276,7 @@ class NumbaLoops:
                      dt: torch.Tensor, gD: torch.Tensor, ws) -> torch.Tensor:
         """gD (3, h, Pc, R) = [e2 gF, s e1 gF, s e1 e2 gF]; returns sum Re(e1 e2 gF) per channel (h,) float64.
         (The three outputs go in as three arrays: LLVM does not vectorise a loop that reads one part of an array
-        argument and writes another, measured 66 against 18 us.)"""
+        argument and writes another.)"""
         h, Pc, R = gF.shape
         n2 = 2 * Pc * R
         sums = torch.empty(h, dtype=torch.float64)
