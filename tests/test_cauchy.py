@@ -60,7 +60,7 @@ def test_grid_irfft_is_the_inverse_rfft(L):
     """The length-L inverse DFT from the (Pc, R) grid (length-R FFTs + a length-P real GEMM) equals irfft."""
     torch.manual_seed(L)
     plan = _plan(L, torch.complex128, "cpu")
-    P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+    P, R, Pc = plan.P, plan.R, plan.Pc
     x = torch.randn(3, L, dtype=torch.float64)
     X = torch.fft.fft(x)  # (3, L)
     t, u = torch.arange(Pc)[:, None], torch.arange(R)
@@ -78,7 +78,7 @@ def test_grid_irfft_adjoint_is_the_adjoint(L):
     """<g, irfft(F)> = Re <grad F, F> for any complex grid F (the backward's gradient, not only Hermitian F)."""
     torch.manual_seed(1)
     plan = _plan(L, torch.complex128, "cpu")
-    P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+    P, R, Pc = plan.P, plan.R, plan.Pc
     F = torch.randn(2, Pc, R, dtype=torch.complex128)
     g = torch.randn(2, P, R, dtype=torch.float64)
     gy = torch.empty(2, R, Pc, dtype=torch.complex128)
@@ -101,7 +101,7 @@ def test_tables_match_their_definition():
     """S = G + G~, Dd = i (G - G~) with G = 1 / (1 - mu theta), G~ = 1 / (1 - conj(mu) theta); conj tables; lam^r."""
     L = 94
     plan = _plan(L, torch.complex128, "cpu")
-    P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+    P, R, Pc = plan.P, plan.R, plan.Pc
     _, a, _ = (t.detach() for t in _inputs(2, 8, L))
     lam_log = torch.log((2 + a) / (2 - a))  # (H, M)
     mu, sd, inv, p = _tables(_table_inputs(lam_log, plan, torch.complex128), plan, torch.complex128)
@@ -198,7 +198,7 @@ def test_compiled_loops_equal_torch_loops(real):
     tol = 1e-12 if real == torch.float64 else 2e-6
     L, h, M = 390, 3, 8  # P = 13, R = 30, Pc = 7
     plan = _plan(L, cplx, "cpu")
-    R, Pc = plan["R"], plan["Pc"]
+    R, Pc = plan.R, plan.Pc
     torch.manual_seed(0)
     _, a, _ = (t.detach() for t in _inputs(h, 2 * M, L))
     lam_log = torch.log((2 + a) / (2 - a))  # (h, M)
@@ -214,10 +214,10 @@ def test_compiled_loops_equal_torch_loops(real):
         for conj in (False, True):
             o[f"sd{conj}"], o[f"inv{conj}"] = (x.clone() for x in ops.tables(mu, feats, plan, cplx, conj, ws))
         w1, w2 = torch.empty_like(e1), torch.empty_like(e2)
-        o["T"] = ops.woodbury(D.clone(), plan["snodes_conj"], dt, w1, w2, ws).clone()
+        o["T"] = ops.woodbury(D.clone(), plan.snodes_conj, dt, w1, w2, ws).clone()
         o["e1"], o["e2"] = w1, w2
         o["gD"] = torch.empty(3, h, Pc, R, dtype=cplx)
-        o["sums"] = ops.grad_spectra(e1, e2, gF, plan["snodes_conj"], dt, o["gD"], ws).to(torch.float64)
+        o["sums"] = ops.grad_spectra(e1, e2, gF, plan.snodes_conj, dt, o["gD"], ws).to(torch.float64)
         o["g_mu"], o["r2"] = torch.empty(h, M, 2, dtype=real), torch.empty(h, M, dtype=real)
         ops.table_adjoint(o["sdFalse"], o["invFalse"], g_sd.clone(), plan, o["g_mu"], o["r2"])
         o["Gq"] = torch.empty(h, 4, 2, M, dtype=cplx)

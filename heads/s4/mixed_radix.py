@@ -11,6 +11,7 @@ Notation as in `heads.s4.reference`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -32,14 +33,13 @@ def split_length(L: int) -> tuple[int, int]:
     return P, L // P
 
 
-_PLANS: dict = {}
+@dataclass(frozen=True)
+class MixedRadixPlan:
+    """Constants of the mixed-radix evaluation for one length L = P * R, dtype and device (`_plan`, cached).
 
-
-
-def _plan(L: int, cplx: torch.dtype, device) -> dict:
-    """Constants of the mixed-radix evaluation for length L (cached). Spectra live on a (Pc, R) grid [t, u] holding
-    X(P u + t) for t < Pc = P//2 + 1 (P is odd), u < R: every rfft bin l < K is one grid entry, directly or (for
-    t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t): `tk`, `uk`, `flip` (K,) say where.
+    Spectra live on a (Pc, R) grid [t, u] holding X(P u + t) for t < Pc = P//2 + 1 (P is odd), u < R: every rfft
+    bin l < K is one grid entry, directly or (for t >= Pc) through X(l) = conj X(L - l), L - l = P (R-1-u) + (P - t):
+    `tk`, `uk`, `flip` (K,) say where.
       theta, theta_conj (Pc,) complex128: theta_t = exp(-2 pi i t / P) and its conjugate;
       basis, basis_conj (4, 6 Pc) float64: [1, x, y, x^2 + y^2] @ basis = [den, S num, Dd num] (3 x Pc complex)
           of `_tables` at mu = x + i y (conj: theta -> conj theta);
@@ -47,7 +47,32 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
       snodes_conj (Pc, R) = conj(1 + w^{P u + t});
       cmat (P, 2 Pc) real: x_{R j + r} = sum_(t, c) cmat[j, (t, c)] [Re Y; Im Y](t, r), the inverse length-P DFT
           of a half spectrum Hermitian in t, entries (c_t / L) (cos, -sin)(2 pi t j / P), c_0 = 1, else 2;
-          cmat_conj_t (2 Pc, P): the transpose of the same acting on conj(Y) (sin column signs flipped)."""
+      cmat_conj_t (2 Pc, P): the transpose of the same acting on conj(Y) (sin column signs flipped).
+    """
+
+    P: int
+    R: int
+    Pc: int
+    theta: torch.Tensor
+    theta_conj: torch.Tensor
+    basis: torch.Tensor
+    basis_conj: torch.Tensor
+    th12: torch.Tensor
+    tw: torch.Tensor
+    ctw: torch.Tensor
+    snodes_conj: torch.Tensor
+    cmat: torch.Tensor
+    cmat_conj_t: torch.Tensor
+    tk: torch.Tensor
+    uk: torch.Tensor
+    flip: torch.Tensor
+
+
+_PLANS: dict[tuple, MixedRadixPlan] = {}
+
+
+def _plan(L: int, cplx: torch.dtype, device) -> MixedRadixPlan:
+    """The `MixedRadixPlan` of length L in precision `cplx` on `device` (built once per process)."""
     key = (L, cplx, str(device))
     if key not in _PLANS:
         P, R = split_length(L)
@@ -74,7 +99,7 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
         tl, ul = l % P, l // P
         flip = tl >= Pc
         tw = ang(r[:, None] * t)  # (R, Pc)
-        _PLANS[key] = dict(
+        _PLANS[key] = MixedRadixPlan(
             P=P, R=R, Pc=Pc, theta=theta, theta_conj=theta.conj_physical(), basis=basis(theta),
             basis_conj=basis(theta.conj()),
             th12=torch.stack([theta, theta * theta]).to(cplx), tw=tw.to(cplx), ctw=tw.conj_physical().to(cplx),
@@ -84,25 +109,25 @@ def _plan(L: int, cplx: torch.dtype, device) -> dict:
     return _PLANS[key]
 
 
-def _grid_to_bins(X: torch.Tensor, plan: dict) -> torch.Tensor:
+def _grid_to_bins(X: torch.Tensor, plan: MixedRadixPlan) -> torch.Tensor:
     """(..., Pc, R) grid -> (..., K) rfft bins (a gather; conj for the bins stored as their mirror)."""
-    X = X[..., plan["tk"], plan["uk"]]  # (..., K)
-    return torch.where(plan["flip"], X.conj(), X)
+    X = X[..., plan.tk, plan.uk]  # (..., K)
+    return torch.where(plan.flip, X.conj(), X)
 
 
-def _table_inputs(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype, powers: bool = True):
+def _table_inputs(lam_log: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype, powers: bool = True):
     """The channel-wise inputs of `_tables` (the small ones can be formed once for all channels of a call):
     mu = lam^R (h, M) complex128, feats (h, M, 4) float64 = [1, x, y, x^2 + y^2] at mu = x + i y, and (powers=True)
     p = lam^r (h, R, M) for r < R (`_powers`)."""
-    mu = torch.exp(plan["R"] * lam_log)  # (h, M)
+    mu = torch.exp(plan.R * lam_log)  # (h, M)
     xy = torch.view_as_real(mu)  # (h, M, 2)
     feats = torch.cat([torch.ones_like(xy[..., :1]), xy, (xy * xy).sum(-1, keepdim=True)], -1)  # (h, M, 4)
     return mu, feats, _powers(lam_log, plan, cplx) if powers else None
 
 
-def _powers(lam_log: torch.Tensor, plan: dict, cplx: torch.dtype) -> torch.Tensor:
+def _powers(lam_log: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype) -> torch.Tensor:
     """p = lam^r (h, R, M) for r < R, in `cplx` (`_powers_of` exp(log lam))."""
-    return _powers_of(torch.exp(lam_log), plan["R"]).to(cplx)
+    return _powers_of(torch.exp(lam_log), plan.R).to(cplx)
 
 
 def _powers_of(lam: torch.Tensor, R: int) -> torch.Tensor:
@@ -112,7 +137,7 @@ def _powers_of(lam: torch.Tensor, R: int) -> torch.Tensor:
     return torch.cumprod(torch.cat([torch.ones_like(lam), lam.expand(h, R - 1, M)], 1), 1)
 
 
-def _tables(inputs: tuple, plan: dict, cplx: torch.dtype, conj: bool = False, ws: Scratch | None = None):
+def _tables(inputs: tuple, plan: MixedRadixPlan, cplx: torch.dtype, conj: bool = False, ws: Scratch | None = None):
     """The per-channel factors of the mixed-radix spectra (see `_spectral`), for h channels, from
     `_table_inputs` (mu, feats, p): returns mu, sd (h, M, 2, Pc) = [S; Dd] (or their conjugates), inv = 1 / den
     (h, M, Pc) and p. With theta_t = exp(-2 pi i t / P), G = 1 / (1 - mu theta), G~ = 1 / (1 - conj(mu) theta) and
@@ -123,8 +148,8 @@ def _tables(inputs: tuple, plan: dict, cplx: torch.dtype, conj: bool = False, ws
     its buffers)."""
     mu, feats, p = inputs
     h, M = mu.shape
-    Pc = plan["Pc"]
-    basis = plan["basis_conj" if conj else "basis"]  # (4, 6 Pc)
+    Pc = plan.Pc
+    basis = plan.basis_conj if conj else plan.basis  # (4, 6 Pc)
     if ws is None:
         poly = feats.reshape(h * M, 4) @ basis  # (h M, 6 Pc)
         poly = torch.view_as_complex(poly.view(h, M, 3, Pc, 2)).to(cplx)  # (h, M, 3, Pc): den, S num, Dd num
@@ -147,7 +172,7 @@ def _spectral_bmm(rho: torch.Tensor, sd: torch.Tensor, out: torch.Tensor | None 
     return torch.view_as_complex(A.view(h, Q, R, Pc, 2))  # (h, Q, R, Pc)
 
 
-def _spectral(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.dtype) -> torch.Tensor:
+def _spectral(cp: torch.Tensor, lam_log: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype) -> torch.Tensor:
     """The spectra on the (Pc, R) grid of `_plan`: D (h, Q, Pc, R) = X_q(P u + t) at [q, t, u], from cp (h, Q, M)
     (= v / (2 - a)) and log(lam) (h, M) complex128.
 
@@ -164,10 +189,10 @@ def _spectral(cp: torch.Tensor, lam_log: torch.Tensor, plan: dict, cplx: torch.d
     Plain autograd works (the fused `_MixedRadixKernel` does the same steps with its own backward)."""
     _, sd, _, p = _tables(_table_inputs(lam_log, plan, cplx), plan, cplx)  # (h, M, 2, Pc), (h, R, M)
     A = _spectral_bmm(cp.to(cplx)[:, :, None, :] * p[:, None], sd)  # (h, Q, R, Pc)
-    return torch.fft.fft((A * plan["tw"]).transpose(-1, -2), dim=-1)  # (h, Q, Pc, R)
+    return torch.fft.fft((A * plan.tw).transpose(-1, -2), dim=-1)  # (h, Q, Pc, R)
 
 
-def _grid_irfft(Fc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
+def _grid_irfft(Fc: torch.Tensor, plan: MixedRadixPlan, scale: torch.Tensor | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """The inverse rfft of length L of a spectrum given on the (Pc, R) grid, from its CONJUGATE Fc (h, Pc, R):
     x (h, P, R) real, x[j, r] = x_{R j + r} (times `scale` (h,) if given). With l = P u + t and n = R j + r,
@@ -178,15 +203,15 @@ def _grid_irfft(Fc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
     x = cmat_conj @ [Re; Im] conj(Y). No length-L transform (pocketfft's is Bluestein when L has a large prime)."""
     h, Pc, R = Fc.shape
     Yt = torch.fft.fft(Fc, dim=-1)  # (h, Pc, R) [t, r]
-    Y = (Yt.transpose(1, 2) * plan["tw"]).contiguous()  # (h, R, Pc) conj(Y), r-major for the GEMM
+    Y = (Yt.transpose(1, 2) * plan.tw).contiguous()  # (h, R, Pc) conj(Y), r-major for the GEMM
     return _p_stage(Y, plan, scale, out)
 
 
-def _p_stage(Yc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
+def _p_stage(Yc: torch.Tensor, plan: MixedRadixPlan, scale: torch.Tensor | None = None,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """The length-P stage of `_grid_irfft`: x (h, P, R) = cmat_conj @ [Re; Im] Yc, Yc = conj(Y) (h, R, Pc)."""
     h, R, Pc = Yc.shape
-    xt = torch.mm(torch.view_as_real(Yc).view(h * R, 2 * Pc), plan["cmat_conj_t"]).view(h, R, -1)  # (h, R, P)
+    xt = torch.mm(torch.view_as_real(Yc).view(h * R, 2 * Pc), plan.cmat_conj_t).view(h, R, -1)  # (h, R, P)
     if out is None:
         out = torch.empty(h, xt.shape[-1], R, dtype=xt.dtype, device=xt.device)
     if scale is None:
@@ -194,20 +219,20 @@ def _p_stage(Yc: torch.Tensor, plan: dict, scale: torch.Tensor | None = None,
     return torch.mul(xt.transpose(1, 2), scale[:, None, None], out=out)  # (h, P, R)
 
 
-def _grid_irfft_adjoint(g: torch.Tensor, plan: dict, gy_out: torch.Tensor | None = None,
+def _grid_irfft_adjoint(g: torch.Tensor, plan: MixedRadixPlan, gy_out: torch.Tensor | None = None,
                         ws: Scratch | None = None) -> torch.Tensor:
     """Adjoint of x = irfft(X) through `_grid_irfft`: grad X (h, Pc, R) on the grid from g = grad x (h, P, R)
     (torch's convention for complex gradients: grad z = dl/dRe z + i dl/dIm z):
         grad X(P u + t) = sum_r e^{-2 pi i u r / R} w^{r t} gY(r, t),  gY = [cmat^T g] as complex (h, R, Pc)
     (a GEMM, a twiddle, length-R FFTs). gY is also copied into `gy_out` if given; `ws`: scratch buffers."""
     h, P, R = g.shape
-    Pc = plan["Pc"]
-    gY = torch.view_as_complex(torch.matmul(g.transpose(1, 2), plan["cmat"]).view(h, R, Pc, 2))  # (h, R, Pc)
+    Pc = plan.Pc
+    gY = torch.view_as_complex(torch.matmul(g.transpose(1, 2), plan.cmat).view(h, R, Pc, 2))  # (h, R, Pc)
     if gy_out is not None:
         gy_out.copy_(gY)
     cplx = gY.dtype
     gYt = torch.empty(h, Pc, R, dtype=cplx, device=g.device) if ws is None else ws.get("gYt", (h, Pc, R), cplx)
-    torch.mul(gY, plan["tw"], out=gYt.transpose(1, 2))  # (h, Pc, R) t-major
+    torch.mul(gY, plan.tw, out=gYt.transpose(1, 2))  # (h, Pc, R) t-major
     return torch.fft.fft(gYt, dim=-1)  # (h, Pc, R)
 
 
@@ -235,13 +260,13 @@ class _TorchLoops:
     call's `Scratch`."""
 
     @staticmethod
-    def rho(lam: torch.Tensor, cp: torch.Tensor, plan: dict, out: torch.Tensor) -> torch.Tensor:
+    def rho(lam: torch.Tensor, cp: torch.Tensor, plan: MixedRadixPlan, out: torch.Tensor) -> torch.Tensor:
         """out (h, Q, R, M) = cp (h, Q, M) * lam^r (lam (h, M) complex128), r < R."""
-        p = _powers_of(lam, plan["R"]).to(out.dtype)  # (h, R, M)
+        p = _powers_of(lam, plan.R).to(out.dtype)  # (h, R, M)
         return torch.mul(cp.to(out.dtype)[:, :, None, :], p[:, None], out=out)
 
     @staticmethod
-    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool, ws):
+    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype, conj: bool, ws):
         """sd (h, M, 2, Pc) and inv (h, M, Pc) of `_tables`, in `ws` buffers."""
         _, sd, inv, _ = _tables((mu, feats, None), plan, cplx, conj, ws)
         return sd, inv
@@ -271,14 +296,14 @@ class _TorchLoops:
         return sums
 
     @staticmethod
-    def table_adjoint(sd: torch.Tensor, inv: torch.Tensor, g_sd: torch.Tensor, plan: dict, g_mu: torch.Tensor,
+    def table_adjoint(sd: torch.Tensor, inv: torch.Tensor, g_sd: torch.Tensor, plan: MixedRadixPlan, g_mu: torch.Tensor,
                       r2: torch.Tensor) -> None:
         """With psib = conj(gS) S + conj(gDd) Dd conjugated (vecdot(x, y) = sum conj(x) y), phi = inv [theta,
         theta^2]: g_mu (h, M, 2) = Re sum_t conj(phi1) [gS - psib, gDd], r2 (h, M) = Re sum_t conj(phi2) psib.
         Overwrites g_sd."""
         psib = torch.linalg.vecdot(sd, g_sd, dim=2)  # (h, M, Pc)
         g_sd[:, :, 0].sub_(psib)
-        phi = inv[:, :, None] * plan["th12"]  # (h, M, 2, Pc) [phi1, phi2]
+        phi = inv[:, :, None] * plan.th12  # (h, M, 2, Pc) [phi1, phi2]
         g_mu.copy_(torch.linalg.vecdot(phi[:, :, :1], g_sd).real)  # (h, M, 2)
         r2.copy_(torch.linalg.vecdot(phi[:, :, 1], psib).real)  # (h, M)
 
@@ -333,7 +358,7 @@ class _MixedRadixKernel(torch.autograd.Function):
         dev = lam_log.device
         cplx = torch.complex64 if real == torch.float32 else torch.complex128
         plan = _plan(L, cplx, dev)
-        P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+        P, R, Pc = plan.P, plan.R, plan.Pc
         k = empty_huge(H, L, dtype=real, device=dev)  # (H, L)
         e1 = empty_huge(H, Pc, R, dtype=cplx, device=dev)  # (H, Pc, R) conj(a1)
         e2 = empty_huge(H, Pc, R, dtype=cplx, device=dev)  # (H, Pc, R) conj(s a2)
@@ -350,11 +375,11 @@ class _MixedRadixKernel(torch.autograd.Function):
             sd, _ = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, True, ws)  # conj tables
             A = _spectral_bmm(rho, sd, ws.get("A", (h, 4 * R, 2 * Pc), real))  # (h, 4, R, Pc) conj(A)
             At = ws.get("At", (h, 3, Pc, R), cplx)  # (h, 3, Pc, R) t-major
-            torch.mul(A[:, 1:], plan["ctw"], out=At.transpose(-1, -2))
+            torch.mul(A[:, 1:], plan.ctw, out=At.transpose(-1, -2))
             D = torch.fft.ifft(At, dim=-1, norm="forward")  # (h, 3, Pc, R) conj(D_q)
-            T = loops.woodbury(D, plan["snodes_conj"], dtr[lo:hi], e1[lo:hi], e2[lo:hi], ws)  # conj(s Rw D1 D2)
+            T = loops.woodbury(D, plan.snodes_conj, dtr[lo:hi], e1[lo:hi], e2[lo:hi], ws)  # conj(s Rw D1 D2)
             T = torch.fft.fft(T, dim=-1)  # (h, Pc, R)
-            Y = torch.addcmul(A[:, 0], T.transpose(1, 2), plan["tw"], value=-1,
+            Y = torch.addcmul(A[:, 0], T.transpose(1, 2), plan.tw, value=-1,
                               out=ws.get("Y", (h, R, Pc), cplx))  # (h, R, Pc) conj(Y)
             _p_stage(Y, plan, 2 * dtr[lo:hi], out=k[lo:hi].view(h, P, R))
 
@@ -370,7 +395,7 @@ class _MixedRadixKernel(torch.autograd.Function):
         cplx = e1.dtype
         H, M = lam_log.shape
         plan = _plan(L, cplx, g.device)
-        P, R, Pc = plan["P"], plan["R"], plan["Pc"]
+        P, R, Pc = plan.P, plan.R, plan.Pc
         dtr = dt.to(real).contiguous()  # (H,)
         g = g.to(real).contiguous()  # (H, L)
         sign = torch.tensor([2.0 * R, -2.0, -2.0, 2.0], dtype=torch.float64, device=g.device)  # (4,)
@@ -392,10 +417,10 @@ class _MixedRadixKernel(torch.autograd.Function):
             gF = _grid_irfft_adjoint(g[lo:hi].view(h, P, R), plan, gy_out=gA[:, 0], ws=ws)  # (h, Pc, R)
             gD = ws.get("gD", (3, h, Pc, R), cplx)  # (3, h, Pc, R) gD_q = grad D_q / scale_q
             # [conj(s a2), conj(s a1), conj(s^2 a1 a2)] gF and sum Re conj(s a1 a2) gF
-            re_sum = loops.grad_spectra(e1[lo:hi], e2[lo:hi], gF, plan["snodes_conj"], dtr[lo:hi], gD, ws)
+            re_sum = loops.grad_spectra(e1[lo:hi], e2[lo:hi], gF, plan.snodes_conj, dtr[lo:hi], gD, ws)
             grad_dt[lo:hi] = gk - 2 * re_sum
             X = torch.fft.ifft(gD, dim=-1, norm="forward")  # (3, h, Pc, R)
-            torch.mul(X.permute(1, 0, 3, 2), plan["ctw"], out=gA[:, 1:])
+            torch.mul(X.permute(1, 0, 3, 2), plan.ctw, out=gA[:, 1:])
             gA = torch.view_as_real(gA).view(h, 4 * R, 2 * Pc)  # (h, (q, r), (t, c))
             sd, inv = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, False, ws)  # (h, M, 2, Pc), (h, M, Pc)
             rho = loops.rho(lam[lo:hi], cps_c[lo:hi], plan, ws.get("rho", (h, 4, R, M), cplx))  # (h, 4, R, M)

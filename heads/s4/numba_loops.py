@@ -18,9 +18,13 @@ the machine code next to this file (`__pycache__`), or keeps it in memory where 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the plan's module imports this one lazily (`mixed_radix._loops`)
+    from heads.s4.mixed_radix import MixedRadixPlan
 
 _NUMBA: list = []  # [numba module or None], resolved on first use
 _JIT: dict = {}  # name -> compiled function
@@ -242,19 +246,19 @@ class NumbaLoops:
     """The compiled twins of `mixed_radix._TorchLoops` (same signatures, same results up to rounding)."""
 
     @staticmethod
-    def rho(lam: torch.Tensor, cp: torch.Tensor, plan: dict, out: torch.Tensor) -> torch.Tensor:
+    def rho(lam: torch.Tensor, cp: torch.Tensor, plan: MixedRadixPlan, out: torch.Tensor) -> torch.Tensor:
         """out (h, Q, R, M) = cp (h, Q, M) * lam^r (lam (h, M) complex128), r < R."""
         h, Q, R, M = out.shape
         _rho_loop(_flat(lam, h, 2 * M), _flat(cp.to(out.dtype), h, Q, 2 * M), _flat(out, h, Q, R, 2 * M))
         return out
 
     @staticmethod
-    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: dict, cplx: torch.dtype, conj: bool, ws):
+    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype, conj: bool, ws):
         """sd (h, M, 2, Pc) = [S; Dd] and inv = 1 / den (h, M, Pc) of `mixed_radix._tables` (conj: at conj theta)."""
         h, M = mu.shape
-        Pc = plan["Pc"]
+        Pc = plan.Pc
         sd, inv = ws.get("sd", (h, M, 2, Pc), cplx), ws.get("inv", (h, M, Pc), cplx)
-        theta = plan["theta_conj" if conj else "theta"]  # (Pc,) complex128
+        theta = plan.theta_conj if conj else plan.theta  # (Pc,) complex128
         _tables_loop(_flat(mu, h, M, 2), _flat(theta, 2 * Pc), _flat(sd, h, M, 2, 2 * Pc),
                      _flat(inv, h, M, 2 * Pc))
         return sd, inv
@@ -285,11 +289,11 @@ class NumbaLoops:
         return sums
 
     @staticmethod
-    def table_adjoint(sd: torch.Tensor, inv: torch.Tensor, g_sd: torch.Tensor, plan: dict, g_mu: torch.Tensor,
+    def table_adjoint(sd: torch.Tensor, inv: torch.Tensor, g_sd: torch.Tensor, plan: MixedRadixPlan, g_mu: torch.Tensor,
                       r2: torch.Tensor) -> None:
         """The tables' adjoint sums (see `mixed_radix._MixedRadixKernel`) into g_mu (h, M, 2) and r2 (h, M) real."""
         h, M, _, Pc = sd.shape
-        th12 = plan["th12"].to(sd.dtype)  # (2, Pc)
+        th12 = plan.th12.to(sd.dtype)  # (2, Pc)
         _table_adjoint_loop(_flat(sd, h, M, 2, 2 * Pc), _flat(inv, h, M, 2 * Pc), _flat(g_sd, h, M, 2, 2 * Pc),
                             _flat(th12, 2, 2 * Pc), _flat(g_mu, h, M, 2), _flat(r2, h, M))
 
