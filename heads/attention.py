@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads.blocks import MultiScaleStack, PoolingMixer, SegmentTokenPositions, flatten_tokens
+from heads.blocks import MultiScaleStack, PoolingMixer, SegmentTokenPositions, embed_tokens
 from heads.config import HEAD
 from heads.ops import avg_pool2
 
@@ -123,11 +123,7 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D) -> (B, n_outputs)."""
-        B, T, P, _ = x.shape
-        h = flatten_tokens(x)  # (B, L, D)
-        if self.encoder is not None:
-            h = self.encoder(h)  # (B, L, H)
-        h = self.positions(h, T, P)  # (B, L, H)
+        h = embed_tokens(x, self.encoder, self.positions)  # (B, L, H)
         for layer in self.layers:
             h = layer(h)  # (B, L, H)
         return self.decoder(self.norm(h).mean(dim=1))  # (B, n_outputs)

@@ -30,6 +30,16 @@ def flatten_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(B, T * P, D).float()  # (B, L, D)
 
 
+def embed_tokens(x: torch.Tensor, encoder: nn.Module | None, positions: nn.Module | None) -> torch.Tensor:
+    """The common entry of the sequence heads: (B, T, P, D) -> (B, L, H), flattened (`flatten_tokens`), through the
+    input Linear when there is one, plus the (segment, token) position code when there is one."""
+    T, P = x.shape[1], x.shape[2]
+    h = flatten_tokens(x)  # (B, L, D)
+    if encoder is not None:
+        h = encoder(h)  # (B, L, H)
+    return h if positions is None else positions(h, T, P)  # (B, L, H)
+
+
 def sinusoid(n: int, dim: int, device=None, base: float = 10000.0) -> torch.Tensor:
     """Fixed sinusoidal table (n, dim): position i -> [sin(i·f_k), cos(i·f_k)] for dim/2 geometric frequencies."""
     half = dim // 2
@@ -191,12 +201,7 @@ class MultiScaleStack(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D) -> pooled (B, H_final)."""
-        B, T, P, _ = x.shape
-        h = flatten_tokens(x)  # (B, L, D)
-        if self.encoder is not None:
-            h = self.encoder(h)  # (B, L, H)
-        if self.positions is not None:
-            h = self.positions(h, T, P)  # (B, L, H)
+        h = embed_tokens(x, self.encoder, self.positions)  # (B, L, H)
         for block in self.blocks:
             h = block(h)  # (B, L', H')
         return h.mean(dim=1)  # (B, H_final)

@@ -25,20 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 SEGMENTS = 8
 
 
-def make_synthetic(root: Path) -> Path:
-    """8 tiny synthetic videos (2-3 s, 32 px, 8 fps) from the project's own generator."""
-    from data.synthetic import generate
-
-    return generate(root, seed=0, workers=1, per_class={"train": 2, "val": 1, "test": 1}, classes=2,
-                    seconds=(2.0, 3.0), size=32)
-
-
-def cli_args(root: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--dataset", "synthetic", "--data-root", str(root), "--cache-dir", str(cache), "--encoder",
-            "vit-tiny-random", "--segments", str(SEGMENTS), "--workers", "0", "--batch", "8", "--no-progress",
-            *extra]
-
-
 def tag_dir(cache: Path, tag: str = f"vit-tiny-random_seg{SEGMENTS}") -> Path:
     return cache / "synthetic" / tag
 
@@ -59,15 +45,10 @@ def file_hashes(directory: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("synthetic"))
-
-
-@pytest.fixture(scope="module")
-def clean_run(synthetic, tmp_path_factory) -> Path:
+def clean_run(tiny_videos, tmp_path_factory, extract_cli) -> Path:
     """One uninterrupted extraction: the reference other runs are compared with."""
     cache = tmp_path_factory.mktemp("clean")
-    assert main(cli_args(synthetic, cache)) == 0
+    assert main(extract_cli(tiny_videos, cache, "--segments", str(SEGMENTS))) == 0
     return tag_dir(cache)
 
 
@@ -77,8 +58,8 @@ def video_ids(root: Path) -> list[str]:
     return get_dataset("synthetic", root=root).all_video_ids()
 
 
-def test_extract_fills_the_cache_then_skips_everything(synthetic, clean_run, tmp_path):
-    ids = video_ids(synthetic)
+def test_extract_fills_the_cache_then_skips_everything(tiny_videos, clean_run, tmp_path, extract_cli):
+    ids = video_ids(tiny_videos)
     store = FeatureStore(clean_run)
     assert sorted(store.ids()) == sorted(ids) and set(shard_ids(clean_run).values()) == {1}
     meta = store.meta
@@ -87,7 +68,7 @@ def test_extract_fills_the_cache_then_skips_everything(synthetic, clean_run, tmp
     encoder = load_encoder("vit-tiny-random")
     from data import get_dataset
 
-    ds = get_dataset("synthetic", root=synthetic)
+    ds = get_dataset("synthetic", root=tiny_videos)
     for video_id in ids[:3]:
         video = SampledVideo(ds.video_path(video_id), Sampling(segments=SEGMENTS), size=32)
         frames, times = video.read()
@@ -100,16 +81,16 @@ def test_extract_fills_the_cache_then_skips_everything(synthetic, clean_run, tmp
     assert manifest["videos_sealed"] == len(ids) and manifest["last_run"]["extracted"] == len(ids)
 
     before = file_hashes(clean_run)
-    assert main(cli_args(synthetic, clean_run.parents[1])) == 0
+    assert main(extract_cli(tiny_videos, clean_run.parents[1], "--segments", str(SEGMENTS))) == 0
     assert file_hashes(clean_run) == before
     manifest = json.loads((clean_run / "manifest.json").read_text())
     assert manifest["last_run"]["extracted"] == 0 and manifest["last_run"]["skipped"] == len(ids)
 
 
-def test_resume_reencodes_nothing_sealed(synthetic, clean_run, tmp_path, monkeypatch):
+def test_resume_reencodes_nothing_sealed(tiny_videos, clean_run, tmp_path, monkeypatch, extract_cli):
     from data import get_dataset
 
-    ds = get_dataset("synthetic", root=synthetic)
+    ds = get_dataset("synthetic", root=tiny_videos)
     ids = ds.all_video_ids()
     directory = tag_dir(tmp_path)
     encoder = load_encoder("vit-tiny-random")
@@ -127,7 +108,7 @@ def test_resume_reencodes_nothing_sealed(synthetic, clean_run, tmp_path, monkeyp
         return original(self, frames)
 
     monkeypatch.setattr(FrozenEncoder, "forward", counting)
-    assert main(cli_args(synthetic, tmp_path)) == 0
+    assert main(extract_cli(tiny_videos, tmp_path, "--segments", str(SEGMENTS))) == 0
     assert sum(encoded) == (len(ids) - 3) * SEGMENTS  # only the videos that were not sealed
     after = file_hashes(directory)
     assert {k: after[k] for k in sealed_before} == sealed_before
@@ -137,14 +118,14 @@ def test_resume_reencodes_nothing_sealed(synthetic, clean_run, tmp_path, monkeyp
         np.testing.assert_array_equal(resumed.read(video_id), clean.read(video_id))
 
 
-def test_frames_per_segment_average_in_token_space(synthetic, tmp_path):
-    assert main(cli_args(synthetic, tmp_path, "--segments", "4", "--frames-per-segment", "2")) == 0
+def test_frames_per_segment_average_in_token_space(tiny_videos, tmp_path, extract_cli):
+    assert main(extract_cli(tiny_videos, tmp_path, "--segments", "4", "--frames-per-segment", "2")) == 0
     store = FeatureStore(tag_dir(tmp_path, "vit-tiny-random_seg4_fr2"))
     assert store.meta["frames_per_segment"] == 2
     from data import get_dataset
 
     video_id = store.ids()[0]
-    path = get_dataset("synthetic", root=synthetic).video_path(video_id)
+    path = get_dataset("synthetic", root=tiny_videos).video_path(video_id)
     video = SampledVideo(path, Sampling(segments=4, frames_per_segment=2), size=32)
     frames, times = video.read()  # (8, 32, 32, 3)
     tokens = load_encoder("vit-tiny-random")(torch.from_numpy(frames)).float().reshape(4, 2, 17, 64)
@@ -152,11 +133,11 @@ def test_frames_per_segment_average_in_token_space(synthetic, tmp_path):
     np.testing.assert_allclose(store.timestamps(video_id), times.reshape(4, 2).mean(1))
 
 
-def test_packing_fills_every_batch(synthetic):
+def test_packing_fills_every_batch(tiny_videos):
     """Fast path (frames packed across videos) against the slow obvious one (each video on its own)."""
     from data import get_dataset
 
-    ds = get_dataset("synthetic", root=synthetic)
+    ds = get_dataset("synthetic", root=tiny_videos)
     items = [(i, str(ds.video_path(i))) for i in ds.all_video_ids()[:4]]
     sampling = Sampling(segments=7)
     batches = list(pack_videos(items, sampling, (32, 32), batch=5))
@@ -175,7 +156,7 @@ def test_packing_fills_every_batch(synthetic):
         np.testing.assert_array_equal(np.stack(rebuilt[video_id]), frames)
 
 
-def test_local_vit_folder_gives_the_shard_tokens(synthetic, tmp_path):
+def test_local_vit_folder_gives_the_shard_tokens(tiny_videos, tmp_path, extract_cli):
     """A tiny ViT saved with save_pretrained, loaded back by path: the shard holds exactly HF's tokens."""
     from transformers import ViTConfig, ViTModel
 
@@ -191,14 +172,14 @@ def test_local_vit_folder_gives_the_shard_tokens(synthetic, tmp_path):
     processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.485, 0.456, 0.406],
                                   image_std=[0.229, 0.224, 0.225])
     processor.save_pretrained(folder)
-    args = cli_args(synthetic, tmp_path / "cache")
+    args = extract_cli(tiny_videos, tmp_path / "cache", "--segments", str(SEGMENTS))
     args[args.index("vit-tiny-random")] = str(folder)
     assert main(args) == 0
     store = FeatureStore(tag_dir(tmp_path / "cache", f"my-vit_seg{SEGMENTS}"))
     assert store.meta["encoder"] == str(folder) and store.meta["hidden_size"] == 32
     from data import get_dataset
 
-    ds = get_dataset("synthetic", root=synthetic)
+    ds = get_dataset("synthetic", root=tiny_videos)
     for video_id in store.ids()[:2]:
         frames, _ = SampledVideo(ds.video_path(video_id), Sampling(segments=SEGMENTS), size=32).read()
         pixel_values = processor(list(frames), return_tensors="pt")["pixel_values"]
@@ -208,15 +189,16 @@ def test_local_vit_folder_gives_the_shard_tokens(synthetic, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_gloo_write_every_video_exactly_once(synthetic, clean_run, tmp_path):
+def test_two_processes_gloo_write_every_video_exactly_once(tiny_videos, clean_run, tmp_path, extract_cli):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    args = cli_args(synthetic, tmp_path, "--devices", "2", "--accelerator", "cpu", "--shard-videos", "2")
+    args = extract_cli(tiny_videos, tmp_path, "--segments", str(SEGMENTS), "--devices", "2", "--accelerator", "cpu",
+                       "--shard-videos", "2")
     proc = subprocess.run([sys.executable, "-m", "extract", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     directory = tag_dir(tmp_path)
     counts = shard_ids(directory)
-    ids = video_ids(synthetic)
+    ids = video_ids(tiny_videos)
     assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
     ranks = {p.name[:9] for p in directory.glob("shard-*.h5")}
     assert ranks == {"shard-r00", "shard-r01"} and not list(directory.glob("*.partial"))

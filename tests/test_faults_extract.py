@@ -42,11 +42,6 @@ def copy_dataset(src: Path, dst: Path) -> Path:
     return dst
 
 
-def args_for(root: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--dataset", "synthetic", "--data-root", str(root), "--cache-dir", str(cache), "--encoder",
-            "vit-tiny-random", "--workers", "0", "--batch", "8", "--no-progress", *extra]
-
-
 def test_kill_9_then_rerun_loses_nothing(dataset, tmp_path):
     reference = clean_reference(dataset, tmp_path / "clean")
     for seed in (1, 2):
@@ -55,7 +50,7 @@ def test_kill_9_then_rerun_loses_nothing(dataset, tmp_path):
         assert result["lost"] == 0 and result["duplicated"] == 0
 
 
-def test_every_bad_video_is_recorded_and_the_run_completes(dataset, tmp_path, monkeypatch, capsys):
+def test_every_bad_video_is_recorded_and_the_run_completes(dataset, tmp_path, monkeypatch, capsys, extract_cli):
     root = copy_dataset(dataset, tmp_path / "data")
     videos = sorted((root / "videos").glob("*.mp4"))
     bad = make_bad_videos(tmp_path / "bad", good_source=videos[0])
@@ -74,7 +69,7 @@ def test_every_bad_video_is_recorded_and_the_run_completes(dataset, tmp_path, mo
 
         monkeypatch.setattr("extract.video.open", fake_open, raising=False)
 
-    status = main(args_for(root, tmp_path / "cache", "--fps", "2"))
+    status = main(extract_cli(root, tmp_path / "cache", "--fps", "2"))
     assert status == 1  # something failed: non-zero, but the run went to the end
     directory = tmp_path / "cache" / "synthetic" / "vit-tiny-random_fps2"
     failures = {r["video_id"]: r for r in read_failures(directory)}
@@ -90,23 +85,23 @@ def test_every_bad_video_is_recorded_and_the_run_completes(dataset, tmp_path, mo
     assert manifest["last_run"]["failed"] == len(EXPECTED) and manifest["videos_sealed"] == len(good)
 
     # A rerun retries only the failures (the good videos are sealed) and still reports them.
-    assert main(args_for(root, tmp_path / "cache", "--fps", "2")) == 1
+    assert main(extract_cli(root, tmp_path / "cache", "--fps", "2")) == 1
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["last_run"]["skipped"] == len(good) and manifest["last_run"]["extracted"] == 0
 
 
-def test_missing_media_is_counted_not_fatal(dataset, tmp_path, capsys):
+def test_missing_media_is_counted_not_fatal(dataset, tmp_path, capsys, extract_cli):
     root = copy_dataset(dataset, tmp_path / "data")
     gone = sorted((root / "videos").glob("*.mp4"))[0]
     gone.unlink()
-    assert main(args_for(root, tmp_path / "cache", "--segments", "4")) == 0
+    assert main(extract_cli(root, tmp_path / "cache", "--segments", "4")) == 0
     assert "1 missing media" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "cache/synthetic/vit-tiny-random_seg4/manifest.json").read_text())
     assert manifest["missing"] == [gone.stem]
     for path in (root / "videos").glob("*.mp4"):
         path.unlink()
     with pytest.raises(SystemExit) as info:
-        run_cli(main, args_for(root, tmp_path / "cache2", "--segments", "4"))
+        run_cli(main, extract_cli(root, tmp_path / "cache2", "--segments", "4"))
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: none of the") and "DATA_ROOT" in err and len(err.splitlines()) == 1
@@ -128,11 +123,11 @@ def test_bad_configuration_is_one_line(extra, words, capsys, tmp_path):
     assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err
 
 
-def test_unknown_encoder_offline_in_a_real_process(dataset, tmp_path):
+def test_unknown_encoder_offline_in_a_real_process(dataset, tmp_path, extract_cli):
     """The whole command, as a person runs it: one line on stderr, exit 2, no traceback; DEBUG=1 shows it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)}
     env.pop("DEBUG", None)
-    cmd = [sys.executable, "-m", "extract", *args_for(dataset, tmp_path / "cache")]
+    cmd = [sys.executable, "-m", "extract", *extract_cli(dataset, tmp_path / "cache")]
     cmd[cmd.index("vit-tiny-random")] = "google/vit-base-patch16-224-in21k"
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -160,7 +155,7 @@ def test_video_file_kinds_have_readable_reasons(tmp_path):
             assert info.value.kind == EXPECTED[kind][0], (kind, str(info.value))
 
 
-def test_cache_of_other_weights_is_refused(dataset, tmp_path, capsys):
+def test_cache_of_other_weights_is_refused(dataset, tmp_path, capsys, extract_cli):
     """Same tag (same folder name and sampling) but different weights: never mix them in one cache."""
     from transformers import ViTConfig, ViTModel
 
@@ -176,7 +171,7 @@ def test_cache_of_other_weights_is_refused(dataset, tmp_path, capsys):
     root = copy_dataset(dataset, tmp_path / "data")
     videos = sorted((root / "videos").glob("*.mp4"))
     held_back = videos[-1].rename(tmp_path / videos[-1].name)
-    args = args_for(root, tmp_path / "cache", "--segments", "4")
+    args = extract_cli(root, tmp_path / "cache", "--segments", "4")
     args[args.index("vit-tiny-random")] = str(save(0))
     assert main(args) == 0
     held_back.rename(videos[-1])

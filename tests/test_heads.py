@@ -4,11 +4,10 @@ forward of the paper's ViS4mer written from docs/design.md."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from references import original_state_dict, reference_forward
 
 from heads import HEADS, build_head
 from heads.attention import SelfAttention
@@ -128,76 +127,6 @@ def test_param_groups_tag_the_ssm():
 
 
 # ----------------------------------------------------------------------------------- paper-code checkpoints
-def original_state_dict(d_input=6, d_model=8, n_layers=2, d_state=4, n_out=3, seed=0) -> dict:
-    """A random state dict in the key layout of the paper's ViS4mer module (docs/design.md)."""
-    g = torch.Generator().manual_seed(seed)
-    sd, H, M = {}, d_model, d_state // 2
-    sd["encoder.weight"] = torch.randn(d_model, d_input, generator=g) / math.sqrt(d_input)
-    sd["encoder.bias"] = torch.randn(d_model, generator=g) * 0.1
-    for i in range(n_layers):
-        p = f"s4_layers.{i}."
-        sd[p + "D"] = torch.randn(H, generator=g)
-        sd[p + "kernel.krylov.log_dt"] = torch.rand(H, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
-        w = torch.stack([-0.5 * torch.ones(M), torch.rand(M, generator=g) * 3], -1)  # (M, 2) stable modes
-        sd[p + "kernel.krylov.w"] = w
-        sd[p + "kernel.krylov.B"] = torch.randn(H, 2, M, 2, generator=g) * 0.5
-        sd[p + "kernel.krylov.C"] = torch.randn(H, 2, M, 2, generator=g) * 0.5
-        sd[p + "kernel.krylov.nodes"] = torch.randn(5, 2, generator=g)  # derived; must be ignored
-        sd[p + "kernel.krylov.z"] = torch.randn(5, 2, generator=g)
-        sd[p + "output_linear.weight"] = torch.randn(H, H, generator=g) / math.sqrt(H)
-        sd[p + "output_linear.bias"] = torch.randn(H, 1, generator=g) * 0.1
-        sd[f"norms.{i}.weight"] = 1 + 0.1 * torch.randn(H, generator=g)
-        sd[f"norms.{i}.bias"] = 0.1 * torch.randn(H, generator=g)
-        sd[f"linears.{i}.weight"] = torch.randn(H // 2, H, generator=g) / math.sqrt(H)
-        sd[f"linears.{i}.bias"] = 0.1 * torch.randn(H // 2, generator=g)
-        H //= 2
-    sd["decoder.weight"] = torch.randn(n_out, H, generator=g) / math.sqrt(H)
-    sd["decoder.bias"] = 0.1 * torch.randn(n_out, generator=g)
-    return sd
-
-
-def reference_kernel(sd: dict, prefix: str, L: int) -> np.ndarray:
-    """The paper's kernel, slowly, in complex128: four Cauchy sums, Woodbury, bilinear factor, irfft. (H, L)"""
-    c = lambda t: t[..., 0].double().numpy() + 1j * t[..., 1].double().numpy()  # noqa: E731
-    dt = np.exp(sd[prefix + "log_dt"].double().numpy())  # (H,)
-    w = c(sd[prefix + "w"])  # (M,)
-    BP, CQ = c(sd[prefix + "B"]), c(sd[prefix + "C"])  # (H, 2, M)
-    omega = np.exp(-2j * np.pi * np.arange(L // 2 + 1) / L)  # (L/2+1,)
-    z = 2 * (1 - omega) / (1 + omega)
-    a = dt[:, None] * w[None, :]  # (H, M) w scaled by dt
-    r = np.zeros((2, 2, len(dt), len(z)), dtype=complex)
-    for i in range(2):  # C~ | Q
-        for j in range(2):  # B | P
-            v = BP[:, j, :] * CQ[:, i, :].conj()  # (H, M)
-            for m in range(a.shape[1]):
-                r[i, j] += v[:, m, None] / (z - a[:, m, None]) + v[:, m, None].conj() / (z - a[:, m, None].conj())
-            r[i, j] *= dt[:, None]
-    k_f = r[0, 0] - r[0, 1] * r[1, 0] / (1 + r[1, 1])
-    k_f = k_f * 2 / (1 + omega)
-    return np.fft.irfft(k_f, n=L)  # (H, L)
-
-
-def reference_forward(sd: dict, x: np.ndarray, n_layers: int) -> np.ndarray:
-    """ViS4mer.forward of the paper code in eval mode (numpy float64): x (B, L, D) -> (B, n_out)."""
-    f = lambda k: sd[k].double().numpy()  # noqa: E731
-    gelu = lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))  # noqa: E731
-    h = x @ f("encoder.weight").T + f("encoder.bias")  # (B, L, H)
-    for i in range(n_layers):
-        p = f"s4_layers.{i}."
-        mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
-        z = (h - mu) / np.sqrt(var + 1e-5) * f(f"norms.{i}.weight") + f(f"norms.{i}.bias")  # (B, L, H)
-        u = z.transpose(0, 2, 1)  # (B, H, L)
-        L = u.shape[-1]
-        k = reference_kernel(sd, p + "kernel.krylov.", L)  # (H, L)
-        y = np.fft.irfft(np.fft.rfft(u, 2 * L) * np.fft.rfft(k, 2 * L), 2 * L)[..., :L]  # (B, H, L)
-        y = gelu(y + u * f(p + "D")[:, None])
-        y = np.einsum("vu,bul->bvl", f(p + "output_linear.weight"), y) + f(p + "output_linear.bias")  # (B, H, L)
-        h = h + y.transpose(0, 2, 1)  # (B, L, H)
-        h = 0.5 * (h[:, 0::2][:, : L // 2] + h[:, 1::2][:, : L // 2])  # AvgPool1d(2)
-        h = gelu(h @ f(f"linears.{i}.weight").T + f(f"linears.{i}.bias"))  # (B, L/2, H/2)
-    return h.mean(1) @ f("decoder.weight").T + f("decoder.bias")
-
-
 def test_import_original_gives_the_papers_logits():
     sd = original_state_dict()
     assert original_config(sd) == {"d_input": 6, "d_model": 8, "n_layers": 2, "d_state": 4, "n_outputs": 3}

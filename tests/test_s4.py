@@ -6,42 +6,12 @@ import copy
 
 import pytest
 import torch
+from references import direct_causal_conv, full_modes, recurrence_kernel
 
 from heads.s4 import S4
 from heads.s4.conv import fft_length
 from heads.s4.reference import hippo_legs_nplr
 from heads.training.optim import param_groups
-
-
-def _full(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, x.conj()], dim=-1)  # (..., M) -> (..., N): modes then their conjugates
-
-
-def recurrence_kernel(layer: S4, L: int) -> torch.Tensor:
-    """K_l = C A_bar^l B_bar from a dense N x N complex system, built here without the layer's kernel code.
-
-    A = diag(w) - P Q*, bilinear A_bar, B_bar; the learned C~ is undone by C = C~ (I - A_bar^L)^-1.  # (H, L)
-    """
-    dt = torch.exp(layer.log_dt.detach().double())  # (H,)
-    w = torch.view_as_complex(layer.w.detach().double())  # (M,)
-    BP = torch.view_as_complex(layer.B.detach().double())  # (H, 2, M)
-    CQ = torch.view_as_complex(layer.C.detach().double())  # (H, 2, M)
-    rows = []
-    for h in range(dt.shape[0]):
-        A = torch.diag(_full(w)) - torch.outer(_full(BP[h, 1]), _full(CQ[h, 1]).conj())  # (N, N)
-        eye = torch.eye(A.shape[0], dtype=A.dtype)
-        back_inv = torch.linalg.inv(eye - dt[h] / 2 * A)  # (N, N)
-        A_bar = back_inv @ (eye + dt[h] / 2 * A)  # (N, N)
-        x = dt[h] * back_inv @ _full(BP[h, 0])  # (N,) B_bar
-        c = _full(CQ[h, 0]).conj() @ torch.linalg.inv(eye - torch.linalg.matrix_power(A_bar, L))  # (N,)
-        ks = []
-        for _ in range(L):
-            ks.append(c @ x)
-            x = A_bar @ x
-        rows.append(torch.stack(ks))
-    K = torch.stack(rows)  # (H, L) complex, real up to rounding
-    assert K.imag.abs().max() < 1e-9 * K.real.abs().max()
-    return K.real
 
 
 def _perturbed(H: int, N: int, l_max, backend: str, seed: int = 0) -> S4:
@@ -75,13 +45,13 @@ def test_hippo_nplr_reconstructs_legs():
     r = torch.sqrt(2 * n + 1)
     A = (-torch.tril(r[:, None] * r[None, :], -1) - torch.diag(n + 1)).to(torch.complex128)  # (N, N)
     B, P = r.to(torch.complex128), torch.sqrt(n + 0.5).to(torch.complex128)  # (N,)
-    A_modes = torch.diag(_full(w)) - torch.outer(_full(p), _full(p).conj())  # (N, N)
+    A_modes = torch.diag(full_modes(w)) - torch.outer(full_modes(p), full_modes(p).conj())  # (N, N)
     eye = torch.eye(N, dtype=torch.complex128)
     for z in (1 + 2j, -0.3 + 5j, 3.0 + 0j):
         ref = torch.linalg.solve(z * eye - A, B)  # (N,)
-        got = torch.linalg.solve(z * eye - A_modes, _full(b))  # (N,)
-        assert torch.allclose(B @ ref, _full(b).conj() @ got, rtol=1e-9)
-        assert torch.allclose(P @ ref, _full(p).conj() @ got, rtol=1e-9)
+        got = torch.linalg.solve(z * eye - A_modes, full_modes(b))  # (N,)
+        assert torch.allclose(B @ ref, full_modes(b).conj() @ got, rtol=1e-9)
+        assert torch.allclose(P @ ref, full_modes(p).conj() @ got, rtol=1e-9)
 
 
 def test_layer_is_causal_and_shaped():
@@ -104,7 +74,7 @@ def test_layer_output_is_the_direct_causal_convolution():
     layer = S4(3, d_state=8, l_max=45, backend="naive").double().eval()
     u = torch.randn(2, 3, 45, dtype=torch.float64)
     K = layer.kernel(45).detach()  # (H, L)
-    conv = torch.stack([(K[:, : t + 1].flip(-1) * u[..., : t + 1]).sum(-1) for t in range(45)], -1)  # (B, H, L)
+    conv = direct_causal_conv(u, K)  # (B, H, L)
     pre = conv + layer.D.detach()[:, None] * u
     ref = layer.output_linear(torch.nn.functional.gelu(pre).transpose(1, 2)).transpose(1, 2)
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """The S4 layer under the autograd modes Lightning uses: validation and test run inside torch.inference_mode."""
 
 import torch
+from references import core_reference, direct_causal_conv
 
 from heads.s4 import S4
 
@@ -48,23 +49,9 @@ def test_causal_conv_matches_direct_convolution_in_value_and_gradient():
     u = torch.randn(B, H, L, dtype=torch.float64, requires_grad=True)
     k = torch.randn(H, L, dtype=torch.float64, requires_grad=True)
     n = fft_length(2 * L)
-    direct = torch.stack([(u[..., : t + 1] * k.flip(-1)[..., L - 1 - t:]).sum(-1) for t in range(L)], -1)  # (B, H, L)
-    torch.testing.assert_close(causal_conv(u, k, n), direct)
+    torch.testing.assert_close(causal_conv(u, k, n), direct_causal_conv(u, k))
     assert torch.autograd.gradcheck(lambda a, b: causal_conv(a, b, n), (u, k))
     assert torch.autograd.gradcheck(lambda a, b: causal_conv(a, b, 2 * L - 1), (u, k))  # the shortest valid length
-
-
-def _core_reference(u, k, D, scale, pool, affine=None):
-    """The unfused S4 core, written out: [affine] -> direct causal convolution + D u -> GELU -> [AvgPool1d(2)] ->
-    scale."""
-    if affine is not None:
-        u = u * affine[0][:, None] + affine[1][:, None]
-    L = u.shape[-1]
-    conv = torch.stack([(u[..., : t + 1] * k.flip(-1)[..., L - 1 - t:]).sum(-1) for t in range(L)], -1)  # (B, H, L)
-    z = torch.nn.functional.gelu(conv + u * D[:, None])
-    if pool:
-        z = torch.nn.functional.avg_pool1d(z, 2)  # drops an odd last step
-    return z if scale is None else z * scale[..., None]
 
 
 def test_fused_core_matches_the_unfused_layer_in_value_and_gradient():
@@ -83,7 +70,7 @@ def test_fused_core_matches_the_unfused_layer_in_value_and_gradient():
             D = torch.randn(H, dtype=torch.float64, requires_grad=True)
             scale = torch.rand(B, H, dtype=torch.float64) * 2 if with_scale else None
             got = fused_core(u, k, D, scale, pool, chunk=2)  # H = 3..5 channels: 2-3 chunks, some uneven
-            torch.testing.assert_close(got, _core_reference(u, k, D, scale, pool))
+            torch.testing.assert_close(got, core_reference(u, k, D, scale, pool))
             assert got.shape == (B, H, L // 2 if pool else L)
             core = lambda a, b, c, s=scale, p=pool: fused_core(a, b, c, s, p, chunk=2)  # noqa: E731
             assert torch.autograd.gradcheck(core, (u, k, D))
@@ -106,7 +93,7 @@ def test_fused_core_with_a_folded_layernorm_affine():
             D, gamma, beta = (torch.randn(H, dtype=torch.float64, requires_grad=True) for _ in range(3))
             scale = torch.rand(B, H, dtype=torch.float64) * 2
             got = fused_core(u, k, D, scale, pool, chunk=2, affine=(gamma, beta))
-            torch.testing.assert_close(got, _core_reference(u, k, D, scale, pool, (gamma, beta)))
+            torch.testing.assert_close(got, core_reference(u, k, D, scale, pool, (gamma, beta)))
             core = lambda a, b, c, g, e, s=scale, p=pool: fused_core(a, b, c, s, p, chunk=2, affine=(g, e))  # noqa
             assert torch.autograd.gradcheck(core, (u, k, D, gamma, beta))
     finally:

@@ -14,19 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from data.store import (
-    FeatureStore,
-    MissingVideoError,
-    ShardWriter,
-    StoreError,
-    append_failure,
-    escape_id,
-    find_caches,
-    make_tag,
-    partial_shards,
-    read_failures,
-    unescape_id,
-)
+from data.store import FeatureStore, MissingVideoError, ShardWriter, StoreError, make_tag, partial_shards
+from data.store.layout import append_failure, escape_id, find_caches, read_failures, unescape_id
 
 P, D = 5, 8  # tiny token grid: 1 CLS + 2x2 patches, 8 channels
 ATTRS = {

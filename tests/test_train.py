@@ -18,53 +18,12 @@ import torch
 
 from data.datasets.splits import unit_hash
 from data.errors import run_cli
-from data.store import ShardWriter, make_tag
 from heads import HEADS, build_head
 from heads.__main__ import main
 from heads.training.datamodule import FeatureDataModule, uniform_indices, window_indices, window_starts
 from heads.training.module import HeadModule, TrainingDiverged
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_ARGS = ["--d-model", "16", "--n-layers", "2", "--d-state", "8", "--batch", "4", "--workers", "0",
-             "--clip", "subset:4", "--log-every", "1"]
-
-
-def make_tiny(base: Path, classes=3, per_split=(6, 2, 3), P=5, D=8, encoder="vit-tiny-random", seed=0,
-              skip=(), nan=False, tag_segments=12) -> tuple[Path, Path]:
-    """A synthetic-layout data root (labels.csv, meta.json) and a cache of class-dependent random tokens."""
-    root = base / "raw"
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = [(f"{split}{i:03d}", split, i % classes)
-            for split, n in zip(("train", "val", "test"), per_split) for i in range(n * classes)]
-    (root / "labels.csv").write_text("video_id,split,label\n" + "".join(f"{v},{s},{y}\n" for v, s, y in rows))
-    orders = [[f"s{c}", f"s{(c + 1) % classes}"] for c in range(classes)]
-    (root / "meta.json").write_text(json.dumps({"class_orders": orders}))
-    attrs = dict(encoder=encoder, encoder_hash=f"hash-{encoder}", image_size=32, patch_size=16, hidden_size=D,
-                 grid=[2, 2], segments=tag_segments, frames_per_segment=1)
-    with ShardWriter(base / "cache" / "synthetic" / make_tag(encoder, segments=tag_segments), attrs,
-                     max_videos=16) as writer:
-        for video_id, _, label in rows:
-            if video_id in skip:
-                continue
-            T = int(rng.integers(6, 15))
-            tokens = rng.normal(size=(T, P, D)) + 2.0 * np.eye(D)[label % D][None, None, :]
-            if nan:
-                tokens[:] = np.nan
-            writer.add(video_id, tokens.astype(np.float16), np.arange(T, dtype=np.float64), float(T), f"{video_id}.mp4")
-    return root, base / "cache"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
-
-
-def cli(root, cache, runs, *extra) -> list[str]:
-    return ["train", "--dataset", "synthetic", "--data-root", str(root), "--cache-dir", str(cache), "--runs-dir",
-            str(runs), *TINY_ARGS, *extra]
-
-
 def datamodule(root, cache, **kw) -> FeatureDataModule:
     from data import get_dataset
 
@@ -84,8 +43,8 @@ def test_clip_indices():
     assert uniform_indices(2, 4).tolist() == [0, 0, 1, 1]
 
 
-def test_datamodule_protocols(tiny):
-    root, cache = tiny
+def test_datamodule_protocols(tiny_cache):
+    root, cache = tiny_cache
     dm = datamodule(root, cache)
     assert dm.feature_shape == (5, 8) and dm.seq_len == 20
     tokens, labels, videos = next(iter(dm.train_dataloader()))
@@ -114,8 +73,8 @@ class ConstantPerWindow(torch.nn.Module):
         return x[:, 0, 0, :3].float() + self.bias
 
 
-def test_multi_window_aggregation_is_mean_softmax(tiny):
-    root, cache = tiny
+def test_multi_window_aggregation_is_mean_softmax(tiny_cache):
+    root, cache = tiny_cache
     dm = datamodule(root, cache, clip=("window", 3), eval_stride=2)
     model = HeadModule(ConstantPerWindow(), {"head": "fake"}, n_outputs=3)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -133,8 +92,8 @@ def test_multi_window_aggregation_is_mean_softmax(tiny):
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
-def test_fast_dev_run_every_head(tiny, name):
-    root, cache = tiny
+def test_fast_dev_run_every_head(tiny_cache, name):
+    root, cache = tiny_cache
     dm = datamodule(root, cache)
     head = build_head(name, 8, 3, dm.seq_len, d_model=16, n_layers=2, d_state=8)
     model = HeadModule(head, {"head": name}, n_outputs=3)
@@ -160,8 +119,8 @@ class Regression:
         return self._records[split]
 
 
-def test_regression_windows_fast_dev_run(tiny):
-    root, cache = tiny
+def test_regression_windows_fast_dev_run(tiny_cache):
+    root, cache = tiny_cache
     tag = next((cache / "synthetic").iterdir())
     from data.store import FeatureStore
 
@@ -181,9 +140,9 @@ def test_regression_windows_fast_dev_run(tiny):
     assert out["metric"] == pytest.approx(np.mean((np.array(out["preds"]) - 1.0) ** 2), rel=1e-5)
 
 
-def test_held_out_validation_never_moves_when_videos_are_added(tiny):
+def test_held_out_validation_never_moves_when_videos_are_added(tiny_cache):
     """Issue #20: adding videos to a data set without a val split must not move the held-out ones."""
-    root, cache = tiny
+    root, cache = tiny_cache
     from data.store import FeatureStore
 
     store = FeatureStore(next((cache / "synthetic").iterdir()))
@@ -205,10 +164,10 @@ def test_held_out_validation_never_moves_when_videos_are_added(tiny):
 
 
 # ------------------------------------------------------------------------------------------- the command line
-def test_train_writes_run_directory_and_eval_matches(tiny, tmp_path, capsys):
-    root, cache = tiny
+def test_train_writes_run_directory_and_eval_matches(tiny_cache, tmp_path, capsys, train_cli):
+    root, cache = tiny_cache
     runs = tmp_path / "runs"
-    assert main(cli(root, cache, runs, "--epochs", "2", "--lr", "1e-2", "--workers", "2")) == 0
+    assert main(train_cli(root, cache, runs, "--epochs", "2", "--lr", "1e-2", "--workers", "2")) == 0
     run = runs / "synthetic" / "s4-multiscale" / "version_0"
     for name in ("results.json", "config.json", "metrics.csv", "predictions.csv", "checkpoints/best.ckpt",
                  "checkpoints/last.ckpt"):
@@ -226,14 +185,14 @@ def test_train_writes_run_directory_and_eval_matches(tiny, tmp_path, capsys):
     assert main(["eval", "--ckpt", str(run / "checkpoints" / "best.ckpt")]) == 0
     evaluated = json.loads((run / "checkpoints" / "best.eval.json").read_text())
     assert evaluated["test"]["acc"] == pytest.approx(results["test"]["acc"])
-    assert main(cli(root, cache, runs, "--epochs", "1", "--limit-batches", "1")) == 0
+    assert main(train_cli(root, cache, runs, "--epochs", "1", "--limit-batches", "1")) == 0
     assert (runs / "synthetic" / "s4-multiscale" / "version_1" / "results.json").is_file()
 
 
-def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys):
-    root, cache = make_tiny(tmp_path)
+def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys, train_cli, make_tiny_cache):
+    root, cache = make_tiny_cache(tmp_path)
     runs = tmp_path / "runs"
-    assert main(cli(root, cache, runs, "--epochs", "1", "--limit-batches", "1")) == 0
+    assert main(train_cli(root, cache, runs, "--epochs", "1", "--limit-batches", "1")) == 0
     run = runs / "synthetic" / "s4-multiscale" / "version_0"
     recorded = json.loads((run / "results.json").read_text())["splits"]
     assert len(recorded["val"]) == 6 and len(recorded["test"]) == 9
@@ -249,16 +208,16 @@ def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys):
     assert len(evaluated["split_changes"]) == 2 and "val000" in evaluated["splits"]["train"]
 
 
-def test_resume_equals_uninterrupted_run(tiny, tmp_path):
+def test_resume_equals_uninterrupted_run(tiny_cache, tmp_path, train_cli):
     """4 epochs in one go == 2 epochs + resume from last.ckpt to 4 (optimizer, scheduler, data order restored)."""
-    root, cache = tiny
+    root, cache = tiny_cache
     common = ["--dropout", "0", "--lr", "5e-3", "--plateau-patience", "0", "--limit-batches", "2"]
-    main(cli(root, cache, tmp_path / "a", "--epochs", "4", *common))
-    main(cli(root, cache, tmp_path / "b", "--epochs", "2", *common))
+    main(train_cli(root, cache, tmp_path / "a", "--epochs", "4", *common))
+    main(train_cli(root, cache, tmp_path / "b", "--epochs", "2", *common))
     run_b = tmp_path / "b" / "synthetic" / "s4-multiscale" / "version_0"
     first = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 1 and first["plateau_scheduler"] and first["optimizer_states"][0]["state"]
-    main(cli(root, cache, tmp_path / "b", "--epochs", "4", "--resume", "last", *common))  # = run_b's last.ckpt
+    main(train_cli(root, cache, tmp_path / "b", "--epochs", "4", "--resume", "last", *common))  # = run_b's last.ckpt
     a = torch.load(tmp_path / "a" / "synthetic" / "s4-multiscale" / "version_0" / "checkpoints" / "last.ckpt",
                    weights_only=True)
     b = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
@@ -273,10 +232,10 @@ def test_resume_equals_uninterrupted_run(tiny, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch):
+def test_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch, train_cli, make_tiny_cache):
     monkeypatch.delenv("DEBUG", raising=False)
-    root, cache = make_tiny(tmp_path, nan=True)
-    argv = cli(root, cache, tmp_path / "runs", "--epochs", "1")
+    root, cache = make_tiny_cache(tmp_path, nan=True)
+    argv = train_cli(root, cache, tmp_path / "runs", "--epochs", "1")
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 0 .*lower the learning rate"):
         main(argv)
     capsys.readouterr()
@@ -295,45 +254,45 @@ def one_line_error(capsys, argv) -> str:
     return err
 
 
-def test_bad_configuration_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+def test_bad_configuration_is_one_line(tiny_cache, tmp_path, capsys, monkeypatch, train_cli):
     monkeypatch.delenv("DEBUG", raising=False)
-    root, cache = tiny
+    root, cache = tiny_cache
     runs = tmp_path / "runs"
-    assert "valid heads: s4-multiscale" in one_line_error(capsys, cli(root, cache, runs, "--head", "lstm"))
-    assert "has no tasks" in one_line_error(capsys, cli(root, cache, runs, "--task", "genre"))
-    assert "unknown dataset" in one_line_error(capsys, cli(root, cache, runs, "--dataset", "kinetics"))
+    assert "valid heads: s4-multiscale" in one_line_error(capsys, train_cli(root, cache, runs, "--head", "lstm"))
+    assert "has no tasks" in one_line_error(capsys, train_cli(root, cache, runs, "--task", "genre"))
+    assert "unknown dataset" in one_line_error(capsys, train_cli(root, cache, runs, "--dataset", "kinetics"))
     empty = tmp_path / "empty-cache"
     empty.mkdir()
-    err = one_line_error(capsys, cli(root, empty, runs))
+    err = one_line_error(capsys, train_cli(root, empty, runs))
     assert "no cached features for synthetic" in err and "make extract DATASET=synthetic" in err
-    no_dataset = [a for a in cli(root, empty, runs) if a not in ("--dataset", "synthetic")]
+    no_dataset = [a for a in train_cli(root, empty, runs) if a not in ("--dataset", "synthetic")]
     assert "no cached features for synthetic" in one_line_error(capsys, no_dataset)  # empty cache: synthetic
     assert "does not exist" in one_line_error(capsys, ["eval", "--ckpt", str(tmp_path / "nope.ckpt")])
 
 
-def test_cache_missing_videos(tmp_path, capsys, monkeypatch):
+def test_cache_missing_videos(tmp_path, capsys, monkeypatch, train_cli, make_tiny_cache):
     monkeypatch.delenv("DEBUG", raising=False)
     from data.store import append_failure
 
-    root, cache = make_tiny(tmp_path, skip=("train000", "train004", "test001"))
-    err = one_line_error(capsys, cli(root, cache, tmp_path / "runs", "--epochs", "1"))
+    root, cache = make_tiny_cache(tmp_path, skip=("train000", "train004", "test001"))
+    err = one_line_error(capsys, train_cli(root, cache, tmp_path / "runs", "--epochs", "1"))
     assert "lacks 2 of the 18 videos the train split needs" in err and "make extract DATASET=synthetic" in err
     tag = next((cache / "synthetic").iterdir())
     for vid in ("train000", "train004", "test001"):  # recorded failures are skipped with a note
         append_failure(tag, vid, f"{vid}.mp4", "moov atom not found")
-    assert main(cli(root, cache, tmp_path / "runs", "--epochs", "1")) == 0
+    assert main(train_cli(root, cache, tmp_path / "runs", "--epochs", "1")) == 0
     results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
     assert results["n_videos"]["test"] == 8 and any("skipping 2 of 18" in n for n in results["notes"])
 
 
-def test_cache_from_another_encoder_is_refused(tmp_path, capsys, monkeypatch):
+def test_cache_from_another_encoder_is_refused(tmp_path, capsys, monkeypatch, train_cli, make_tiny_cache):
     monkeypatch.delenv("DEBUG", raising=False)
-    root, cache = make_tiny(tmp_path)
-    make_tiny(tmp_path, encoder="vit-other", D=12)
+    root, cache = make_tiny_cache(tmp_path)
+    make_tiny_cache(tmp_path, encoder="vit-other", D=12)
     runs = tmp_path / "runs"
-    main(cli(root, cache, runs, "--epochs", "1", "--tag", "vit-tiny-random_seg12"))
+    main(train_cli(root, cache, runs, "--epochs", "1", "--tag", "vit-tiny-random_seg12"))
     ckpt = runs / "synthetic" / "s4-multiscale" / "version_0" / "checkpoints" / "last.ckpt"
-    err = one_line_error(capsys, cli(root, cache, runs, "--epochs", "2", "--resume", str(ckpt), "--tag",
+    err = one_line_error(capsys, train_cli(root, cache, runs, "--epochs", "2", "--resume", str(ckpt), "--tag",
                                      "vit-other_seg12"))
     assert "does not match the checkpoint" in err and "'vit-other' instead of 'vit-tiny-random'" in err
     err = one_line_error(capsys, ["eval", "--ckpt", str(ckpt), "--tag", "vit-other_seg12"])
@@ -349,12 +308,12 @@ def test_checkpoints_load_weights_only(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(tiny, tmp_path):
-    root, cache = tiny
+def test_ddp_two_processes_on_cpu(tiny_cache, tmp_path, train_cli):
+    root, cache = tiny_cache
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "heads", *cli(root, cache, runs, "--epochs", "1", "--devices", "2",
-                                                               "--accelerator", "cpu")],
+    argv = train_cli(root, cache, runs, "--epochs", "1", "--devices", "2", "--accelerator", "cpu")
+    proc = subprocess.run([sys.executable, "-m", "heads", *argv],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = sorted(runs.rglob("results.json"))

@@ -145,17 +145,16 @@ class HeadModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._eval_start("val")
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
     def on_test_epoch_start(self) -> None:
         self._eval_start("test")
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)
+
+    test_step = validation_step  # the same per-clip accumulation; the split is set by the epoch hooks
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")

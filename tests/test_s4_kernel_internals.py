@@ -1,13 +1,16 @@
-"""Cauchy backends: every backend equals `naive` in value and gradient (float64 gradcheck, float32 at long L)."""
+"""Internals of the `torch` kernel, tested piece by piece (the one test file that imports private names): the
+length split, the (Pc, R) grid inverse rfft and its adjoint, the closed-form Cauchy tables, and the elementwise chains
+in torch ops against their compiled numba twins."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from references import perturbed_nplr, rel_error
 
-from heads.s4 import S4, mixed_radix, numba_loops
+from heads.s4 import mixed_radix, numba_loops
 from heads.s4.cpu import Scratch
-from heads.s4.kernels import AUTO_CPU, BACKENDS, CAUCHY, keops_available, resolve_backend, torch_kernel
+from heads.s4.kernels import BACKENDS, torch_kernel
 from heads.s4.mixed_radix import (
     _grid_irfft,
     _grid_irfft_adjoint,
@@ -17,33 +20,6 @@ from heads.s4.mixed_radix import (
     _TorchLoops,
     split_length,
 )
-from heads.s4.reference import cauchy_naive_at, rfft_nodes
-
-needs_keops = pytest.mark.skipif(not keops_available(), reason="pykeops cannot compile a kernel here")
-FAST = ["torch", pytest.param("keops", marks=[pytest.mark.keops, needs_keops])]
-
-
-def _inputs(H: int, N: int, L: int, dtype=torch.float64, seed: int = 0, perturb: float = 0.2):
-    """(v, a, dt) of an S4 layer in `dtype`, moved off its init so that P != Q and the pairs differ."""
-    torch.manual_seed(seed)
-    layer = S4(H, d_state=N, l_max=L, backend="naive").to(dtype)
-    with torch.no_grad():
-        layer.B.add_(perturb * torch.randn_like(layer.B))
-        layer.C.add_(perturb * torch.randn_like(layer.C))
-    return tuple(t.detach().clone().requires_grad_() for t in layer._nplr())
-
-
-def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
-    return ((x - y).norm() / y.norm()).item()
-
-
-def test_naive_is_the_papers_cauchy_sum_over_one_plus_w():
-    """D(w) = (1/(1+w)) sum v/(z-a) + conj(v)/(z-conj a) with z = 2(1-w)/(1+w), away from w = -1."""
-    v, a, _ = (t.detach() for t in _inputs(3, 8, 16))
-    nodes = rfft_nodes(16, torch.complex128)[:-1]  # drop w = -1 (z = infinity)
-    z = 2 * (1 - nodes) / (1 + nodes)  # (K,)
-    paper = (v[..., None] / (z - a[..., None]) + v.conj()[..., None] / (z - a.conj()[..., None])).sum(-2)
-    assert torch.allclose(cauchy_naive_at(v, a, nodes), paper / (1 + nodes), rtol=1e-12, atol=0)
 
 
 def test_split_isolates_the_large_prime_factors():
@@ -102,7 +78,7 @@ def test_tables_match_their_definition():
     L = 94
     plan = _plan(L, torch.complex128, "cpu")
     P, R, Pc = plan.P, plan.R, plan.Pc
-    _, a, _ = (t.detach() for t in _inputs(2, 8, L))
+    _, a, _ = (t.detach() for t in perturbed_nplr(2, 8, L))
     lam_log = torch.log((2 + a) / (2 - a))  # (H, M)
     mu, sd, inv, p = _tables(_table_inputs(lam_log, plan, torch.complex128), plan, torch.complex128)
     theta = torch.exp(-2j * torch.pi * torch.arange(Pc, dtype=torch.float64) / P)  # (Pc,)
@@ -117,77 +93,16 @@ def test_tables_match_their_definition():
     assert torch.allclose(sd_conj, sd.conj(), rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("L", [37, 40, 78, 94])  # prime, smooth, 6 * 13 and 2 * 47 (mixed radix, R > 1)
-def test_backend_spectrum_and_kernel_equal_naive(backend, L):
-    v, a, dt = _inputs(4, 8, L)
-    assert _rel(CAUCHY[backend](v, a, L), CAUCHY["naive"](v, a, L)) <= 1e-10
-    g = torch.randn(4, L, dtype=torch.float64)
-    ref = BACKENDS["naive"](v, a, dt, L)
-    got = BACKENDS[backend](v, a, dt, L)
-    assert _rel(got, ref) <= 1e-10
-    grads_ref = torch.autograd.grad((ref * g).sum(), (v, a, dt))
-    grads = torch.autograd.grad((got * g).sum(), (v, a, dt))
-    for x, y in zip(grads, grads_ref):
-        assert _rel(x, y) <= 1e-10
-
-
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("L", [24, 26])  # 11-smooth (time domain + rfft) and 2 * 13 (mixed radix)
-def test_backend_gradcheck_float64(backend, L):
-    v, a, dt = _inputs(3, 8, L)
-    if backend == "torch":  # chunk 2 < H = 3: exercises the chunk loop and the ragged last chunk
-        fn = lambda v, a, dt: torch_kernel(v, a, dt, L, chunk=2)  # noqa: E731
-    else:
-        fn = lambda v, a, dt: BACKENDS[backend](v, a, dt, L)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (v, a, dt), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
-
-
-@pytest.mark.parametrize("backend", FAST)
-def test_float32_matches_naive_at_paper_N_and_long_L(backend):
-    """Paper size per channel (N = 64, L = 11,820), 8 channels spanning the dt range: rel. error <= 1e-4."""
-    H, L = 8, 11820
-    torch.manual_seed(1)
-    layer = S4(H, d_state=64, l_max=L)
-    with torch.no_grad():  # spread dt over [0.001, 0.1] deterministically
-        layer.log_dt.copy_(torch.linspace(torch.log(torch.tensor(0.001)), torch.log(torch.tensor(0.1)), H))
-    v, a, dt = (t.detach() for t in layer._nplr())
-    g = torch.randn(H, L, dtype=torch.float64)
-
-    def run(name, real):
-        cplx = torch.complex64 if real == torch.float32 else torch.complex128
-        args = [v.to(cplx).clone().requires_grad_(), a.to(cplx).clone().requires_grad_(),
-                dt.to(real).clone().requires_grad_()]
-        k = BACKENDS[name](*args, L)
-        (k.double() * g).sum().backward()
-        return [k.detach().double()] + [t.grad.to(torch.complex128 if t.is_complex() else torch.float64)
-                                        for t in args]
-
-    ref = run("naive", torch.float64)
-    got = run(backend, torch.float32)
-    assert got[0].shape == (H, L)
-    for x, y in zip(got, ref):
-        assert _rel(x, y) <= 1e-4
-
-
-@pytest.mark.parametrize("L", [33, 39])  # both `torch` paths
-def test_torch_kernel_chunking_does_not_change_values(L):
-    v, a, dt = (t.detach() for t in _inputs(5, 8, L))
-    ref = torch_kernel(v, a, dt, L, chunk=5)
-    for chunk in (1, 2, 3):
-        assert torch.allclose(torch_kernel(v, a, dt, L, chunk=chunk), ref, rtol=0, atol=1e-13)
-
-
 def test_torch_loops_path_equals_naive(monkeypatch):
     """The mixed-radix kernel with the torch elementwise chains (its path off CPU): value and gradient."""
     monkeypatch.setattr(mixed_radix, "_loops", lambda device: _TorchLoops)
     L = 94
-    v, a, dt = _inputs(3, 8, L)
+    v, a, dt = perturbed_nplr(3, 8, L)
     g = torch.randn(3, L, dtype=torch.float64)
     ref, got = BACKENDS["naive"](v, a, dt, L), torch_kernel(v, a, dt, L, chunk=2)
-    assert _rel(got, ref) <= 1e-10
+    assert rel_error(got, ref) <= 1e-10
     for x, y in zip(torch.autograd.grad((got * g).sum(), (v, a, dt)), torch.autograd.grad((ref * g).sum(), (v, a, dt))):
-        assert _rel(x, y) <= 1e-10
+        assert rel_error(x, y) <= 1e-10
 
 
 @pytest.mark.skipif(not numba_loops.available(), reason="numba is not installed")
@@ -200,7 +115,7 @@ def test_compiled_loops_equal_torch_loops(real):
     plan = _plan(L, cplx, "cpu")
     R, Pc = plan.R, plan.Pc
     torch.manual_seed(0)
-    _, a, _ = (t.detach() for t in _inputs(h, 2 * M, L))
+    _, a, _ = (t.detach() for t in perturbed_nplr(h, 2 * M, L))
     lam_log = torch.log((2 + a) / (2 - a))  # (h, M)
     lam = torch.exp(lam_log)
     mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)
@@ -224,13 +139,6 @@ def test_compiled_loops_equal_torch_loops(real):
         ops.grad_coeffs(g_rho, lam, o["Gq"])
         out[name] = o
     for key, ref in out["torch"].items():
-        assert _rel(out["numba"][key], ref) <= tol, key
+        assert rel_error(out["numba"][key], ref) <= tol, key
     with pytest.raises(ValueError, match="contiguous"):
         numba_loops.NumbaLoops.grad_coeffs(g_rho.transpose(2, 3).contiguous().transpose(2, 3), lam, out["numba"]["Gq"])
-
-
-def test_resolve_backend():
-    assert resolve_backend("auto", "cpu") == AUTO_CPU
-    assert resolve_backend("naive") == "naive"
-    with pytest.raises(ValueError, match="naive"):
-        resolve_backend("cuda-ext")
