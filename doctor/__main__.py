@@ -97,7 +97,8 @@ def numba_loops() -> dict:
 
 def encoder(name: str | None = None) -> dict:
     """Is the encoder loadable without a network: a local folder with config + weights, or both in the HF cache."""
-    from extract.encoder import DEFAULT_ENCODER, TINY_RANDOM
+    from extract import DEFAULT_ENCODER
+    from extract.encoder import TINY_RANDOM
 
     name = name or DEFAULT_ENCODER
     weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = collect(args.cache_dir, args.encoder)
     print("\n".join(render(facts)))
     if args.json:
-        from bench.common import write_json
+        from data.outputs import write_json
 
         print(f"saved {write_json(args.json, facts)}")
     return 0
