@@ -26,11 +26,9 @@ from heads import HEADS, build_head
 from heads.config import HEAD
 from heads.training.run_dir import (
     find_last,
-    merge_metrics,
-    next_version,
-    read_metrics_rows,
+    run_directory,
     split_changes,
-    write_predictions,
+    write_run,
 )
 
 # What a checkpoint records of its cache: the provenance attrs that say what the tokens mean (encoder name and weights
@@ -193,45 +191,24 @@ def _trainer_kwargs(args) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- train
 def train(args) -> tuple[dict, bool]:
+    """`python -m heads train`: resolve (resume, data set, cache) -> build (head, module, trainer) -> fit, then
+    validate and test the best checkpoint -> write the run directory. Returns (results, is global rank 0)."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
-    from data import get_dataset
-    from data.store import FeatureStore
-    from heads.training.datamodule import FeatureDataModule
     from heads.training.module import HeadModule
 
     if args.head not in HEADS:
         raise UserError(f"unknown HEAD {args.head!r}; valid heads: {', '.join(HEADS)}")
+    resume_ckpt = _resume(args)
     cache_dir = Path(args.cache_dir)
-    resume_ckpt = None
-    if args.resume == "last":
-        args.resume = str(find_last(Path(args.runs_dir), args.head if args.head_given else None, args.dataset))
-    if args.resume:
-        resume_ckpt = load_checkpoint(args.resume)
-        prev = resume_ckpt["hyper_parameters"]["config"]
-        if prev["head"] != args.head and args.head_given:
-            raise UserError(f"--resume {args.resume} is a {prev['head']} checkpoint, not {args.head}; "
-                            f"drop HEAD= or pick a {args.head} checkpoint")
-        args.head = prev["head"]
-        args.dataset = args.dataset or prev["dataset"]
-        args.task = args.task or prev.get("task")
-        args.data_root = args.data_root or prev.get("data_root")
-        args.tag = args.tag or prev["cache"]["tag"]
     dataset_name = args.dataset or default_dataset(cache_dir)
-    ds = get_dataset(dataset_name, root=args.data_root, task=args.task, seed=args.seed)
-    task = getattr(ds, "task", None)
-    tag_dir = resolve_cache(cache_dir, dataset_name, args.tag)
-    store = FeatureStore(tag_dir)
-    if len(store) == 0:
-        raise UserError(f"the cache {tag_dir} holds no videos; run `make extract DATASET={dataset_name}`")
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    dm = FeatureDataModule(store, ds, batch_size=args.batch, workers=args.workers, clip=parse_clip(args.clip),
-                           eval_stride=args.eval_stride, seed=args.seed, val_fraction=args.val_fraction,
-                           allow_missing=args.allow_missing,
-                           cache_hint=f"make extract DATASET={dataset_name}"
-                                      f"{' CACHE_DIR=' + str(cache_dir) if str(cache_dir) != 'cache' else ''}")
+    ds, tag_dir, store, dm = open_data(
+        dataset_name, args.data_root, args.task, cache_dir, args.tag, batch_size=args.batch, workers=args.workers,
+        clip=parse_clip(args.clip), eval_stride=args.eval_stride, seed=args.seed, val_fraction=args.val_fraction,
+        allow_missing=args.allow_missing,
+        cache_hint=f"make extract DATASET={dataset_name}"
+                   f"{' CACHE_DIR=' + str(cache_dir) if str(cache_dir) != 'cache' else ''}")
     cache = cache_info(store, tag_dir, dm)
     if resume_ckpt is not None:
         check_cache_matches(resume_ckpt["hyper_parameters"]["config"]["cache"], cache, tag_dir,
@@ -239,30 +216,17 @@ def train(args) -> tuple[dict, bool]:
         for line in split_changes(resume_ckpt["hyper_parameters"]["config"].get("splits"), dm.split_ids()):
             print(f"warning: {line}; the resumed run trains and validates on the splits of today",
                   file=sys.stderr, flush=True)
-    regression = ds.task_type == "regression"
-    n_outputs = 1 if regression else int(ds.num_classes)
-    if resume_ckpt is None:
-        head_cfg = head_cfg_from_args(args)
-    else:  # the checkpoint's architecture wins over the command line
-        head_cfg = resume_ckpt["hyper_parameters"]["config"]["head_cfg"]
+    task = getattr(ds, "task", None)
+    n_outputs = 1 if ds.task_type == "regression" else int(ds.num_classes)
+    head_cfg = (head_cfg_from_args(args) if resume_ckpt is None  # the checkpoint's architecture wins
+                else resume_ckpt["hyper_parameters"]["config"]["head_cfg"])
     try:
         head = build_head(args.head, cache["hidden_size"], n_outputs, dm.seq_len, **head_cfg)
     except ValueError as exc:  # the head's own checks of the configuration the command line asked for
         raise UserError(f"cannot build {args.head} with {head_cfg}: {exc}") from exc
     params = sum(p.numel() for p in head.parameters())
-
-    # run directory: runs/<dataset>[-<task>]/<head>/version_N (resume: the checkpoint's own run). Only global rank 0
-    # writes; Lightning broadcasts rank 0's checkpoint directory to the other ranks.
-    name = f"{dataset_name}-{task}" if task else dataset_name
-    resume_path = Path(args.resume) if args.resume else None
-    old_metrics: list[dict] = []
-    if resume_path is not None and resume_path.parent.name == "checkpoints" and \
-            resume_path.parent.parent.name.startswith("version_"):
-        run_dir = resume_path.parent.parent
-        old_metrics = read_metrics_rows(run_dir / "metrics.csv", before_step=resume_ckpt.get("global_step"))
-    else:
-        parent = Path(args.runs_dir) / name / args.head
-        run_dir = parent / f"version_{next_version(parent)}"
+    run_dir, old_metrics = run_directory(Path(args.runs_dir), f"{dataset_name}-{task}" if task else dataset_name,
+                                         args.head, args.resume, resume_ckpt)
     config = plain({
         "head": args.head, "head_cfg": head_cfg, "dataset": dataset_name, "task": task, "data_root": args.data_root,
         "task_type": ds.task_type, "n_outputs": n_outputs, "class_names": getattr(ds, "class_names", None),
@@ -276,8 +240,75 @@ def train(args) -> tuple[dict, bool]:
     model = HeadModule(head, config, task_type=ds.task_type, n_outputs=n_outputs, lr=args.lr,
                        weight_decay=args.weight_decay, plateau_factor=args.plateau_factor,
                        plateau_patience=args.plateau_patience)
+    trainer, checkpoint = _fit_trainer(args, model, run_dir)
 
-    # best-on-val, and the state after every epoch (Lightning's own save_last only saves when the best one does)
+    started = time.time()
+    trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
+    train_s = time.time() - started
+    ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"
+    best = checkpoint.best_model_path if not args.fast_dev_run else ""
+    ckpt = best if best and Path(best).exists() else None
+    trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
+    trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
+
+    results = plain({
+        "dataset": dataset_name, "task": task, "head": args.head, "task_type": ds.task_type,
+        "metric": model.metric_name, "class_names": getattr(ds, "class_names", None),
+        **_split_metrics(model),
+        "best_checkpoint": ckpt, "last_checkpoint": str(ckpt_dir / "last.ckpt") if not args.fast_dev_run else None,
+        "epochs_run": trainer.current_epoch, "global_step": trainer.global_step, "train_s": round(train_s, 2),
+        "params": params, "cache_tag": cache["tag"], "cache": cache, "code_version": config["code_version"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(run_dir), "notes": dm.notes,
+        "n_videos": {s: len(dm.video_ids(s)) for s in ("train", "val", "test")}, "splits": dm.split_ids(),
+    })
+    if trainer.is_global_zero:
+        write_run(run_dir, config, results, old_metrics, model.eval_outputs["test"], dm.video_ids("test"),
+                  getattr(ds, "class_names", None))
+    return results, trainer.is_global_zero
+
+
+def _resume(args) -> dict | None:
+    """`--resume CKPT|last`: load the checkpoint (weights_only) and take its head, data set, task, root and cache tag
+    where the command line gives none (`args` is updated); None without --resume."""
+    if args.resume == "last":
+        args.resume = str(find_last(Path(args.runs_dir), args.head if args.head_given else None, args.dataset))
+    if not args.resume:
+        return None
+    resume_ckpt = load_checkpoint(args.resume)
+    prev = resume_ckpt["hyper_parameters"]["config"]
+    if prev["head"] != args.head and args.head_given:
+        raise UserError(f"--resume {args.resume} is a {prev['head']} checkpoint, not {args.head}; "
+                        f"drop HEAD= or pick a {args.head} checkpoint")
+    args.head = prev["head"]
+    args.dataset = args.dataset or prev["dataset"]
+    args.task = args.task or prev.get("task")
+    args.data_root = args.data_root or prev.get("data_root")
+    args.tag = args.tag or prev["cache"]["tag"]
+    return resume_ckpt
+
+
+def open_data(dataset_name: str, data_root, task, cache_dir: Path, tag: str | None, **datamodule_kwargs):
+    """The data set's adapter, its cache folder, the store and the data module: (ds, tag_dir, store, dm)."""
+    from data import get_dataset
+    from data.store import FeatureStore
+    from heads.training.datamodule import FeatureDataModule
+
+    ds = get_dataset(dataset_name, root=data_root, task=task, seed=datamodule_kwargs.get("seed", 0))
+    tag_dir = resolve_cache(cache_dir, dataset_name, tag)
+    store = FeatureStore(tag_dir)
+    if len(store) == 0:
+        raise UserError(f"the cache {tag_dir} holds no videos; run `make extract DATASET={dataset_name}`")
+    return ds, tag_dir, store, FeatureDataModule(store, ds, **datamodule_kwargs)
+
+
+def _fit_trainer(args, model, run_dir: Path):
+    """The Lightning Trainer of a training run and its best-on-val checkpoint callback: best.ckpt on the monitored
+    metric and last.ckpt after every epoch (Lightning's own save_last only saves when the best one does), the CSV
+    logger (and TensorBoard's when installed) into the run directory, the resume hint on an exception."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
     checkpoint = ModelCheckpoint(filename="best", monitor=model.monitor, mode=model.monitor_mode, save_top_k=1,
                                  enable_version_counter=False, auto_insert_metric_name=False)
     last_checkpoint = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
@@ -291,7 +322,6 @@ def train(args) -> tuple[dict, bool]:
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""))
     except ImportError:
         pass
-    kwargs = _trainer_kwargs(args)
     trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps if args.max_steps else -1,
                          logger=loggers,
                          callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch"),
@@ -299,45 +329,23 @@ def train(args) -> tuple[dict, bool]:
                          default_root_dir=str(run_dir), log_every_n_steps=args.log_every,
                          enable_progress_bar=args.progress, fast_dev_run=args.fast_dev_run,
                          limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
-                         limit_test_batches=args.limit_batches, **kwargs)
-    started = time.time()
-    trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
-    train_s = time.time() - started
-    ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"
-    best = checkpoint.best_model_path if not args.fast_dev_run else ""
-    ckpt = best if best and Path(best).exists() else None
-    trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
-    trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
-    results = plain({
-        "dataset": dataset_name, "task": task, "head": args.head, "task_type": ds.task_type,
-        "metric": model.metric_name, "class_names": getattr(ds, "class_names", None),
-        "val": {model.metric_name: model.eval_outputs["val"]["metric"], "loss": model.eval_outputs["val"]["loss"]},
-        "test": {model.metric_name: model.eval_outputs["test"]["metric"],
-                 "loss": model.eval_outputs["test"]["loss"]},
-        "best_checkpoint": ckpt, "last_checkpoint": str(ckpt_dir / "last.ckpt") if not args.fast_dev_run else None,
-        "epochs_run": trainer.current_epoch, "global_step": trainer.global_step, "train_s": round(train_s, 2),
-        "params": params, "cache_tag": cache["tag"], "cache": cache, "code_version": config["code_version"],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(run_dir), "notes": dm.notes,
-        "n_videos": {s: len(dm.video_ids(s)) for s in ("train", "val", "test")}, "splits": dm.split_ids(),
-    })
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if old_metrics:
-            merge_metrics(run_dir / "metrics.csv", old_metrics)
-        write_json(run_dir / "config.json", config)
-        write_json(run_dir / "results.json", results)
-        write_predictions(run_dir / "predictions.csv", model.eval_outputs["test"], dm.video_ids("test"),
-                          getattr(ds, "class_names", None))
-    return results, trainer.is_global_zero
+                         limit_test_batches=args.limit_batches, **_trainer_kwargs(args))
+    return trainer, checkpoint
+
+
+def _split_metrics(model) -> dict:
+    """{"val": {metric, "loss"}, "test": {metric, "loss"}} of the module's last evaluation."""
+    m = model.metric_name
+    return {split: {m: model.eval_outputs[split]["metric"], "loss": model.eval_outputs[split]["loss"]}
+            for split in ("val", "test")}
 
 
 # -------------------------------------------------------------------------------------------------------- eval
 def evaluate(args) -> dict:
+    """`python -m heads eval`: rebuild the head of a checkpoint, validate and test it on its cache (or --tag /
+    --cache-dir), write <checkpoint>.eval.json. Returns the results."""
     import pytorch_lightning as pl
 
-    from data import get_dataset
-    from data.store import FeatureStore
-    from heads.training.datamodule import FeatureDataModule
     from heads.training.module import HeadModule
 
     if not args.ckpt:
@@ -345,14 +353,12 @@ def evaluate(args) -> dict:
     ckpt = load_checkpoint(args.ckpt)
     hp = ckpt["hyper_parameters"]
     config = hp["config"]
-    cache_dir = Path(args.cache_dir or config["cache_dir"])
-    ds = get_dataset(config["dataset"], root=args.data_root or config.get("data_root"), task=config.get("task"),
-                     seed=config["seed"])
-    tag_dir = resolve_cache(cache_dir, config["dataset"], args.tag or config["cache"]["tag"])
-    store = FeatureStore(tag_dir)
-    dm = FeatureDataModule(store, ds, batch_size=args.batch or config["batch"], workers=args.workers,
-                           clip=tuple(config["clip"]), eval_stride=config["eval_stride"], seed=config["seed"],
-                           val_fraction=config["val_fraction"], allow_missing=args.allow_missing)
+    ds, tag_dir, store, dm = open_data(
+        config["dataset"], args.data_root or config.get("data_root"), config.get("task"),
+        Path(args.cache_dir or config["cache_dir"]), args.tag or config["cache"]["tag"],
+        batch_size=args.batch or config["batch"], workers=args.workers, clip=tuple(config["clip"]),
+        eval_stride=config["eval_stride"], seed=config["seed"], val_fraction=config["val_fraction"],
+        allow_missing=args.allow_missing)
     check_cache_matches(config["cache"], cache_info(store, tag_dir, dm), tag_dir, f"the checkpoint {args.ckpt}")
     changes = split_changes(config.get("splits"), dm.split_ids())
     for line in changes:  # e.g. videos added to DATA_ROOT since training (issue: a validation split that moves)
@@ -363,19 +369,16 @@ def evaluate(args) -> dict:
                          enable_model_summary=False, enable_checkpointing=False)
     trainer.validate(model, datamodule=dm, verbose=False)
     trainer.test(model, datamodule=dm, verbose=False)
-    m = model.metric_name
     results = plain({
-        "dataset": config["dataset"], "task": config.get("task"), "head": config["head"], "metric": m,
-        "task_type": config["task_type"], "checkpoint": str(args.ckpt), "cache_tag": tag_dir.name,
-        "val": {m: model.eval_outputs["val"]["metric"], "loss": model.eval_outputs["val"]["loss"]},
-        "test": {m: model.eval_outputs["test"]["metric"], "loss": model.eval_outputs["test"]["loss"]},
+        "dataset": config["dataset"], "task": config.get("task"), "head": config["head"],
+        "metric": model.metric_name, "task_type": config["task_type"], "checkpoint": str(args.ckpt),
+        "cache_tag": tag_dir.name, **_split_metrics(model),
         "epochs_run": ckpt.get("epoch"), "run_dir": str(Path(args.ckpt).resolve().parent.parent),
         "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "splits": dm.split_ids(), "split_changes": changes,
     })
-    out = Path(args.ckpt).with_suffix(".eval.json")
     try:
-        write_json(out, results)
+        write_json(Path(args.ckpt).with_suffix(".eval.json"), results)
     except OSError:
         pass
     return results

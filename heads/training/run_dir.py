@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from data.errors import UserError
+from data.outputs import write_json
 
 
 def next_version(parent: Path) -> int:
@@ -100,3 +101,29 @@ def summary_line(results: dict) -> str:
     return (f"{results['head']} on {results['dataset']}{'/' + results['task'] if results.get('task') else ''}: "
             f"test {m} {results['test'][m]:.4f} (val {m} {results['val'][m]:.4f}; best checkpoint of "
             f"{results.get('epochs_run', '?')} epochs) -> {results['run_dir']}")
+
+
+def run_directory(runs_dir: Path, name: str, head: str, resume: str | None, resume_ckpt: dict | None):
+    """(run_dir, old metrics rows): `runs_dir/name/head/version_N` with the next free N, or, when resuming from a
+    checkpoint inside a run directory, that run (and its metrics.csv rows up to the checkpoint's step, which
+    Lightning's CSV logger would truncate). Only global rank 0 writes there; Lightning broadcasts rank 0's checkpoint
+    directory to the other ranks."""
+    resume_path = Path(resume) if resume else None
+    if resume_path is not None and resume_path.parent.name == "checkpoints" and \
+            resume_path.parent.parent.name.startswith("version_"):
+        run_dir = resume_path.parent.parent
+        return run_dir, read_metrics_rows(run_dir / "metrics.csv", before_step=resume_ckpt.get("global_step"))
+    parent = runs_dir / name / head
+    return parent / f"version_{next_version(parent)}", []
+
+
+def write_run(run_dir: Path, config: dict, results: dict, old_metrics: list[dict], test_outputs: dict,
+              test_ids: list[str], class_names: list[str] | None) -> None:
+    """What a finished run leaves: metrics.csv with the rows of before a resume merged back, config.json,
+    results.json (both written atomically) and predictions.csv."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if old_metrics:
+        merge_metrics(run_dir / "metrics.csv", old_metrics)
+    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "results.json", results)
+    write_predictions(run_dir / "predictions.csv", test_outputs, test_ids, class_names)
