@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
+from bench.common import cpu_name
 from data.errors import run_cli
 from data.outputs import write_json
 
@@ -36,14 +36,7 @@ SECTIONS = {  # key in latest.json -> module
 def describe_device() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     text = f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"

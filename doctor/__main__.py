@@ -38,14 +38,9 @@ def versions() -> dict:
 def devices() -> list[dict]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.common import cpu_name
+
+    cpu = cpu_name()
     found = [{"device": "cpu", "name": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.store import DiskFullError, FeatureStore, ShardWriter, StoreError, remove_dead_partials
+from data.store import DiskFullError, FeatureStore, ShardWriter, StoreError, partial_shards, remove_dead_partials
 
 REPO = Path(__file__).resolve().parents[1]
 ATTRS = {"encoder": "e", "encoder_hash": "h", "hidden_size": 8, "segments": 4, "frames_per_segment": 1}
@@ -89,7 +89,7 @@ def test_two_writer_processes_keep_their_own_files(tmp_path):
     finally:
         other.kill()
     store = FeatureStore(tmp_path)
-    assert store.ids() == ["a1", "a2", "b1", "b2", "b3"] and not store.partial_paths()
+    assert store.ids() == ["a1", "a2", "b1", "b2", "b3"] and not partial_shards(store.path)
     for video_id in store.ids():
         np.testing.assert_array_equal(store.read(video_id), tokens(int(video_id[1:]) + 100 * (video_id[0] == "b")))
 
@@ -319,7 +319,7 @@ def test_a_second_extraction_leaves_a_live_writer_alone(dataset, tmp_path, capsy
     finally:
         other.kill()
     store = FeatureStore(directory)
-    assert len(store) == 11 and "a1" in store and not store.partial_paths()
+    assert len(store) == 11 and "a1" in store and not partial_shards(store.path)
 
 
 ATTRS_OF_THE_RUN = """
