@@ -41,7 +41,7 @@ import numpy as np
 
 from data.errors import UserError
 from extract.lengths import PacketSpan, asf_play_duration, counts_frames
-from extract.orientation import apply_orientation, display_matrix, orientation
+from extract.orientation import IDENTITY_MATRIX, apply_orientation, display_matrix, orientation
 
 
 class VideoError(Exception):

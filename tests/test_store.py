@@ -460,4 +460,4 @@ def test_add_parts_undoes_a_video_whose_parts_fail(tmp_path):
             writer.add_parts("long", 2, iter([(make_tokens(2, 3), np.arange(3.0))]), 3.0, "s")
         writer.add("after", make_tokens(3, 2), np.arange(2.0), 1.0, "s")
     store = FeatureStore(tmp_path)
-    assert store.ids() == ["after", "good"] and not store.partial_paths()
+    assert store.ids() == ["after", "good"] and not partial_shards(tmp_path)

@@ -1,7 +1,8 @@
 """Lightning data module over a feature cache (`data.store.FeatureStore`) and a dataset's records.
 
-Clips follow the data set's protocol (`ds.clip`, see `heads.training.clips` and docs/design.md): one random clip per video per epoch for
-training; every evaluation clip of a video (windows: many, averaged by the module; subsets: one) for val and test.
+Clips follow the data set's protocol (`ds.clip`, see `heads.training.clips` and docs/design.md): one random clip per
+video per epoch for training; every evaluation clip of a video (windows: many, averaged by the module; subsets: one)
+for val and test.
 Labels always come from the dataset's records, never from the cache. Every record must have cached features:
 missing ones stop the run with how many and how to fill them (recorded extraction failures are skipped with a note).
 """
