@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from data.errors import UserError, run_cli
+from data.outputs import write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         name = output_name(path, target)
         document = output.record(str(path), str(ckpt_path), config, result, args.topk)
-        output.write_json(out_dir / name.with_suffix(".json"), document)
+        write_json(out_dir / name.with_suffix(".json"), document)
         if not args.no_plot:
             output.plot(out_dir / name.with_suffix(".png"), document, clip[0] == "window", args.topk)
         rows.append(output.csv_row(document, args.topk))

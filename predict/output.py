@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
@@ -58,14 +57,6 @@ def record(video: str, checkpoint: str, config: dict, result: VideoScores, k: in
                        "probabilities": {n: round(float(p), 6) for n, p in zip(names, s)}}
                       for a, b, s in result.windows]
     return out
-
-
-def write_json(path: Path, document: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def csv_row(document: dict, k: int) -> dict[str, str]:
