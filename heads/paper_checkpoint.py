@@ -22,12 +22,16 @@ _DERIVED = ("kernel.krylov.nodes", "kernel.krylov.z")  # FFT nodes the paper cod
 
 
 def import_original(state_dict: dict) -> dict:
-    """Map a state dict of the paper's `ViS4mer` module onto `s4-multiscale` (built with `input_proj=True`).
+    """Map a state dict of the paper's `ViS4mer` module onto `s4-multiscale` built like any other head
+    (`build_head("s4-multiscale", d_input, n_outputs, seq_len, d_model=..., n_layers=..., d_state=...)`).
 
     Keys (docs/design.md, "Paper-code checkpoints"): encoder.*, s4_layers.i.{D, kernel.krylov.{log_dt, w, B, C},
     output_linear.*}, norms.i.*, linears.i.*, decoder.*; krylov.{nodes, z} are derived and dropped. The paper's
-    output_linear bias is (H, 1). The paper code always has the input Linear, so the head must keep it even when
-    d_input == d_model: `load_original` builds the matching head.
+    output_linear bias is (H, 1). The paper's module always owns its input Linear `encoder` but its forward applies
+    it only when d_model != d_input (models.py, `ViS4mer.forward`); our head has an input Linear exactly then, so a
+    square encoder (d_input == d_model, the LVU setting 1024 = 1024) is unused in the paper's model and is dropped
+    here. Raises UserError for a state dict with keys the paper's module does not have, or without its decoder /
+    first S4 layer.
     """
     out: dict[str, torch.Tensor] = {}
     unknown = []
@@ -56,6 +60,10 @@ def import_original(state_dict: dict) -> dict:
     if unknown:
         raise UserError(f"Expected a checkpoint of the paper's ViS4mer module, got unknown keys: "
                          f"{', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}")
+    encoder = out.get("encoder.weight")
+    if encoder is not None and encoder.shape[0] == encoder.shape[1]:  # d_model == d_input: skipped by the paper
+        del out["encoder.weight"]
+        out.pop("encoder.bias", None)
     if "decoder.weight" not in out or "blocks.0.mixer.s4.w" not in out:
         raise UserError("Expected a checkpoint of the paper's ViS4mer module (decoder.* and s4_layers.0.* keys), "
                          "got a state dict without them")
@@ -72,9 +80,10 @@ def original_config(state_dict: dict) -> dict:
 
 
 def load_original(state_dict: dict, seq_len: int | None = None, **cfg) -> S4MultiScale:
-    """Build an `s4-multiscale` head shaped like a paper-code checkpoint and load its weights (strict)."""
+    """Build an `s4-multiscale` head shaped like a paper-code checkpoint and load its weights (strict); its logits
+    are the paper module's (eval mode), with or without the input Linear (see `import_original`)."""
     shape = original_config(state_dict)
     head = S4MultiScale(shape["d_input"], shape["n_outputs"], seq_len, d_model=shape["d_model"],
-                        n_layers=shape["n_layers"], d_state=shape["d_state"], input_proj=True, **cfg)
+                        n_layers=shape["n_layers"], d_state=shape["d_state"], **cfg)
     head.load_state_dict(import_original(state_dict), strict=True)
     return head

@@ -117,10 +117,12 @@ def reference_kernel(sd: dict, prefix: str, L: int) -> np.ndarray:
 
 
 def reference_forward(sd: dict, x: np.ndarray, n_layers: int) -> np.ndarray:
-    """ViS4mer.forward of the paper code in eval mode (numpy float64): x (B, L, D) -> (B, n_out)."""
+    """ViS4mer.forward of the paper code in eval mode (numpy float64): x (B, L, D) -> (B, n_out). Like the paper's
+    forward, the encoder Linear is applied only when d_model != d_input (the module owns it either way)."""
     f = lambda k: sd[k].double().numpy()  # noqa: E731
     gelu = lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))  # noqa: E731
-    h = x @ f("encoder.weight").T + f("encoder.bias")  # (B, L, H)
+    d_model, d_input = sd["encoder.weight"].shape
+    h = x @ f("encoder.weight").T + f("encoder.bias") if d_model != d_input else x  # (B, L, H)
     for i in range(n_layers):
         p = f"s4_layers.{i}."
         mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
