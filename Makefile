@@ -15,6 +15,7 @@ TORCH_PIN := torch==2.13.0
 ##   DATA_ROOT    folder holding the raw data set      [data/raw/<dataset>]
 ##   ENCODER      HF hub id, local model folder, or vit-tiny-random   [google/vit-large-patch16-224-in21k]
 ##   FPS | SEGMENTS  sampling at extraction   [LVU: FPS=1; breakfast, coin: SEGMENTS=128; synthetic: SEGMENTS=64]
+##   SAMPLING     paper: LVU only, the paper code's frames from lvu_1.0/lvu_durations.csv, not FPS   [FPS/SEGMENTS]
 ##   FRAMES_PER_SEGMENT, POOL, BATCH, WORKERS, CACHE_DIR [1, none, 32, 2, cache]
 ##   HEAD         s4-multiscale | s4-singlescale | transformer-multiscale | transformer | mean-pool   [s4-multiscale]
 ##   EPOCHS, BATCH, LR, SEED   [the training defaults below]
@@ -28,7 +29,7 @@ TORCH_PIN := torch==2.13.0
 
 opt = $(if $($(1)),--$(2) '$($(1))')
 EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
-	$(call opt,ENCODER,encoder) $(call opt,FPS,fps) $(call opt,SEGMENTS,segments) \
+	$(call opt,ENCODER,encoder) $(call opt,FPS,fps) $(call opt,SEGMENTS,segments) $(call opt,SAMPLING,sampling) \
 	$(call opt,FRAMES_PER_SEGMENT,frames-per-segment) $(call opt,POOL,pool) $(call opt,BATCH,batch) \
 	$(call opt,WORKERS,workers) $(call opt,CACHE_DIR,cache-dir) $(call opt,DEVICES,devices) $(call opt,NODES,nodes)
 TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fps", type=float, default=None, help="frames per second [dataset default: LVU 1]")
     p.add_argument("--segments", type=int, default=None, help="uniform segments per video [dataset default]")
     p.add_argument("--frames-per-segment", type=int, default=1, help="frames averaged per segment in token space [1]")
+    p.add_argument("--sampling", choices=("default", "paper"), default="default",
+                   help="paper: LVU only, the ViS4mer code's frames from lvu_1.0/lvu_durations.csv (d + 1 frames "
+                        "over the whole file) instead of FPS [default]")
     p.add_argument("--pool", default=None, help="k: k x k average over the patch grid, CLS kept [none]")
     p.add_argument("--batch", type=int, default=32, help="frames per encoder batch [32]")
     p.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers per device [2]")
@@ -62,6 +65,13 @@ def validate(args: argparse.Namespace) -> None:
     _positive("--shard-gb", args.shard_gb)
     if args.fps is not None and args.segments is not None:
         raise UserError(f"give FPS or SEGMENTS, not both (got FPS={args.fps:g}, SEGMENTS={args.segments})")
+    if args.sampling == "paper":
+        if args.dataset != "lvu":
+            raise UserError(f"SAMPLING=paper is the paper's LVU frame sampling (its lvu_durations.csv); "
+                            f"{args.dataset} has none: leave SAMPLING empty")
+        if args.fps is not None or args.segments is not None or args.frames_per_segment != 1:
+            raise UserError("SAMPLING=paper picks its own frames (one per listed second, plus the last): leave FPS, "
+                            "SEGMENTS and FRAMES_PER_SEGMENT empty")
     if args.pool is not None:
         if str(args.pool).lower() in ("", "none", "0", "1"):
             args.pool = None
@@ -93,6 +103,20 @@ def list_videos(ds, task: str | None) -> list[str]:
         for split in ds.splits:
             ids.extend(r.video_id for r in ds.records(split))
     return list(dict.fromkeys(ids))
+
+
+def paper_durations(ds, ids: list[str]) -> dict[str, int]:
+    """The listed durations (s) of `ids` for SAMPLING=paper; UserError when the file is absent, malformed or misses
+    an id."""
+    listed = ds.listed_durations()
+    if listed is None:
+        raise UserError(f"SAMPLING=paper needs {ds.durations_path} (lvu_durations.csv of the ViS4mer repository, "
+                        "data/lvu_1.0/); put it there or leave SAMPLING empty for FPS=1")
+    unlisted = [video_id for video_id in ids if video_id not in listed]
+    if unlisted:
+        raise UserError(f"{len(unlisted)} of {len(ids)} videos to extract have no row in {ds.durations_path} "
+                        f"(e.g. {unlisted[0]}); add '<id>,<seconds>' rows for them or leave SAMPLING empty")
+    return {video_id: listed[video_id] for video_id in ids}
 
 
 def sealed_ids(directory: Path) -> tuple[set[str], dict]:
@@ -128,6 +152,9 @@ def estimate_bytes(items, sampling, tokens: int, channels: int, sample: int = 8)
     per_segment = tokens * channels * 2
     if sampling.segments is not None:
         return len(items) * int(sampling.segments) * per_segment, f"{sampling.segments} segments"
+    if sampling.durations is not None:  # SAMPLING=paper: d + 1 frames per video, d its listed seconds
+        mean = sum(sampling.durations[i] + 1 for i, _ in items) / max(1, len(items))
+        return int(len(items) * mean * per_segment), f"{mean:.0f} segments on average (lvu_durations.csv)"
     from extract.video import VideoError, probe
 
     picks = items[:: max(1, len(items) // sample)][:sample]
@@ -180,13 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     if not ids:
         raise UserError(f"{args.dataset} lists no videos under {getattr(ds, 'root', args.data_root)}; "
                         "check DATA_ROOT and the annotation files")
-    sampling_kw = ({"fps": args.fps} if args.fps is not None else {"segments": args.segments}
-                   if args.segments is not None else dict(ds.default_sampling))
     from extract.video import Sampling
 
-    sampling = Sampling(**sampling_kw, frames_per_segment=args.frames_per_segment)
+    if args.sampling == "paper":
+        sampling = Sampling(durations=paper_durations(ds, ids), durations_source=ds.durations_path.name)
+    else:
+        sampling_kw = ({"fps": args.fps} if args.fps is not None else {"segments": args.segments}
+                       if args.segments is not None else dict(ds.default_sampling))
+        sampling = Sampling(**sampling_kw, frames_per_segment=args.frames_per_segment)
+        if hasattr(ds, "durations_path") and ds.durations_path.is_file() and is_launcher():
+            log(f"note: {ds.durations_path} is present: SAMPLING=paper would take the paper code's frames instead "
+                "(d + 1 frames spread over the whole file, d its listed seconds); this run samples "
+                + (f"{sampling.fps:g} frame/s of the stream" if sampling.fps else f"{sampling.segments} segments"))
     tag = make_tag(args.encoder, fps=sampling.fps, segments=sampling.segments,
-                   frames_per_segment=sampling.frames_per_segment, pool=args.pool)
+                   frames_per_segment=sampling.frames_per_segment, pool=args.pool,
+                   durations="lvu-durations" if sampling.durations is not None else None)
     directory = Path(args.cache_dir) / args.dataset / tag
     done, meta = sealed_ids(directory)
     pending_ids = [i for i in ids if i not in done]

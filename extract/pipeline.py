@@ -70,7 +70,8 @@ def pack_videos(items, sampling: Sampling, size: tuple[int, int], batch: int, th
 
     for video_id, path in items:
         try:
-            video = SampledVideo(path, sampling, size=size, threads=threads)
+            listed = sampling.durations.get(video_id) if sampling.durations is not None else None
+            video = SampledVideo(path, sampling, size=size, threads=threads, listed=listed)
             for index, _, rgb in video:
                 if not spans or spans[-1][0] != video_id:
                     spans.append([video_id, index, 0])

@@ -6,6 +6,10 @@ sampling modes, both planned in seconds of the video stream's own clock (so vari
 * ``fps=f``: segment i covers [i/f, (i+1)/f); only full segments count, T = floor(duration * f).
 * ``segments=N``: N equal segments over the whole video, T = N (frames repeat when the video has fewer than N).
 
+and a third, the ViS4mer code's LVU sampling (its extract_vit_features_vit.py): ``durations={video id: d}``, d the
+whole seconds its lvu_durations.csv lists; of n frames it takes frame ``int(n / d * i)`` for i < d, then the last
+(T = d + 1), at the times ``(index + 1/2) / rate`` (README, "Differences from the paper's code").
+
 With ``frames_per_segment=k`` each segment gets k targets at the centres of k equal sub-bins; the encoder averages
 their tokens. The frame chosen for a target time t is the one *displayed* at t (the last frame whose timestamp is
 <= t). Decoding is sequential and threaded; only the sampled frames are converted (``frame.reformat``: scaling and
@@ -32,8 +36,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -61,15 +65,23 @@ class VideoError(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How frames are chosen: exactly one of ``fps`` or ``segments``; ``frames_per_segment`` frames per segment."""
+    """How frames are chosen: exactly one of ``fps``, ``segments`` or ``durations`` (video id -> listed whole seconds,
+    the paper's LVU sampling: one frame each, see the module docstring); ``frames_per_segment`` frames per segment."""
 
     fps: float | None = None
     segments: int | None = None
     frames_per_segment: int = 1
+    durations: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
+    durations_source: str = "lvu_durations.csv"  # recorded in the cache's provenance with `durations`
 
     def __post_init__(self):
-        if (self.fps is None) == (self.segments is None):
-            raise UserError(f"Expected exactly one of FPS or SEGMENTS, got fps={self.fps}, segments={self.segments}")
+        modes = sum(x is not None for x in (self.fps, self.segments, self.durations))
+        if modes != 1:
+            raise UserError(f"Expected exactly one of FPS, SEGMENTS or listed durations, got fps={self.fps}, "
+                             f"segments={self.segments}, durations={'given' if self.durations is not None else None}")
+        if self.durations is not None and int(self.frames_per_segment) != 1:
+            raise UserError(f"Expected FRAMES_PER_SEGMENT=1 with the paper's LVU sampling (one frame per listed "
+                             f"second), got {self.frames_per_segment}")
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise UserError(f"Expected FPS > 0 (e.g. FPS=1), got {self.fps}")
         if self.segments is not None and int(self.segments) < 1:
@@ -78,12 +90,19 @@ class Sampling:
             raise UserError(f"Expected FRAMES_PER_SEGMENT >= 1, got {self.frames_per_segment}")
 
     def as_attrs(self) -> dict:
-        """The provenance attrs of this sampling (``fps`` or ``segments``, and ``frames_per_segment``)."""
-        key = {"fps": float(self.fps)} if self.fps is not None else {"segments": int(self.segments)}
+        """The provenance attrs of this sampling (``fps``, ``segments`` or ``durations`` (the file the durations came
+        from), and ``frames_per_segment``)."""
+        if self.durations is not None:
+            key = {"durations": str(self.durations_source)}
+        else:
+            key = {"fps": float(self.fps)} if self.fps is not None else {"segments": int(self.segments)}
         return {**key, "frames_per_segment": int(self.frames_per_segment)}
 
-    def targets(self, duration: float, num_frames: int | None = None) -> np.ndarray:
-        """Target times in seconds, shape (T, k), for a video of ``duration`` seconds; raises VideoError(too_short)."""
+    def targets(self, duration: float, num_frames: int | None = None, rate: float | None = None,
+                listed: int | None = None) -> np.ndarray:
+        """Target times in seconds, shape (T, k), for a video of ``duration`` seconds; raises VideoError(too_short).
+        The paper's LVU sampling (``durations``) also needs the frame ``rate`` (frames/s), the video's ``listed``
+        duration (whole seconds) and its frame count ``num_frames`` (else round(duration * rate))."""
         k = int(self.frames_per_segment)
         if not duration > 0:
             raise VideoError("too_short", f"the video stream lasts {duration:.3f} s; nothing to sample")
@@ -92,6 +111,8 @@ class Sampling:
                 "too_short",
                 f"the video has {num_frames} frame(s); at least 2 are needed (a still image is not a video)",
             )
+        if self.durations is not None:
+            return self._listed_targets(duration, num_frames, rate, listed)
         if self.fps is not None:
             seg = 1.0 / float(self.fps)
             count = int(math.floor(duration * float(self.fps) + 1e-6))
@@ -107,6 +128,20 @@ class Sampling:
         starts = np.arange(count, dtype=np.float64)[:, None] * seg  # (T, 1)
         offsets = (np.arange(k, dtype=np.float64)[None, :] + 0.5) * (seg / k)  # (1, k)
         return starts + offsets  # (T, k)
+
+    @staticmethod
+    def _listed_targets(duration: float, num_frames: int | None, rate: float | None, listed: int | None) -> np.ndarray:
+        """(d + 1, 1) times of the frames int(n / d * i), i < d, and n - 1 (the ViS4mer code's LVU sampling); n >= 2
+        and duration > 0 were checked by `targets`."""
+        if listed is None or not rate:  # the caller's slip: SampledVideo passes probe's rate (> 0) and listed=
+            raise ValueError(f"the paper's LVU sampling needs listed= and rate=, got listed={listed}, rate={rate}")
+        n = int(num_frames) if num_frames is not None else max(2, int(round(duration * rate)))  # checked >= 2
+        if int(listed) < 1:
+            raise VideoError("too_short", f"lvu_durations.csv lists {listed} s for this video: the paper's sampling "
+                                          "needs at least 1 s; drop the video or extract with FPS=1")
+        d = int(listed)
+        index = [int(n / d * i) for i in range(d)] + [n - 1]  # the ViS4mer code's float expression, verbatim
+        return ((np.asarray(index, dtype=np.float64) + 0.5) / float(rate))[:, None]  # (d + 1, 1)
 
 
 @dataclass
@@ -318,6 +353,7 @@ class SampledVideo:
         size: int | tuple[int, int] = 224,
         interpolation: str = "BILINEAR",
         threads: int = 0,
+        listed: int | None = None,
     ):
         self.path = Path(path)
         self.info = probe(self.path)
@@ -325,7 +361,7 @@ class SampledVideo:
         self.height, self.width = (size, size) if isinstance(size, int) else size
         self.interpolation = interpolation
         self.threads = threads
-        self.targets = sampling.targets(self.info.duration, self.info.num_frames)  # (T, k)
+        self.targets = sampling.targets(self.info.duration, self.info.num_frames, self.info.rate, listed)  # (T, k)
         self.times = np.full(self.targets.size, np.nan)  # (T*k,)
         self.display_matrix: tuple[int, ...] | None = None
 

@@ -257,3 +257,18 @@ def test_cli_error_is_one_line(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: lvu:") and "lvu_1.0/<task>" in lines[0]
+
+
+def test_lvu_listed_durations(tmp_path):
+    """The ViS4mer code's lvu_1.0/lvu_durations.csv is optional: read when present, a one-line error when malformed."""
+    lvu_tree(tmp_path)
+    ds = get_dataset("lvu", root=tmp_path)
+    assert ds.listed_durations() is None and ds.durations_path == tmp_path / "lvu_1.0" / "lvu_durations.csv"
+    touch(ds.durations_path, b"videoid,duration\naaa,83\n-4Q-MS_oFkw,128\n\n")
+    assert ds.listed_durations() == {"aaa": 83, "-4Q-MS_oFkw": 128}
+    touch(ds.durations_path, b"videoid,duration\naaa,83\nbbb,1.5\n")
+    with pytest.raises(DatasetError, match=r"lvu_durations.csv:3: cannot parse 'bbb,1.5'"):
+        ds.listed_durations()
+    touch(ds.durations_path, b"id,seconds\naaa,83\n")
+    with pytest.raises(DatasetError, match="is not 'videoid,duration'"):
+        ds.listed_durations()

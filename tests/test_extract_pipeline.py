@@ -133,6 +133,50 @@ def test_frames_per_segment_average_in_token_space(tiny_videos, tmp_path, extrac
     np.testing.assert_allclose(store.timestamps(video_id), times.reshape(4, 2).mean(1))
 
 
+def test_paper_lvu_sampling_end_to_end(tmp_path, capsys):
+    """SAMPLING=paper on a tiny LVU tree: its own cache tag and provenance, d + 1 segments per video holding the
+    tokens of the paper code's frames; without lvu_durations.csv, or with a video it does not list, one error."""
+    from test_extract_media import write_video
+
+    from data.errors import UserError
+
+    root = tmp_path / "lvu"
+    clips = {"aaa": (50, 10, 4), "bbb": (40, 8, 3), "ccc": (47, 10, 2)}  # id: frames, rate, listed seconds
+    for split, video_id in zip(("train", "val", "test"), clips):
+        path = root / "lvu_1.0" / "relationship" / f"{split}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"class_id class_name youtube_id imdb_id\n1 Friends {video_id} tt1\n")
+    for video_id, (n, rate, _) in clips.items():
+        (root / "videos").mkdir(exist_ok=True)
+        write_video(root / "videos" / f"{video_id}.mp4", n=n, rate=rate, size=(32, 32))
+    args = ["--dataset", "lvu", "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"), "--encoder",
+            "vit-tiny-random", "--workers", "0", "--batch", "4", "--no-progress"]
+    with pytest.raises(UserError, match="SAMPLING=paper needs .*lvu_durations.csv"):
+        main([*args, "--sampling", "paper"])
+    listed = root / "lvu_1.0" / "lvu_durations.csv"
+    listed.write_text("videoid,duration\naaa,4\nbbb,3\n")
+    with pytest.raises(UserError, match="1 of 3 videos to extract have no row .* \\(e.g. ccc\\)"):
+        main([*args, "--sampling", "paper"])
+    with pytest.raises(UserError, match="leave FPS, SEGMENTS and FRAMES_PER_SEGMENT empty"):
+        main([*args, "--sampling", "paper", "--fps", "1"])
+    listed.write_text("videoid,duration\naaa,4\nbbb,3\nccc,2\n")
+
+    assert main([*args, "--sampling", "paper"]) == 0
+    store = FeatureStore(tmp_path / "cache" / "lvu" / "vit-tiny-random_lvu-durations")
+    assert store.meta["durations"] == "lvu_durations.csv" and "fps" not in store.meta
+    encoder = load_encoder("vit-tiny-random")
+    for video_id, (n, rate, d) in clips.items():
+        paper = [int(n / d * i) for i in range(d)] + [n - 1]
+        assert store.num_segments(video_id) == d + 1
+        np.testing.assert_allclose(store.timestamps(video_id), np.array(paper) / rate, atol=1e-6)
+        video = SampledVideo(root / "videos" / f"{video_id}.mp4", Sampling(durations={video_id: d}), size=32, listed=d)
+        frames, _ = video.read()
+        np.testing.assert_array_equal(store.read(video_id), encoder(torch.from_numpy(frames)).numpy())
+    capsys.readouterr()
+    assert main([*args, "--fps", "1"]) == 0  # the default sampling says that the paper's is on offer
+    assert "SAMPLING=paper would take the paper code's frames" in capsys.readouterr().err
+
+
 def test_packing_fills_every_batch(tiny_videos):
     """Fast path (frames packed across videos) against the slow obvious one (each video on its own)."""
     from data import get_dataset

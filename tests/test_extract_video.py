@@ -100,3 +100,29 @@ def test_decoding_is_lazy(tmp_path):
     items = iter(video)
     first = next(items)
     assert first[0] == 0 and np.isnan(video.times[1:]).all()
+
+
+@pytest.mark.parametrize("n,rate,listed", [(50, 10, 4), (47, 10, 3), (40, 8, 5)])
+def test_paper_lvu_sampling_takes_the_papers_frames(tmp_path, n, rate, listed):
+    """The ViS4mer code's LVU sampling: of n frames, frame int(n / d * i) for i < d (d = listed seconds), then the
+    last one; d is shorter than the file (the CSV leaves out the outro), so the frames spread over all of it."""
+    path = write_video(tmp_path / "clip.mp4", n=n, rate=rate)
+    sampling = Sampling(durations={"clip": listed})
+    video = SampledVideo(path, sampling, size=16, listed=listed)
+    frames, times = video.read()
+    paper = [int(n / listed * i) for i in range(listed)] + [n - 1]  # written as the paper's script writes it
+    assert video.num_segments == listed + 1
+    assert [frame_index(f) for f in frames] == paper
+    np.testing.assert_allclose(times, np.array(paper) / rate, atol=1e-6)
+    assert sampling.as_attrs() == {"durations": "lvu_durations.csv", "frames_per_segment": 1}
+
+
+def test_paper_lvu_sampling_rejects_what_it_cannot_do(tmp_path):
+    with pytest.raises(ValueError, match="FRAMES_PER_SEGMENT=1"):
+        Sampling(durations={"a": 3}, frames_per_segment=2)
+    with pytest.raises(ValueError, match="exactly one of"):
+        Sampling(fps=1, durations={"a": 3})
+    path = write_video(tmp_path / "clip.mp4", n=20, rate=10)
+    with pytest.raises(VideoError, match="lists 0 s") as info:
+        SampledVideo(path, Sampling(durations={"clip": 0}), size=16, listed=0)
+    assert info.value.kind == "too_short"

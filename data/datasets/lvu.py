@@ -10,6 +10,8 @@ line, and the videos `<root>/videos/<youtube id>.mp4` (or `<root>/mc_videos/<you
   ln(view_count) - 11.76425435683139. The offsets are the constants the LVU/ViS4mer code uses to make them zero-mean.
 `task=` picks the task (default `relationship`); all nine share one feature cache, so `all_video_ids()` is the union
 over every task found on disk. Protocol (ViS4mer): 1 frame/s, train on a random 60 s window, test on every window.
+`lvu_1.0/lvu_durations.csv` (`videoid,duration`, whole seconds), the file the ViS4mer code samples its frames by, is
+optional: `listed_durations()` reads it when present (for the paper's frame sampling, `extract.video.Sampling`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ HEADERS = {
 }
 CLASS_HEADER = ("class_id", "class_name", "youtube_id", "imdb_id")
 MEDIA_FOLDERS = ("videos", "mc_videos")
+DURATIONS_FILE = "lvu_durations.csv"  # the ViS4mer code's per-video durations, under lvu_1.0/
 
 
 class LVU(VideoDataset):
@@ -96,6 +99,19 @@ class LVU(VideoDataset):
                     ids.update(dict.fromkeys(r.video_id for r in self._parse(task, split)[0]))
         return list(ids)
 
+    @property
+    def durations_path(self) -> Path:
+        """Where the paper's per-video durations are looked for: <root>/lvu_1.0/lvu_durations.csv."""
+        return self.root / "lvu_1.0" / DURATIONS_FILE
+
+    def listed_durations(self) -> dict[str, int] | None:
+        """youtube id -> duration in whole seconds from `durations_path` (the ViS4mer repository's
+        data/lvu_1.0/lvu_durations.csv), or None when the file is absent. Raises DatasetError on a malformed file."""
+        path = self.durations_path
+        if not path.is_file():
+            return None
+        return parse_durations(path)
+
     @cached_property
     def _found(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -145,3 +161,28 @@ def parse_csv(path: Path, task: str) -> tuple[list[Record], dict[int, str]]:
             raise DatasetError(f"{path}:{number}: cannot parse {line.strip()!r} for task {task} ({exc})") from None
         records.append(Record(fields[-2], label))
     return records, names
+
+
+def parse_durations(path: Path) -> dict[str, int]:
+    """Parse the ViS4mer code's `lvu_durations.csv`: header `videoid,duration`, then `<youtube id>,<seconds>` rows
+    (whole seconds >= 0). Raises DatasetError naming the first bad line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = [field.strip() for field in lines[0].split(",")] if lines else []
+    if header != ["videoid", "duration"]:
+        raise DatasetError(f"{path}: header {','.join(header)!r} is not 'videoid,duration' (the ViS4mer code's "
+                           f"{DURATIONS_FILE})")
+    durations: dict[str, int] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        try:
+            if len(fields) != 2 or not fields[0]:
+                raise ValueError(f"expected 2 fields, got {len(fields)}")
+            seconds = int(fields[1])
+            if seconds < 0:
+                raise ValueError("negative duration")
+        except ValueError as exc:
+            raise DatasetError(f"{path}:{number}: cannot parse {line.strip()!r} as videoid,duration ({exc})") from None
+        durations[fields[0]] = seconds
+    return durations

@@ -27,6 +27,7 @@ PROVENANCE_KEYS = (
     "pool",
     "fps",
     "segments",
+    "durations",
     "frames_per_segment",
     "schema",
     "dtype",
@@ -85,18 +86,23 @@ def _number(value: float) -> str:
     return f"{float(value):g}"
 
 
-def make_tag(encoder: str, fps=None, segments=None, frames_per_segment: int = 1, pool=None) -> str:
+def make_tag(encoder: str, fps=None, segments=None, frames_per_segment: int = 1, pool=None,
+             durations: str | None = None) -> str:
     """Folder name of a cache: encoder slug + sampling, e.g. "vit-large-patch16-224-in21k_fps1".
 
-    The slug is the last component of a hub id or local path. Exactly one of `fps` / `segments` must be given.
+    The slug is the last component of a hub id or local path. Exactly one of `fps` / `segments` / `durations` (the
+    name of the paper's listed-durations sampling, e.g. "lvu-durations": "_lvu-durations") must be given.
     `frames_per_segment` > 1 adds "_fr<k>"; a pool other than None/"none" adds "_pool-<pool>".
     """
     if not encoder or not str(encoder).strip("/"):
         raise UserError(f"Expected an encoder name (hub id or model folder), got {encoder!r}")
-    if (fps is None) == (segments is None):
-        raise UserError(f"Expected exactly one of fps= or segments=, got fps={fps!r}, segments={segments!r}")
+    if sum(x is not None for x in (fps, segments, durations)) != 1:
+        raise UserError(f"Expected exactly one of fps=, segments= or durations=, got fps={fps!r}, "
+                         f"segments={segments!r}, durations={durations!r}")
     slug = _slug(str(encoder).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
-    if fps is not None:
+    if durations is not None:
+        tag = f"{slug}_{_slug(str(durations))}"
+    elif fps is not None:
         if float(fps) <= 0:
             raise UserError(f"Expected fps > 0, got {fps!r}")
         tag = f"{slug}_fps{_number(fps)}"
