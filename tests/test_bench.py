@@ -61,3 +61,25 @@ def test_gpu_section_runs_on_the_cpu_at_tiny_sizes():
     assert lvu["materialized_fits_at_batch"] == gpu.BATCH  # tiny sizes fit
     assert lvu["materialized_vs_s4_same_batch"]["step_ratio"] > 0
     assert all(r["batch"] == gpu.BATCH for r in lvu["detail"])
+
+
+def test_feature_precision_scores_both_roundings():
+    """bench/feature_precision.py: the float16 logits are the head's on the rounded tokens, compared with its
+    logits on the float32 tokens (the paper's input), and the rounding figure is float16's."""
+    import torch
+
+    from bench.feature_precision import logit_effect
+    from heads import build_head
+
+    torch.manual_seed(0)
+    head = build_head("s4-multiscale", 12, 3, 8 * 3, d_model=16, n_layers=2, d_state=8, dropout=0.0)
+    tokens = [torch.randn(8, 3, 12) * 30 for _ in range(4)]  # (T, P, D) float32
+    out = logit_effect(head, tokens)
+    with torch.no_grad():
+        full = head(torch.stack(tokens))
+        half = head(torch.stack(tokens).half())
+    torch.testing.assert_close(torch.tensor(out["logits_float32"]), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(out["logits_float16"]), half, rtol=1e-5, atol=1e-6)
+    assert out["logit_abs_diff_max"] == pytest.approx(float((full - half).abs().max()), rel=1e-4, abs=1e-7)
+    assert 0 < out["logit_abs_diff_max"] < 0.05 and 0 < out["feature_rel_rounding_max"] <= 2.0**-11
+    assert out["videos"] == 4 and out["predictions_changed"] == int((full.argmax(-1) != half.argmax(-1)).sum())
