@@ -81,5 +81,5 @@ def test_feature_precision_scores_both_roundings():
     torch.testing.assert_close(torch.tensor(out["logits_float32"]), full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(out["logits_float16"]), half, rtol=1e-5, atol=1e-6)
     assert out["logit_abs_diff_max"] == pytest.approx(float((full - half).abs().max()), rel=1e-4, abs=1e-7)
-    assert 0 < out["logit_abs_diff_max"] < 0.05 and 0 < out["feature_rel_rounding_max"] <= 2.0**-11
+    assert 0 < out["logit_abs_diff_max"] < 0.05 and 0 < out["feature_rel_rounding_max_normal"] <= 2.0**-11
     assert out["videos"] == 4 and out["predictions_changed"] == int((full.argmax(-1) != half.argmax(-1)).sum())
