@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import cpu_name
 from data.errors import run_cli
-from data.outputs import write_json
+from data.outputs import cpu_name, write_json
 
 SECTIONS = {  # key in latest.json -> module
     "store": "bench.store",

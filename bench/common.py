@@ -112,14 +112,3 @@ def scratch_dir(prefix: str, parent: str | Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -1,6 +1,6 @@
 """What every stage writes beside its results (manifest.json, results.json, config.json, bench JSON): values made of
-plain JSON types, files written atomically, stamped with the version of the code that made them. Standard library
-only, so extract/, heads/ and bench/ share it without importing each other.
+plain JSON types, files written atomically, stamped with the version of the code (and the CPU) that made them.
+Standard library only, so extract/, heads/, doctor/ and bench/ share it without importing each other.
 """
 
 from __future__ import annotations
@@ -61,3 +61,16 @@ def code_version() -> str:
         return version("vis4mer-pipeline")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

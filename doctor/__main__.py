@@ -38,7 +38,7 @@ def versions() -> dict:
 def devices() -> list[dict]:
     import torch
 
-    from bench.common import cpu_name
+    from data.outputs import cpu_name
 
     cpu = cpu_name()
     found = [{"device": "cpu", "name": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}]

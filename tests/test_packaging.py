@@ -4,6 +4,7 @@ module imports from it."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -28,6 +29,18 @@ def source_modules() -> set[str]:
                 continue
             found.add(rel.as_posix())
     return found
+
+
+def test_shipped_modules_import_only_shipped_code():
+    """An import of bench/ or tests/ (not in the wheel) from a shipped module fails only when that line runs, which
+    importing the module does not show when the import sits inside a function: every import statement is checked."""
+    offenders = []
+    for rel in sorted(source_modules()):
+        for node in ast.walk(ast.parse((ROOT / rel).read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("bench", "tests")]
+    assert offenders == []
 
 
 @pytest.mark.slow
