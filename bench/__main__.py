@@ -1,9 +1,9 @@
 """`make bench` / `python -m bench [--quick] [--out DIR]`: every benchmark, one JSON, the pictures.
 
-Runs bench/store.py, bench/s4_kernel.py, bench/heads.py, bench/extract.py, bench/predict.py and bench/gpu.py
-through their `run(quick)` functions (each of them measures in its own subprocesses where the issue asks for it),
-gathers the figures into `<out>/latest.json` (`--quick`: `<out>/quick.json`; `--only` updates those sections of the
-file and keeps the others) and draws:
+Runs bench/store.py, bench/s4_kernel.py, bench/heads.py, bench/step.py, bench/extract.py, bench/predict.py and
+bench/gpu.py through their `run(quick)` functions (each of them measures in its own subprocesses where the issue asks
+for it), gathers the figures into `<out>/latest.json` (`--quick`: `<out>/quick.json`; `--only` updates those sections
+of the file and keeps the others) and draws:
   - `scaling.png`: training-step time (and peak memory when measured) against sequence length L, log-log, S4 vs
     attention — the paper's efficiency claim on this machine;
   - `kernel.png`: the Cauchy-kernel backends, time and extra memory.
@@ -26,6 +26,7 @@ SECTIONS = {  # key in latest.json -> module
     "store": "bench.store",
     "kernel": "bench.s4_kernel",
     "heads": "bench.heads",
+    "step": "bench.step",  # the LVU step's efficiency, where its time goes, evaluation windows/s, data wait
     "extract": "bench.extract",
     "predict": "bench.predict",
     "gpu": "bench.gpu",  # recorded as skipped without CUDA; `make bench GPU=1` runs only this one

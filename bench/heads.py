@@ -73,9 +73,11 @@ def measure(variant: str, T: int, P: int, d: int, layers: int, classes: int, ste
     import torch
 
     from heads import build_head
+    from heads.s4.cpu import retain_freed_memory
     from heads.training.module import make_adamw
     from heads.training.optim import param_groups
 
+    retain_freed_memory()  # as the training module does (HeadModule.setup)
     name, extra = VARIANTS[variant]
     if backend is not None:
         extra = {**extra, "backend": backend}

@@ -23,7 +23,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "quick.json").read_text())
     assert results["device"]
-    for section in ("store", "kernel", "heads", "extract", "predict"):
+    for section in ("store", "kernel", "heads", "step", "extract", "predict"):
         assert "error" not in results[section], results[section]
     assert results["store"]["read_ratio"] > 0
     assert {"naive", "torch"} <= set(results["kernel"])
@@ -35,6 +35,11 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert any(name.startswith("s4-multiscale") for name in heads["lvu_step_s"])
     assert {"encoder_fps", "end_to_end_fps", "bytes_per_value"} <= set(results["extract"])
     assert results["predict"]["peak_rss_ratio"] > 0 and set(results["predict"]["runs"]) == {"0.5min", "1.5min"}
+    step = results["step"]  # the ratios the README quotes: efficiency, evaluation window / step, data wait share
+    assert step["efficiency"]["step_gflop"] > 0 and 0 < step["efficiency"]["efficiency"]
+    assert set(step["efficiency"]["parts_s"]) == {"kernel", "core", "gemms", "rest"}
+    assert step["evaluation"]["windows_per_s"] > 0 and step["evaluation"]["window_over_step"] > 0
+    assert 0 <= step["data"]["wait_share"] < 1 and step["data"]["workers"] == 2
     assert (tmp_path / "quick-kernel.png").stat().st_size > 0
     import torch
 

@@ -98,3 +98,54 @@ def test_fused_core_with_a_folded_layernorm_affine():
             assert torch.autograd.gradcheck(core, (u, k, D, gamma, beta))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_inference_core_keeps_nothing_and_equals_the_training_forward():
+    """Under inference_mode the fused core runs without an autograd node (nothing saved for a backward) and gives
+    bit for bit the training path's output."""
+    from heads.s4.conv import fused_core
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        xl = torch.randn(2, 300, 24)  # (B, L, H): the block's layout, seen as (B, H, L) below
+        k, D = 0.05 * torch.randn(24, 300), torch.randn(24)
+        gamma, beta = 1 + 0.1 * torch.randn(24), 0.1 * torch.randn(24)
+        kg = k.clone().requires_grad_()
+        trained = fused_core(xl.transpose(1, 2), kg, D, None, True, 600, chunk=5, affine=(gamma, beta))
+        assert trained.grad_fn is not None
+        with torch.inference_mode():
+            inferred = fused_core(xl.transpose(1, 2), k, D, None, True, 600, chunk=5, affine=(gamma, beta))
+    finally:
+        torch.set_num_threads(threads)
+    assert inferred.grad_fn is None and inferred.shape == (2, 24, 150)
+    assert torch.equal(inferred, trained.detach())
+
+
+def test_evaluation_computes_each_kernel_once(monkeypatch):
+    """The LVU protocol scores ~60 windows a video: evaluation computes each S4 kernel once, not once per batch,
+    and again after the weights change."""
+    import heads.s4.layer as layer_module
+    from heads import build_head
+
+    calls = []
+    real = layer_module.ssm_kernel
+    monkeypatch.setattr(layer_module, "ssm_kernel", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
+    torch.manual_seed(0)
+    head = build_head("s4-multiscale", 16, 3, 8 * 5, d_model=16, n_layers=2, dropout=0.2)
+    head.eval()
+    with torch.inference_mode():
+        for _ in range(3):  # three batches of windows
+            head(torch.randn(4, 8, 5, 16))
+    assert calls == [40, 20]  # one per layer (l_max 40, then 20)
+    head.train()
+    head(torch.randn(1, 8, 5, 16)).sum().backward()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.01)
+    head.eval()
+    with torch.inference_mode():
+        head(torch.randn(4, 8, 5, 16))
+        head(torch.randn(4, 8, 5, 16))
+    assert calls == [40, 20, 40, 20, 40, 20]  # the training step's, then the new evaluation's

@@ -112,26 +112,9 @@ class _FusedCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, k, D, gamma, beta, scale, n: int, pool: bool, chunk: int):
-        B, H, L = x.shape
-        Lo = L // 2 if pool else L
-        ctx.lh_layout = x.stride(1) == 1 and H > 1  # x is a (B, L, H) tensor seen as (B, H, L)
+        ctx.lh_layout = x.stride(1) == 1 and x.shape[1] > 1  # x is a (B, L, H) tensor seen as (B, H, L)
         x = _contiguous(x)  # (B, H, L)
-        z = x.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
-        c = x.new_empty(B, H, L)  # (B, H, L) k * x, kept for backward
-        ws = Scratch(x.device)  # per-thread buffers, reused chunk after chunk
-
-        def one(lo: int, hi: int) -> None:
-            xc, cc = x[:, lo:hi], c[:, lo:hi]  # (B, h, L)
-            spec = _rfft_padded(ws, "x", xc, n).mul_(_rfft_padded(ws, "k", k[lo:hi], n))  # (B, h, n/2+1)
-            cc.copy_(torch.fft.irfft(spec, n=n)[..., :L])
-            zc = F.gelu(_core_pre(xc, cc, k[lo:hi], D[lo:hi], _part(gamma, lo, hi), _part(beta, lo, hi)))
-            if pool:
-                zc = avg_pool2(zc)  # (B, h, Lo)
-            if scale is not None:
-                zc = zc.mul_(scale[:, lo:hi, None])
-            z[:, lo:hi] = zc
-
-        run_chunks(one, H, chunk, x.device)
+        z, c = _core_forward(x, k, D, gamma, beta, scale, n, pool, chunk, keep=True)
         ctx.save_for_backward(x, c, k, D, gamma, beta, scale)
         ctx.n, ctx.pool, ctx.chunk = n, pool, chunk
         return z
@@ -196,6 +179,33 @@ class _FusedCore(torch.autograd.Function):
         return gx, gk, gD, gg, gb, gs, None, None, None
 
 
+def _core_forward(x, k, D, gamma, beta, scale, n: int, pool: bool, chunk: int, keep: bool):
+    """The fused core's forward over channel chunks: z (B, H, Lo) in the (B, Lo, H) memory layout and, when `keep`,
+    c = k * x (B, H, L) for the backward (else each chunk's c is a view of its inverse FFT: inference keeps nothing).
+    x (B, H, L) contiguous."""
+    B, H, L = x.shape
+    Lo = L // 2 if pool else L
+    z = x.new_empty(B, Lo, H).transpose(1, 2)  # (B, H, Lo) in (B, Lo, H) memory
+    c = x.new_empty(B, H, L) if keep else None  # (B, H, L) k * x, kept for backward
+    ws = Scratch(x.device)  # per-thread buffers, reused chunk after chunk
+
+    def one(lo: int, hi: int) -> None:
+        xc = x[:, lo:hi]  # (B, h, L)
+        spec = _rfft_padded(ws, "x", xc, n).mul_(_rfft_padded(ws, "k", k[lo:hi], n))  # (B, h, n/2+1)
+        cc = torch.fft.irfft(spec, n=n)[..., :L]  # (B, h, L)
+        if keep:
+            cc = c[:, lo:hi].copy_(cc)
+        zc = F.gelu(_core_pre(xc, cc, k[lo:hi], D[lo:hi], _part(gamma, lo, hi), _part(beta, lo, hi)))
+        if pool:
+            zc = avg_pool2(zc)  # (B, h, Lo)
+        if scale is not None:
+            zc = zc.mul_(scale[:, lo:hi, None])
+        z[:, lo:hi] = zc
+
+    run_chunks(one, H, chunk, x.device)
+    return z, c
+
+
 def _contiguous(x: torch.Tensor) -> torch.Tensor:
     """x (B, H, L) -> contiguous. A (B, L, H) tensor seen as (B, H, L) is copied one (L, H) -> (H, L) matrix at a
     time: torch's 2-D transpose copy is ~6x faster than its generic 3-D strided copy (bench/history.md)."""
@@ -240,4 +250,8 @@ def fused_core(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor, scale: torch.T
         return y if scale is None else y * scale[..., None]
     if chunk is None:  # ~1-2 MB of spectra per chunk: stays in cache (8-32 channels at the paper size all alike)
         chunk = max(1, min(H, (1 << 18) // (B * (n // 2 + 1))))
+    inputs = (u, k, D, gamma, beta, scale)
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in inputs):
+        # inference (evaluation): the same forward without an autograd node, and no c (B, H, L) kept for it
+        return _core_forward(_contiguous(u), k, D, gamma, beta, scale, n, pool, chunk, keep=False)[0]
     return _FusedCore.apply(u, k, D, gamma, beta, scale, n, pool, chunk)

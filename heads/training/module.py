@@ -72,6 +72,11 @@ class HeadModule(pl.LightningModule):
         """(B, T, P, D) -> (B, n_outputs)."""
         return self.head(tokens)
 
+    def setup(self, stage: str) -> None:
+        from heads.s4.cpu import retain_freed_memory
+
+        retain_freed_memory()  # the same big tensors every step: reuse their pages instead of faulting them in again
+
     def loss(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.regression:
             return F.mse_loss(out.squeeze(-1), labels)
