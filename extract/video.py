@@ -10,11 +10,14 @@ and a third, the ViS4mer code's LVU sampling (its extract_vit_features_vit.py): 
 whole seconds its lvu_durations.csv lists; of n frames it takes frame ``int(n / d * i)`` for i < d, then the last
 (T = d + 1), at the times ``(index + 1/2) / rate`` (README, "Differences from the paper's code").
 
-With ``frames_per_segment=k`` each segment gets k targets at the centres of k equal sub-bins; the encoder averages
-their tokens. The frame chosen for a target time t is the one *displayed* at t (the last frame whose timestamp is
-<= t). Decoding is sequential and threaded; only the sampled frames are converted (``frame.reformat``: scaling and
-RGB conversion in swscale, see ``SampledVideo._rgb``), so memory holds one decoded frame plus the converted
-samples of the current batch.
+With ``frames_per_segment=k`` each segment gets k targets at the centres of k equal sub-bins; an image encoder
+averages their tokens. For a video encoder (``frame_interval=dt`` seconds) the k targets are one *clip* around the
+segment's centre, dt apart, the window shifted inside the video where it would cross an end (clips of neighbouring
+segments may overlap; see ``Sampling.targets``). The frame chosen for a target time t is the one *displayed* at t
+(the last frame whose timestamp is <= t). Decoding is sequential and threaded; only the sampled frames are converted
+(``frame.reformat``: scaling and RGB conversion in swscale, then a centre crop when the encoder's processor asks for
+one, see ``Resize`` and ``SampledVideo._rgb``), so memory holds one decoded frame plus the converted samples of the
+current batch (and, for overlapping clips, the frames decoded ahead of their clip's turn).
 
 Real-world files, each handled by its kind (see the README's bad-video table):
 
@@ -66,13 +69,18 @@ class VideoError(Exception):
 @dataclass(frozen=True)
 class Sampling:
     """How frames are chosen: exactly one of ``fps``, ``segments`` or ``durations`` (video id -> listed whole seconds,
-    the paper's LVU sampling: one frame each, see the module docstring); ``frames_per_segment`` frames per segment."""
+    the paper's LVU sampling: one frame each, see the module docstring); ``frames_per_segment`` frames per segment.
+
+    ``frame_interval`` (seconds, video encoders only): the segment's frames form one clip, that far apart, around the
+    segment's centre, instead of filling the segment's sub-bins.
+    """
 
     fps: float | None = None
     segments: int | None = None
     frames_per_segment: int = 1
     durations: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
     durations_source: str = "lvu_durations.csv"  # recorded in the cache's provenance with `durations`
+    frame_interval: float | None = None
 
     def __post_init__(self):
         modes = sum(x is not None for x in (self.fps, self.segments, self.durations))
@@ -88,21 +96,34 @@ class Sampling:
             raise UserError(f"Expected SEGMENTS >= 1 (e.g. SEGMENTS=128), got {self.segments}")
         if int(self.frames_per_segment) < 1:
             raise UserError(f"Expected FRAMES_PER_SEGMENT >= 1, got {self.frames_per_segment}")
+        if self.frame_interval is not None and not (self.frame_interval > 0 and math.isfinite(self.frame_interval)):
+            raise UserError(f"Expected a clip frame interval > 0 seconds (FRAME_STRIDE >= 1), "
+                            f"got {self.frame_interval}")
+        if self.frame_interval is not None and self.durations is not None:
+            raise UserError("the paper's LVU sampling takes single frames; a video encoder's clips need FPS= or "
+                            "SEGMENTS=")
 
     def as_attrs(self) -> dict:
-        """The provenance attrs of this sampling (``fps``, ``segments`` or ``durations`` (the file the durations came
-        from), and ``frames_per_segment``)."""
+        """The provenance attrs of this sampling: ``fps``, ``segments`` or ``durations`` (the file the durations came
+        from), ``frames_per_segment``, and a video encoder's ``frame_interval``."""
         if self.durations is not None:
             key = {"durations": str(self.durations_source)}
         else:
             key = {"fps": float(self.fps)} if self.fps is not None else {"segments": int(self.segments)}
-        return {**key, "frames_per_segment": int(self.frames_per_segment)}
+        clip = {} if self.frame_interval is None else {"frame_interval": float(self.frame_interval)}
+        return {**key, "frames_per_segment": int(self.frames_per_segment), **clip}
 
     def targets(self, duration: float, num_frames: int | None = None, rate: float | None = None,
                 listed: int | None = None) -> np.ndarray:
         """Target times in seconds, shape (T, k), for a video of ``duration`` seconds; raises VideoError(too_short).
         The paper's LVU sampling (``durations``) also needs the frame ``rate`` (frames/s), the video's ``listed``
-        duration (whole seconds) and its frame count ``num_frames`` (else round(duration * rate))."""
+        duration (whole seconds) and its frame count ``num_frames`` (else round(duration * rate)).
+
+        Without ``frame_interval`` they ascend row by row. With it, row t is a clip of k times ``frame_interval``
+        apart centred on segment t's centre; a clip that would start before 0 or end after ``duration`` is shifted
+        inside the video, and in a video shorter than the clip the times past the end are clamped to it (the last
+        frame repeats, as PySlowFast's Kinetics loader clamps its frame indices). Rows may then overlap.
+        """
         k = int(self.frames_per_segment)
         if not duration > 0:
             raise VideoError("too_short", f"the video stream lasts {duration:.3f} s; nothing to sample")
@@ -126,8 +147,14 @@ class Sampling:
             count = int(self.segments)
             seg = duration / count
         starts = np.arange(count, dtype=np.float64)[:, None] * seg  # (T, 1)
-        offsets = (np.arange(k, dtype=np.float64)[None, :] + 0.5) * (seg / k)  # (1, k)
-        return starts + offsets  # (T, k)
+        if self.frame_interval is None:
+            offsets = (np.arange(k, dtype=np.float64)[None, :] + 0.5) * (seg / k)  # (1, k)
+            return starts + offsets  # (T, k)
+        dt = float(self.frame_interval)
+        span = k * dt  # the clip's extent: k frames, each standing for dt seconds
+        first = np.clip(starts + 0.5 * seg - 0.5 * span, 0.0, max(duration - span, 0.0))  # (T, 1) window starts
+        times = first + (np.arange(k, dtype=np.float64)[None, :] + 0.5) * dt  # (T, k)
+        return np.minimum(times, np.nextafter(duration, 0.0))  # (T, k)
 
     @staticmethod
     def _listed_targets(duration: float, num_frames: int | None, rate: float | None, listed: int | None) -> np.ndarray:
@@ -142,6 +169,67 @@ class Sampling:
         d = int(listed)
         index = [int(n / d * i) for i in range(d)] + [n - 1]  # the ViS4mer code's float expression, verbatim
         return ((np.asarray(index, dtype=np.float64) + 0.5) / float(rate))[:, None]  # (d + 1, 1)
+
+
+_INTERPOLATIONS = ("POINT", "FAST_BILINEAR", "BILINEAR", "BICUBIC", "AREA", "LANCZOS")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How a decoded frame becomes the encoder's input: resize, then an optional centre crop, in pixels.
+
+    Exactly one of ``size`` (an exact (height, width)) or ``shortest_edge`` (the short side becomes that many pixels,
+    the long side ``int(shortest_edge * long / short)``, as transformers' ``get_resize_output_image_size`` with
+    ``default_to_square=False``). ``crop`` (height, width) is then cut from the centre (top = (h - ch) // 2, as
+    transformers' ``center_crop``); it is required with ``shortest_edge``, so every frame ends at one size.
+    ``interpolation`` names the swscale filter (BILINEAR, BICUBIC, ...).
+    """
+
+    size: tuple[int, int] | None = None
+    shortest_edge: int | None = None
+    crop: tuple[int, int] | None = None
+    interpolation: str = "BILINEAR"
+
+    def __post_init__(self):
+        if (self.size is None) == (self.shortest_edge is None):
+            raise ValueError(f"Expected exactly one of size or shortest_edge, got {self.size}, {self.shortest_edge}")
+        if self.shortest_edge is not None and self.crop is None:
+            raise ValueError(f"Expected a crop with shortest_edge={self.shortest_edge} (the output size would vary)")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"Expected an interpolation in {_INTERPOLATIONS}, got {self.interpolation!r}")
+        sides = [*(self.size or ()), *(self.crop or ()), *([self.shortest_edge] if self.shortest_edge else [])]
+        if any(int(v) < 1 for v in sides):
+            raise ValueError(f"Expected positive sizes, got {self}")
+
+    @classmethod
+    def exact(cls, size: int | tuple[int, int], interpolation: str = "BILINEAR") -> Resize:
+        """Resize straight to ``size`` (an int for a square), no crop."""
+        return cls(size=(size, size) if isinstance(size, int) else tuple(size), interpolation=interpolation)
+
+    @property
+    def output(self) -> tuple[int, int]:
+        """(height, width) of every frame this plan produces."""
+        return tuple(self.crop) if self.crop is not None else tuple(self.size)
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after the resize step, for a source frame of ``height`` x ``width``."""
+        if self.size is not None:
+            return tuple(self.size)
+        s = int(self.shortest_edge)
+        if width <= height:
+            return int(s * height / width), s
+        return s, int(s * width / height)
+
+    def crop_array(self, rgb: np.ndarray) -> np.ndarray:
+        """The centre crop of a resized (h, w, 3) frame (a view), or the frame itself without a crop."""
+        if self.crop is None:
+            return rgb
+        h, w = rgb.shape[:2]
+        ch, cw = self.crop
+        if ch > h or cw > w:
+            raise ValueError(f"Expected a crop {ch}x{cw} inside the resized frame {h}x{w}")
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return rgb[top : top + ch, left : left + cw]
 
 
 @dataclass
@@ -339,18 +427,20 @@ def _demux_duration(path: Path, rate: float, index: int) -> tuple[float, int]:
 class SampledVideo:
     """The sampled frames of one video: ``for index, time, rgb in SampledVideo(...)`` (rgb: (H, W, 3) uint8).
 
-    ``targets`` (T, k) are the planned times; items come in target order (index = t * k + j), one per target.
-    ``times`` fills with the timestamps of the frames actually used, ``display_matrix`` with the display matrix
-    applied to them (FFmpeg's 9 int32; the identity when the file has none). Iterating to the end checks that the
-    packets reached the end the container states (else VideoError ``truncated``) and that the decoder turned them
-    into frames (else ``decode_error``).
+    ``targets`` (T, k) are the planned times; items come in target order (index = t * k + j), one per target, also
+    when overlapping clips put them out of time order (one decoding pass; a frame needed by several targets is
+    converted once). ``times`` fills with the timestamps of the frames actually used, ``display_matrix`` with the
+    display matrix applied to them (FFmpeg's 9 int32; the identity when the file has none). Iterating to the end
+    checks that the packets reached the end the container states (else VideoError ``truncated``) and that the decoder
+    turned them into frames (else ``decode_error``). ``size`` is an exact output size or a ``Resize`` plan (resize,
+    then centre crop).
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         sampling: Sampling,
-        size: int | tuple[int, int] = 224,
+        size: int | tuple[int, int] | Resize = 224,
         interpolation: str = "BILINEAR",
         threads: int = 0,
         listed: int | None = None,
@@ -358,8 +448,8 @@ class SampledVideo:
         self.path = Path(path)
         self.info = probe(self.path)
         self.sampling = sampling
-        self.height, self.width = (size, size) if isinstance(size, int) else size
-        self.interpolation = interpolation
+        self.resize = size if isinstance(size, Resize) else Resize.exact(size, interpolation)
+        self.height, self.width = self.resize.output
         self.threads = threads
         self.targets = sampling.targets(self.info.duration, self.info.num_frames, self.info.rate, listed)  # (T, k)
         self.times = np.full(self.targets.size, np.nan)  # (T*k,)
@@ -392,12 +482,27 @@ class SampledVideo:
         if any(turn):
             rgb = apply_orientation(frame.to_ndarray(), turn)  # (H', W', 3): the displayed picture
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        if (frame.height, frame.width) != (self.height, self.width):
-            frame = frame.reformat(width=self.width, height=self.height, interpolation=self.interpolation)
-        return frame.to_ndarray()  # (H, W, 3) uint8
+        height, width = self.resize.resized_shape(frame.height, frame.width)
+        if (frame.height, frame.width) != (height, width):
+            frame = frame.reformat(width=width, height=height, interpolation=self.resize.interpolation)
+        return np.ascontiguousarray(self.resize.crop_array(frame.to_ndarray()))  # (H, W, 3) uint8
 
     def __iter__(self) -> Iterator[tuple[int, float, np.ndarray]]:
-        targets = self.targets.reshape(-1)  # (T*k,) ascending
+        flat = self.targets.reshape(-1)  # (T*k,)
+        order = np.argsort(flat, kind="stable")  # the identity whenever the targets ascend (all but clips)
+        ahead: dict[int, tuple[float, np.ndarray]] = {}  # frames of later clips decoded before an earlier clip ends
+        next_index = 0
+        for rank, time, rgb in self._in_time_order(flat[order]):
+            index = int(order[rank])
+            self.times[index] = time
+            ahead[index] = (time, rgb)
+            while next_index in ahead:
+                time, rgb = ahead.pop(next_index)
+                yield next_index, time, rgb
+                next_index += 1
+
+    def _in_time_order(self, targets: np.ndarray) -> Iterator[tuple[int, float, np.ndarray]]:
+        """(rank, frame time, rgb) for each of the ascending ``targets`` (n,), in that order; one decoding pass."""
         n = targets.size
         container = _open(self.path)
         j, decoded, last_time = 0, 0, None
@@ -434,7 +539,6 @@ class SampledVideo:
                             prev, prev_time, prev_rgb = frame, t, None
                         if prev_rgb is None:
                             prev_rgb = self._rgb(prev)
-                        self.times[j] = prev_time
                         yield j, prev_time, prev_rgb
                         j += 1
                     last_time = t
@@ -487,7 +591,6 @@ class SampledVideo:
         if prev_rgb is None:
             prev_rgb = self._rgb(prev)
         while j < n:
-            self.times[j] = prev_time
             yield j, prev_time, prev_rgb
             j += 1
 

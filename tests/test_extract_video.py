@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_extract_media import frame_index, write_video
 
-from extract.video import SampledVideo, Sampling, VideoError, probe
+from extract.video import Resize, SampledVideo, Sampling, VideoError, probe
 
 
 def displayed(times: np.ndarray, frame_times: np.ndarray) -> np.ndarray:
@@ -30,8 +30,52 @@ def test_targets_fps_and_segments():
     np.testing.assert_allclose(one[1], [1 + 1 / 6, 1.5, 1 + 5 / 6])
 
 
+def test_clip_targets_centre_on_the_segment_and_stay_inside_the_video():
+    """A video encoder's clip: k frames dt apart around the segment's centre, shifted inside [0, duration]."""
+    dt = 0.25
+    clips = Sampling(segments=4, frames_per_segment=4, frame_interval=dt).targets(10.0)  # (4, 4), 2.5 s segments
+    np.testing.assert_allclose(clips.mean(1), [1.25, 3.75, 6.25, 8.75])
+    np.testing.assert_allclose(np.diff(clips, axis=1), dt)
+    edges = Sampling(segments=4, frames_per_segment=4, frame_interval=dt).targets(2.0)  # span 1 s > segment 0.5 s
+    np.testing.assert_allclose(edges[0], [0.125, 0.375, 0.625, 0.875])  # shifted right from centre 0.25
+    np.testing.assert_allclose(edges[-1], [1.125, 1.375, 1.625, 1.875])  # shifted left from centre 1.75
+    assert (np.diff(edges.reshape(-1)) < 0).any()  # neighbouring clips overlap
+    short = Sampling(segments=1, frames_per_segment=4, frame_interval=dt).targets(0.5)
+    assert short[0, :2].tolist() == [0.125, 0.375] and (short[0, 2:] < 0.5).all() and short[0, 2] == short[0, 3]
+    assert Sampling(fps=1, frames_per_segment=2, frame_interval=0.1).as_attrs() == {
+        "fps": 1.0, "frames_per_segment": 2, "frame_interval": 0.1}
+    assert "frame_interval" not in Sampling(fps=1).as_attrs()  # image caches keep their old provenance
+
+
+def test_overlapping_clips_come_in_segment_order_from_one_pass(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", n=50, rate=25)  # 2.0 s
+    video = SampledVideo(path, Sampling(segments=5, frames_per_segment=4, frame_interval=0.2), size=16)
+    items = list(video)
+    assert [index for index, _, _ in items] == list(range(20))
+    want = displayed(video.targets.reshape(-1), np.arange(50) / 25)
+    assert [frame_index(rgb) for _, _, rgb in items] == want.tolist()
+    np.testing.assert_allclose(video.times, want / 25, atol=1e-6)
+
+
+def test_resize_plan_matches_transformers_geometry():
+    from transformers.image_transforms import center_crop, get_resize_output_image_size
+
+    plan = Resize(shortest_edge=36, crop=(32, 30), interpolation="BICUBIC")
+    for h, w in [(240, 320), (320, 240), (100, 100), (37, 1000)]:
+        image = np.zeros((h, w, 3), np.uint8)
+        assert plan.resized_shape(h, w) == get_resize_output_image_size(image, 36, default_to_square=False,
+                                                                         input_data_format="channels_last")
+        resized = np.arange(np.prod(plan.resized_shape(h, w)) * 3).reshape(*plan.resized_shape(h, w), 3)
+        np.testing.assert_array_equal(plan.crop_array(resized), center_crop(resized, (32, 30),
+                                                                            input_data_format="channels_last"))
+    assert Resize.exact(24).output == (24, 24) and Resize.exact((24, 40)).resized_shape(240, 320) == (24, 40)
+    with pytest.raises(ValueError, match="crop"):
+        Resize(shortest_edge=36)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"fps": 1, "segments": 8}, {"fps": 0}, {"segments": 0},
-                                    {"fps": 1, "frames_per_segment": 0}, {"fps": math.inf}])
+                                    {"fps": 1, "frames_per_segment": 0}, {"fps": math.inf},
+                                    {"fps": 1, "frame_interval": 0.0}])
 def test_sampling_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="Expected"):
         Sampling(**kwargs)
