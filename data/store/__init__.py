@@ -6,13 +6,16 @@ Layout of one cache (docs/design.md, "The cache (HDF5 schema 1)"):
                           shard-r..-.....h5.partial          shard being written (never read)
                           failures.jsonl                     {"video_id", "path", "error"} per failed video
 
-    file attrs : schema=1, encoder, encoder_hash, image_size, patch_size, hidden_size, grid=[h, w], pool,
-                 fps or segments, frames_per_segment, dtype="float16", created, version
+    file attrs : schema=1, encoder, encoder_hash, family, image_size, patch_size, hidden_size, grid=[h, w],
+                 special_tokens, pool, fps or segments, frames_per_segment, frame_interval (video encoders),
+                 dtype="float16", created, version
     /videos/<escaped id>/tokens : float16 (T, P, D), chunks (1, P, D), uncompressed
     /videos/<escaped id> attrs  : video_id, timestamps (T,) seconds, duration, source; from extraction also
                                   display_matrix (9 int32, FFmpeg's, applied to the frames) and video_stream
 
-Axis letters: T segments (or frames at a fixed fps), P tokens per segment (1 CLS + h*w patches), D channels.
+Axis letters: T segments (or frames at a fixed fps), P tokens per segment (S special tokens, then the h*w grid), D
+channels. S is the ``special_tokens`` attr (CLS, distillation, registers; 0 for SigLIP and VideoMAE); caches written
+before it existed hold ViT tokens and are read as S = 1 (``FeatureStore.special_tokens``).
 
 `ShardWriter` appends videos to a `.partial` file and seals it (flush, fsync, rename to `.h5`, fsync the
 folder) after `max_videos` videos or before it would exceed `max_bytes`, and at `close()`. A killed writer

@@ -15,20 +15,24 @@ import numpy as np
 from data.errors import UserError
 
 SCHEMA = 1
+LEGACY_SPECIAL_TOKENS = 1  # caches without a special_tokens attr: ViT tokens, CLS first
 DTYPE = np.dtype("<f2")
 # Attributes that must agree across every shard of one cache: they decide what the numbers in `tokens` mean.
 PROVENANCE_KEYS = (
     "encoder",
     "encoder_hash",
+    "family",
     "image_size",
     "patch_size",
     "hidden_size",
     "grid",
+    "special_tokens",
     "pool",
     "fps",
     "segments",
     "durations",
     "frames_per_segment",
+    "frame_interval",
     "schema",
     "dtype",
 )

@@ -12,6 +12,7 @@ import numpy as np
 
 from data.store.layout import (
     DTYPE,
+    LEGACY_SPECIAL_TOKENS,
     PER_SHARD_KEYS,
     PROVENANCE_KEYS,
     SCHEMA,
@@ -146,6 +147,11 @@ class FeatureStore:
     @property
     def shards(self) -> list[Path]:
         return list(self._shards)
+
+    @property
+    def special_tokens(self) -> int:
+        """Tokens before the patch grid in every segment (CLS, registers, ...); 1 for caches older than the attr."""
+        return int(self._meta.get("special_tokens", LEGACY_SPECIAL_TOKENS))
 
     # -- file handles, one set per process
     def _own_process(self) -> None:

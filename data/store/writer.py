@@ -31,7 +31,17 @@ import h5py
 import numpy as np
 
 from data.outputs import code_version
-from data.store.layout import DTYPE, SCHEMA, SHARD_RE, StoreError, escape_id, fsync_dir, partial_shards, to_attr
+from data.store.layout import (
+    DTYPE,
+    LEGACY_SPECIAL_TOKENS,
+    SCHEMA,
+    SHARD_RE,
+    StoreError,
+    escape_id,
+    fsync_dir,
+    partial_shards,
+    to_attr,
+)
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 HEADROOM_BYTES = 64 << 10  # HDF5 metadata of one video (its group, attrs, chunk index) is a few KB
@@ -150,8 +160,9 @@ class ShardWriter:
     A shard is sealed after `max_videos` videos, before a video that would push it past `max_bytes` (a
     single video larger than `max_bytes` gets a shard of its own), and at `close()`. Shard indices continue
     after every shard of this rank already in the folder (sealed or partial), so nothing is ever overwritten.
-    `attrs` is the provenance (encoder, encoder_hash, image_size, patch_size, hidden_size, grid, pool, fps or
-    segments, frames_per_segment); keys whose value is None are not stored. The writer adds schema, dtype,
+    `attrs` is the provenance (encoder, encoder_hash, family, image_size, patch_size, hidden_size, grid,
+    special_tokens, pool, fps or segments, frames_per_segment, frame_interval); keys whose value is None are not
+    stored. The writer adds schema, dtype,
     created, version and rank. Tokens are stored as float16, chunks (1, P, D), without compression (read
     speed matters more than disk space).
 
@@ -212,10 +223,11 @@ class ShardWriter:
         pool = str(self.attrs.get("pool", "none")).lower()
         one_frame = int(self.attrs.get("frames_per_segment", 1)) == 1
         if grid is not None and len(grid) == 2 and pool == "none" and one_frame:
-            expected = 1 + int(grid[0]) * int(grid[1])
+            special = int(self.attrs.get("special_tokens", LEGACY_SPECIAL_TOKENS))
+            expected = special + int(grid[0]) * int(grid[1])
             if p != expected:
-                raise StoreError(f"Expected P = 1 + grid h*w = {expected} tokens for {video_id!r} (no pool), "
-                                 f"got tokens of shape {tokens.shape}")
+                raise StoreError(f"Expected P = {special} special + grid h*w = {expected} tokens for {video_id!r} "
+                                 f"(no pool), got tokens of shape {tokens.shape}")
         if self._token_shape is not None and (p, d) != self._token_shape:
             raise StoreError(f"Expected (P, D) = {self._token_shape} like the earlier videos of this writer "
                              f"for {video_id!r}, got {(p, d)}")
