@@ -26,11 +26,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default="synthetic", help="breakfast | coin | folder | lvu | synthetic [synthetic]")
     p.add_argument("--task", default=None, help="LVU task (only its videos) or dataset task [all videos]")
     p.add_argument("--data-root", default=None, help="folder holding the raw data set [data/raw/<dataset>]")
-    p.add_argument("--encoder", default=DEFAULT_ENCODER,
-                   help=f"HF hub id, folder saved with save_pretrained, or vit-tiny-random [{DEFAULT_ENCODER}]")
+    p.add_argument("--encoder", default=None,
+                   help="HF hub id, folder saved with save_pretrained, or vit-tiny-random [dataset default: "
+                        "google/vit-large-patch16-224-in21k; breakfast, coin: "
+                        "facebook/timesformer-base-finetuned-k600]")
     p.add_argument("--fps", type=float, default=None, help="frames per second [dataset default: LVU 1]")
     p.add_argument("--segments", type=int, default=None, help="uniform segments per video [dataset default]")
-    p.add_argument("--frames-per-segment", type=int, default=1, help="frames averaged per segment in token space [1]")
+    p.add_argument("--frames-per-segment", type=int, default=None,
+                   help="image encoders: frames averaged per segment in token space [1]; video encoders: the clip "
+                        "length, which must be the checkpoint's num_frames [num_frames]")
+    p.add_argument("--frame-stride", type=int, default=None,
+                   help="video encoders: source frames (at 30 fps) between a clip's frames [the family's training "
+                        "stride: timesformer 32, videomae 4, vivit 2]")
     p.add_argument("--sampling", choices=("default", "paper"), default="default",
                    help="paper: LVU only, the ViS4mer code's frames from lvu_1.0/lvu_durations.csv (d + 1 frames "
                         "over the whole file) instead of FPS [default]")
@@ -61,6 +68,7 @@ def validate(args: argparse.Namespace) -> None:
     _positive("FPS", args.fps)
     _positive("SEGMENTS", args.segments)
     _positive("FRAMES_PER_SEGMENT", args.frames_per_segment)
+    _positive("FRAME_STRIDE", args.frame_stride)
     _positive("--shard-videos", args.shard_videos)
     _positive("--shard-gb", args.shard_gb)
     if args.fps is not None and args.segments is not None:
@@ -69,7 +77,7 @@ def validate(args: argparse.Namespace) -> None:
         if args.dataset != "lvu":
             raise UserError(f"SAMPLING=paper is the paper's LVU frame sampling (its lvu_durations.csv); "
                             f"{args.dataset} has none: leave SAMPLING empty")
-        if args.fps is not None or args.segments is not None or args.frames_per_segment != 1:
+        if args.fps is not None or args.segments is not None or args.frames_per_segment not in (None, 1):
             raise UserError("SAMPLING=paper picks its own frames (one per listed second, plus the last): leave FPS, "
                             "SEGMENTS and FRAMES_PER_SEGMENT empty")
     if args.pool is not None:
@@ -92,6 +100,20 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"DATA_ROOT={args.data_root} does not exist; point DATA_ROOT at the folder holding the "
                         f"raw {args.dataset} data" + (" (make data DATASET=synthetic writes it)"
                                                       if args.dataset == "synthetic" else ""))
+
+
+def clip_sampling(spec, args: argparse.Namespace) -> dict:
+    """frames_per_segment (and frame_interval for a video encoder) from the encoder's family and the arguments."""
+    family, k = spec.family, args.frames_per_segment
+    if not family.video:
+        if args.frame_stride is not None:
+            raise UserError(f"FRAME_STRIDE applies to video encoders only; ENCODER={spec.name} is a {family.name} "
+                            "image encoder (leave FRAME_STRIDE empty; FRAMES_PER_SEGMENT=k averages k frames)")
+        return {"frames_per_segment": k or 1}
+    if k is not None and k != spec.num_frames:
+        raise UserError(f"ENCODER={spec.name} ({family.name}) encodes clips of its num_frames = {spec.num_frames} "
+                        f"frames; leave FRAMES_PER_SEGMENT empty or set it to {spec.num_frames} (got {k})")
+    return {"frames_per_segment": spec.num_frames, "frame_interval": family.frame_interval(args.frame_stride)}
 
 
 def list_videos(ds, task: str | None) -> list[str]:
@@ -207,19 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     if not ids:
         raise UserError(f"{args.dataset} lists no videos under {getattr(ds, 'root', args.data_root)}; "
                         "check DATA_ROOT and the annotation files")
+    from extract.encoder import resolve_encoder
     from extract.video import Sampling
 
+    args.encoder = args.encoder or ds.default_encoder
+    spec = resolve_encoder(args.encoder)  # config only: the family decides the sampling and the tag
     if args.sampling == "paper":
-        sampling = Sampling(durations=paper_durations(ds, ids), durations_source=ds.durations_path.name)
+        if spec.family.video:
+            raise UserError(f"SAMPLING=paper takes single frames (the paper's LVU features); ENCODER={spec.name} is a "
+                            f"{spec.family.name} video encoder, whose clips need FPS= or SEGMENTS=")
+        sampling = Sampling(durations=paper_durations(ds, ids), durations_source=ds.durations_path.name,
+                            **clip_sampling(spec, args))
     else:
         sampling_kw = ({"fps": args.fps} if args.fps is not None else {"segments": args.segments}
                        if args.segments is not None else dict(ds.default_sampling))
-        sampling = Sampling(**sampling_kw, frames_per_segment=args.frames_per_segment)
+        sampling = Sampling(**sampling_kw, **clip_sampling(spec, args))
         if hasattr(ds, "durations_path") and ds.durations_path.is_file() and is_launcher():
             log(f"note: {ds.durations_path} is present: SAMPLING=paper would take the paper code's frames instead "
                 "(d + 1 frames spread over the whole file, d its listed seconds); this run samples "
                 + (f"{sampling.fps:g} frame/s of the stream" if sampling.fps else f"{sampling.segments} segments"))
-    tag = make_tag(args.encoder, fps=sampling.fps, segments=sampling.segments,
+    tag = make_tag(spec.tag_name, fps=sampling.fps, segments=sampling.segments,
                    frames_per_segment=sampling.frames_per_segment, pool=args.pool,
                    durations="lvu-durations" if sampling.durations is not None else None)
     directory = Path(args.cache_dir) / args.dataset / tag
@@ -251,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         from extract.encoder import describe, load_encoder
         from extract.pipeline import run_predict
 
-        encoder = load_encoder(args.encoder, pool=args.pool)
+        encoder = load_encoder(spec, pool=args.pool)
         encoder_attrs = encoder.attrs()
         if args.pool is None:
             encoder_attrs["pool"] = "none"

@@ -1,24 +1,34 @@
-"""Stage 1, encoding: a frozen HuggingFace ViT that turns batches of RGB frames into token grids.
+"""Stage 1, encoding: a frozen HuggingFace encoder that turns batches of RGB frames (or clips) into token grids.
 
 ViS4mer (Sec. 4, LVU) feeds the decoder every token of ViT-L/16 (ImageNet-21k): CLS + 14 x 14 patches = 197 tokens of
-1024 channels per frame. :func:`load_encoder` builds a :class:`FrozenEncoder` from
+1024 channels per frame; for Breakfast and COIN it used one feature map of a video transformer per segment.
+:func:`load_encoder` builds a :class:`FrozenEncoder` from
 
-* a hub id (default ``google/vit-large-patch16-224-in21k``) or a local folder written by ``save_pretrained`` --
-  ``from_pretrained`` with ``trust_remote_code=False``; nothing is fetched when ``HF_HUB_OFFLINE=1``;
+* a hub id (default ``google/vit-large-patch16-224-in21k``) or a local folder written by ``save_pretrained``, of one
+  of the families in ``extract/families.py`` (ViT/DeiT/BEiT, CLIP and SigLIP vision towers, DINOv2 with or without
+  registers, TimeSformer, VideoMAE, ViViT), through that family's transformers class (``trust_remote_code=False``;
+  nothing is fetched when ``HF_HUB_OFFLINE=1``);
 * the preset ``vit-tiny-random``: a seeded, *randomly initialised* tiny ViT built from a config, for offline runs,
   tests and the demo (its features carry no meaning; the cache attrs and the log say so).
 
-Normalisation (mean/std) comes from the model's ``preprocessor_config.json`` when present (ViT defaults 0.5/0.5
-otherwise); the input size is the model's ``config.image_size`` (its position embeddings fix it). Frames arrive already
-resized to that size by FFmpeg (``extract/video.py``), as uint8 (B, H, W, 3); rescaling and normalisation run on the
-device. Tokens are ``last_hidden_state`` (special tokens first, then the patch grid), optionally average-pooled
-k x k over the grid with the special tokens kept, returned as float16.
+Input size, resizing (exact, or shortest edge then centre crop; the resampling filter) and normalisation (rescale
+factor, ViViT's offset, mean/std) come from the checkpoint's own image processor (``AutoImageProcessor``, i.e. its
+``preprocessor_config.json``); without one, frames are resized to ``config.image_size`` and normalised with the ViT
+defaults 0.5/0.5. Frames arrive resized and cropped by FFmpeg (``extract/video.py``, ``Resize``) as uint8
+(N, H, W, 3); rescaling and normalisation run on the device. When the processor's input size differs from the
+config's (DINOv2: 224 against 518) the position embeddings are interpolated by the model.
+
+Tokens are ``last_hidden_state``: S special tokens (``special_tokens``: CLS, distillation, registers; none for SigLIP
+and VideoMAE), then the patch grid. A video encoder takes ``num_frames`` consecutive frames of the batch as one clip
+and its grid tokens are averaged over time, so every family gives (S + h * w) tokens per cached segment. ``POOL=k``
+averages k x k cells of the grid and keeps the special tokens. Output is float16.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +39,8 @@ import torch.nn.functional as F
 
 from data.errors import UserError
 from extract import DEFAULT_ENCODER
+from extract.families import FAMILIES, Family, family_of, tag_name
+from extract.video import Resize
 
 TINY_RANDOM = "vit-tiny-random"
 TINY_SEED = 0
@@ -54,24 +66,62 @@ def build_tiny_random():
     return model
 
 
+# PIL resampling codes (transformers' ``resample``) -> swscale filters, the nearest match of each.
+_SWSCALE_FILTER = {0: "POINT", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "AREA", 5: "BILINEAR"}
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Pixel normalisation: x = (rgb * rescale - mean) / std, per channel."""
+    """Pixel normalisation: x = (rgb * rescale - offset - mean) / std, per channel (ViViT's processor: offset 1)."""
 
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     rescale: float = 1 / 255
+    offset: float = 0.0
 
     @classmethod
-    def from_processor_config(cls, config: dict) -> Preprocess:
-        mean = tuple(config.get("image_mean", cls.mean)) if config.get("do_normalize", True) else (0.0, 0.0, 0.0)
-        std = tuple(config.get("image_std", cls.std)) if config.get("do_normalize", True) else (1.0, 1.0, 1.0)
-        rescale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
-        if len(mean) == 1:
-            mean = mean * 3
-        if len(std) == 1:
-            std = std * 3
-        return cls(tuple(map(float, mean)), tuple(map(float, std)), rescale)
+    def from_processor(cls, processor) -> Preprocess:
+        """The numbers of a transformers image processor (its ``do_*`` switches honoured)."""
+        normalize = getattr(processor, "do_normalize", True)
+        mean = tuple(processor.image_mean) if normalize else (0.0,)
+        std = tuple(processor.image_std) if normalize else (1.0,)
+        do_rescale = getattr(processor, "do_rescale", True)
+        rescale = float(processor.rescale_factor) if do_rescale else 1.0
+        offset = 1.0 if do_rescale and getattr(processor, "offset", False) else 0.0
+        mean, std = (mean * 3 if len(mean) == 1 else mean), (std * 3 if len(std) == 1 else std)
+        return cls(tuple(map(float, mean)), tuple(map(float, std)), rescale, offset)
+
+
+def _size_dict(size) -> dict:
+    """A processor's ``size``/``crop_size`` (a dict or transformers' SizeDict) as a plain dict of the set keys."""
+    keys = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    return {key: get(key) for key in keys if get(key) is not None}
+
+
+def input_plan(processor, image_size: int | tuple[int, int], name: str) -> tuple[Preprocess, Resize]:
+    """Normalisation and the resize/crop plan of ``processor``; ``image_size`` (the config's) when there is none.
+
+    Raises UserError for a size rule a fixed-size encoder input cannot follow (e.g. ``longest_edge``).
+    """
+    if processor is None:
+        return Preprocess(), Resize.exact(image_size)
+    size = _size_dict(getattr(processor, "size", None) or {})
+    cropping = getattr(processor, "do_center_crop", False)
+    crop = _size_dict(getattr(processor, "crop_size", None) or {}) if cropping else {}
+    crop_hw = (int(crop["height"]), int(crop["width"])) if crop else None
+    resample = getattr(processor, "resample", 2)
+    interpolation = _SWSCALE_FILTER.get(int(resample) if resample is not None else 2, "BILINEAR")
+    if not getattr(processor, "do_resize", True):
+        resize = Resize.exact(image_size, interpolation)
+    elif set(size) == {"height", "width"}:
+        resize = Resize(size=(int(size["height"]), int(size["width"])), crop=crop_hw, interpolation=interpolation)
+    elif set(size) == {"shortest_edge"} and crop_hw is not None:
+        resize = Resize(shortest_edge=int(size["shortest_edge"]), crop=crop_hw, interpolation=interpolation)
+    else:
+        raise UserError(f"ENCODER={name}: its image processor resizes with {size} and crop {crop or 'none'}; stage 1 "
+                        "needs one input size for every frame ({height, width}, or shortest_edge with a centre crop)")
+    return Preprocess.from_processor(processor), resize
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -85,26 +135,33 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 
 class FrozenEncoder(torch.nn.Module):
-    """uint8 frames (B, H, W, 3) -> float16 tokens (B, P, D); P = special tokens + (h / pool) * (w / pool)."""
+    """uint8 frames (N, H, W, 3) -> float16 tokens (N / F, P, D), F = ``frames_per_item`` (1, or a clip's frames).
+
+    P = S + (h / pool) * (w / pool): the S special tokens (CLS, distillation, registers) and the pooled patch grid;
+    a video encoder's grid tokens are averaged over its temporal tokens. ``family`` defaults to the one named by
+    ``model.config.model_type``; ``resize`` to an exact resize to ``config.image_size``.
+    """
 
     def __init__(self, model: torch.nn.Module, name: str, preprocess: Preprocess = Preprocess(),
-                 pool: int | None = None):
+                 pool: int | None = None, family: Family | None = None, resize: Resize | None = None):
         super().__init__()
         config = model.config
-        for key in ("image_size", "patch_size", "hidden_size"):
+        self.family = family or family_of(config.model_type, name)
+        for key in ("image_size", "hidden_size"):
             if not isinstance(getattr(config, key, None), (int, list, tuple)):
-                raise UserError(
-                    f"ENCODER={name} ({config.model_type}) is not a ViT-style image encoder (its config has no {key}); "
-                    f"use a ViT checkpoint such as {DEFAULT_ENCODER}"
-                )
+                raise UserError(f"ENCODER={name} ({config.model_type}) has no {key} in its config; supported "
+                                f"families: {', '.join(FAMILIES)}")
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.preprocess = preprocess
         size = config.image_size
-        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        patch = config.patch_size
-        self.patch_size = patch if isinstance(patch, int) else int(patch[0])
+        self.resize = resize or Resize.exact(size if isinstance(size, int) else tuple(size))
+        self.image_size = self.resize.output
+        self.patch_size = self.family.patch_size(config)
         self.hidden_size = int(config.hidden_size)
+        self.special_tokens = self.family.special_tokens(config)
+        self.frames_per_item = self.family.num_frames(config)
+        self.time_tokens = self.frames_per_item // self.family.tubelet(config)
         self.patch_grid = (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
         k = int(pool) if pool else 1
         if k < 1 or self.patch_grid[0] % k or self.patch_grid[1] % k:
@@ -114,61 +171,87 @@ class FrozenEncoder(torch.nn.Module):
             )
         self.pool = k
         self.grid = (self.patch_grid[0] // k, self.patch_grid[1] // k)
+        configured = (size, size) if isinstance(size, int) else tuple(size)
+        accepts = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        self._forward_kw = {"interpolate_pos_encoding": True} if accepts and configured != self.image_size else {}
         scale = torch.tensor([preprocess.rescale / s for s in preprocess.std]).view(1, 3, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(preprocess.mean, preprocess.std)]).view(1, 3, 1, 1)
+        shift = torch.tensor([-(preprocess.offset + m) / s for m, s in zip(preprocess.mean, preprocess.std)])
         self.register_buffer("scale", scale, persistent=False)
-        self.register_buffer("shift", shift, persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
         self.weights_hash = weights_hash(self.model)
-        self._tokens_per_frame: int | None = None
+        self._tokens_per_item: int | None = None
 
     @property
-    def tokens_per_frame(self) -> int:
-        """P: special tokens (CLS, or CLS + distillation for DeiT) + the pooled patch grid (one dummy forward)."""
-        if self._tokens_per_frame is None:
-            dummy = torch.zeros(1, *self.image_size, 3, dtype=torch.uint8, device=self.scale.device)
-            self._tokens_per_frame = int(self(dummy).shape[1])
-        return self._tokens_per_frame
+    def tokens_per_item(self) -> int:
+        """P: the special tokens + the pooled grid, per frame (image families) or per clip (one dummy forward)."""
+        if self._tokens_per_item is None:
+            dummy = torch.zeros(self.frames_per_item, *self.image_size, 3, dtype=torch.uint8, device=self.scale.device)
+            self._tokens_per_item = int(self(dummy).shape[1])
+        return self._tokens_per_item
 
     def attrs(self) -> dict:
-        """Provenance attrs for the shard files."""
+        """Provenance attrs for the shard files (``special_tokens``: how many tokens precede the grid)."""
         return {
             "encoder": self.name,
             "encoder_hash": self.weights_hash,
+            "family": self.family.name,
             "image_size": int(self.image_size[0]),
             "patch_size": int(self.patch_size),
             "hidden_size": int(self.hidden_size),
             "grid": [int(self.grid[0]), int(self.grid[1])],
+            "special_tokens": int(self.special_tokens),
             "pool": int(self.pool),
         }
 
     def pixel_values(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W)."""
+        """uint8 (N, H, W, 3) -> normalised float32 (N, 3, H, W)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or tuple(frames.shape[1:3]) != self.image_size:
-            raise ValueError(f"Expected uint8 frames (B, {self.image_size[0]}, {self.image_size[1]}, 3), "
+            raise ValueError(f"Expected uint8 frames (N, {self.image_size[0]}, {self.image_size[1]}, 3), "
                              f"got {tuple(frames.shape)}")
-        x = frames.permute(0, 3, 1, 2).float()  # (B, 3, H, W)
-        return x * self.scale + self.shift  # (B, 3, H, W)
+        x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+        return x * self.scale + self.shift  # (N, 3, H, W)
 
     @torch.inference_mode()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (B, H, W, 3) on the encoder's device -> float16 tokens (B, P, D)."""
-        pixel_values = self.pixel_values(frames)  # (B, 3, H, W)
-        device_type = pixel_values.device.type
-        if device_type == "cuda":
+        """uint8 frames (N, H, W, 3) on the encoder's device, N a multiple of F -> float16 tokens (N / F, P, D)."""
+        pixel_values = self.pixel_values(frames)  # (N, 3, H, W)
+        f = self.frames_per_item
+        if f > 1:
+            if pixel_values.shape[0] % f:
+                raise ValueError(f"Expected a multiple of {f} frames (whole clips), got {pixel_values.shape[0]}")
+            pixel_values = pixel_values.reshape(-1, f, *pixel_values.shape[1:])  # (B, F, 3, H, W)
+        if pixel_values.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             with torch.autocast("cuda", dtype=dtype):
-                hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (B, P0, D)
+                hidden = self.model(pixel_values=pixel_values, **self._forward_kw).last_hidden_state  # (B, P0, D)
         else:
-            hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (B, P0, D)
-        return self.pool_tokens(hidden.float()).to(torch.float16)  # (B, P, D)
+            hidden = self.model(pixel_values=pixel_values, **self._forward_kw).last_hidden_state  # (B, P0, D)
+        return self.pool_tokens(self.spatial_tokens(hidden.float())).to(torch.float16)  # (B, P, D)
+
+    def spatial_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, S + t*h*w, D) -> (B, S + h*w, D): a video encoder's grid averaged over its t temporal tokens."""
+        b, p0, d = hidden.shape
+        s, t = self.special_tokens, self.time_tokens
+        h, w = self.patch_grid
+        if p0 != s + t * h * w:
+            raise ValueError(f"Expected {s} special + {t} x {h} x {w} grid tokens from {self.name} "
+                             f"({self.family.name}), got {p0}")
+        if t == 1:
+            return hidden
+        grid = hidden[:, s:]  # (B, t*h*w, D)
+        if self.family.time_fastest:
+            grid = grid.reshape(b, h * w, t, d).mean(2)  # (B, h*w, D)
+        else:
+            grid = grid.reshape(b, t, h * w, d).mean(1)  # (B, h*w, D)
+        return torch.cat([hidden[:, :s], grid], dim=1)  # (B, S + h*w, D)
 
     def pool_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, S + h*w, D) -> (B, S + (h/k)*(w/k), D): k x k average over the patch grid, special tokens kept."""
         if self.pool == 1:
             return hidden
-        b, p0, d = hidden.shape
+        b, _, d = hidden.shape
         h, w = self.patch_grid
-        s = p0 - h * w  # special tokens precede the patch grid
+        s = self.special_tokens
         grid = hidden[:, s:].reshape(b, h, w, d).permute(0, 3, 1, 2)  # (B, D, h, w)
         pooled = F.avg_pool2d(grid, self.pool)  # (B, D, h/k, w/k)
         pooled = pooled.flatten(2).transpose(1, 2)  # (B, h/k * w/k, D)
@@ -195,25 +278,45 @@ def _not_available(name: str, exc: BaseException) -> UserError:
     )
 
 
-def _processor_config(name: str, local: Path | None) -> dict:
-    """The model's preprocessor_config.json as a dict, or {} when it has none (never downloads when offline)."""
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' load reports (a CLIP checkpoint's unused text tower, ...) are noise here: errors only."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
-        if local is not None:
-            path = local / "preprocessor_config.json"
-            return json.loads(path.read_text()) if path.is_file() else {}
-        from huggingface_hub import hf_hub_download
-
-        path = hf_hub_download(name, "preprocessor_config.json", local_files_only=_offline())
-        return json.loads(Path(path).read_text())
-    except Exception:  # noqa: BLE001 - no processor config: fall back to the ViT defaults (0.5 / 0.5)
-        return {}
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
-def load_encoder(name: str | None = None, pool: int | None = None, device: str | torch.device = "cpu") -> FrozenEncoder:
-    """Load ``name`` (hub id, local folder, or ``vit-tiny-random``) as a frozen encoder on ``device``."""
+@dataclass
+class EncoderSpec:
+    """An encoder resolved from its name without loading weights: what the cache tag and sampling need."""
+
+    name: str
+    family: Family
+    config: object  # the (vision) config of the checkpoint
+    source: str | None  # what from_pretrained loads (None for the preset)
+
+    @property
+    def tag_name(self) -> str:
+        return tag_name(self.name, self.family)
+
+    @property
+    def num_frames(self) -> int:
+        return self.family.num_frames(self.config)
+
+
+def resolve_encoder(name: str | None = None) -> EncoderSpec:
+    """Read ``name``'s config (hub id, local folder, or ``vit-tiny-random``) and find its family; no weights.
+
+    Raises UserError for a name that is neither, a checkpoint not available offline, or an unsupported family.
+    """
     name = name or DEFAULT_ENCODER
     if name == TINY_RANDOM:
-        return FrozenEncoder(build_tiny_random(), TINY_RANDOM, Preprocess(), pool).to(device)
+        return EncoderSpec(name, FAMILIES["vit"], tiny_random_config(), None)
     path = Path(name).expanduser()
     local = path if path.is_dir() else None
     if local is None and (name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix):
@@ -221,46 +324,96 @@ def load_encoder(name: str | None = None, pool: int | None = None, device: str |
             f"ENCODER={name} is neither a folder nor a hub id; give a folder saved with save_pretrained, a hub id "
             f"such as {DEFAULT_ENCODER}, or {TINY_RANDOM}"
         )
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     source = str(local) if local is not None else name
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         if local is not None:
             raise UserError(f"ENCODER={name} is a folder without a readable config.json ({exc}); "
                             "save the model there with save_pretrained") from exc
         raise _not_available(name, exc) from exc
-    if getattr(config, "vision_config", None) is not None and not hasattr(config, "image_size"):
-        raise UserError(f"ENCODER={name} ({config.model_type}) is a multi-modal model; give a ViT-style image encoder "
-                        f"such as {DEFAULT_ENCODER}")
+    family = family_of(config.model_type, name)
+    vision = getattr(config, "vision_config", None)  # a dual encoder (CLIP, SigLIP): its vision tower's config
+    return EncoderSpec(name, family, vision if vision is not None else config, source)
+
+
+def _image_processor(source: str):
+    """The checkpoint's image processor (PIL backend, never remote code), or None when it has none."""
+    from transformers import AutoImageProcessor
+
     try:
-        model = AutoModel.from_pretrained(source, config=config, trust_remote_code=False)
+        with _quiet_transformers():
+            return AutoImageProcessor.from_pretrained(source, backend="pil", trust_remote_code=False,
+                                                      local_files_only=_offline())
+    except (OSError, ValueError):  # no preprocessor_config.json: config.image_size and the ViT defaults
+        return None
+
+
+def load_encoder(name: str | EncoderSpec | None = None, pool: int | None = None,
+                 device: str | torch.device = "cpu") -> FrozenEncoder:
+    """Load ``name`` (hub id, local folder, ``vit-tiny-random``, or a resolved spec) frozen on ``device``.
+
+    Raises UserError for an unknown or unsupported encoder, a checkpoint that lacks weights of its model class (they
+    would be random), a processor size rule without one input size, or a ``pool`` that does not divide the grid.
+    """
+    spec = name if isinstance(name, EncoderSpec) else resolve_encoder(name)
+    if spec.source is None:
+        return FrozenEncoder(build_tiny_random(), TINY_RANDOM, Preprocess(), pool).to(device)
+    import transformers
+
+    model_class = getattr(transformers, spec.family.model_class)
+    try:
+        with _quiet_transformers():
+            model, info = model_class.from_pretrained(spec.source, trust_remote_code=False, dtype=torch.float32,
+                                                      output_loading_info=True)
     except (OSError, ValueError) as exc:
-        raise _not_available(name, exc) from exc
+        raise _not_available(spec.name, exc) from exc
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        raise UserError(f"ENCODER={spec.name}: the checkpoint lacks {len(missing)} weight(s) of its "
+                        f"{spec.family.model_class} (e.g. {missing[0]}), which would be random; give the "
+                        f"checkpoint of a {spec.family.name} model")
     if getattr(model, "pooler", None) is not None:
-        # Unused (we keep last_hidden_state), and AutoModel initialises it at random when a checkpoint lacks it,
-        # which would make the weights hash differ from load to load.
+        # Unused (we keep last_hidden_state), and initialised at random when a checkpoint lacks it, which would make
+        # the weights hash differ from load to load.
         model.pooler = None
-    preprocess = Preprocess.from_processor_config(_processor_config(name, local))
-    return FrozenEncoder(model, name, preprocess, pool).to(device)
+    preprocess, resize = input_plan(_image_processor(spec.source), spec.config.image_size, spec.name)
+    encoder = FrozenEncoder(model, spec.name, preprocess, pool, spec.family, resize).to(device)
+    try:
+        encoder.tokens_per_item  # noqa: B018 - one dummy forward checks the token layout before any video
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"ENCODER={spec.name} does not run at its processor's input size "
+                        f"{resize.output[0]}x{resize.output[1]} ({' '.join(str(exc).split())[:200]})") from exc
+    return encoder
 
 
 def describe(encoder: FrozenEncoder) -> str:
     """One log line that names the encoder honestly."""
     h, w = encoder.grid
-    shape = f"CLS + {h}x{w} tokens x {encoder.hidden_size} channels per frame, input {encoder.image_size[0]} px"
+    special = f"{encoder.special_tokens} special + " if encoder.special_tokens else ""
+    per = f"per clip of {encoder.frames_per_item} frames" if encoder.frames_per_item > 1 else "per frame"
+    shape = (f"{special}{h}x{w} tokens x {encoder.hidden_size} channels {per}, input "
+             f"{encoder.image_size[0]}x{encoder.image_size[1]} px")
     if encoder.name == TINY_RANDOM:
         return (f"encoder {TINY_RANDOM}: a RANDOMLY initialised tiny ViT (seed {TINY_SEED}, hash "
                 f"{encoder.weights_hash}); its features carry no meaning -- tests and demo only; {shape}")
-    return f"encoder {encoder.name} (weights {encoder.weights_hash}); {shape}"
+    return f"encoder {encoder.name} ({encoder.family.name}, weights {encoder.weights_hash}); {shape}"
 
 
-def segment_means(tokens: np.ndarray, times: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Average each segment's k frames in token space: tokens (T*k, P, D) -> float16 (T, P, D), times (T*k,) ->
-    (T,) seconds. Frames arrive in target order (segment t's frames are rows t*k .. t*k + k - 1)."""
-    t = tokens.shape[0] // k
+def segment_means(tokens: np.ndarray, times: np.ndarray, k: int, frames_per_item: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One token grid per segment: tokens (T*k/F, P, D) -> float16 (T, P, D), times (T*k,) -> (T,) seconds.
+
+    F = ``frames_per_item``: an image encoder (F = 1) gives one item per frame and segment t's k frames (rows t*k ..
+    t*k + k - 1, in target order) are averaged in token space; a video encoder (F = k) gives one item per segment
+    already (its clip), kept as it is. The time of a segment is the mean of its k frames' times.
+    """
+    per_segment = k // frames_per_item  # items per segment: k frames of an image encoder, 1 clip
+    t = tokens.shape[0] // per_segment
     times = times.reshape(t, k).mean(1)  # (T,)
-    if k > 1:
-        tokens = tokens.reshape(t, k, *tokens.shape[1:]).astype(np.float32).mean(1).astype(np.float16)  # (T, P, D)
-    return tokens, times
+    if per_segment > 1:
+        tokens = tokens.reshape(t, per_segment, *tokens.shape[1:]).astype(np.float32).mean(1)  # (T, P, D)
+    return tokens.astype(np.float16, copy=False), times

@@ -6,14 +6,17 @@ Shape of the work (ViS4mer runs the frozen ViT once per sampled frame, Sec. 4):
   batches of exactly ``batch`` frames across video boundaries, so the encoder always sees full batches. Each batch
   carries ``spans`` (which frames belong to which video), ``done`` (videos whose last frame has been sent, with their
   timestamps) and ``failed`` (videos that could not be decoded, with the reason). A bad video never raises.
-* ``EncodeModule`` (a LightningModule) runs the frozen encoder in ``predict_step``; ``Trainer.predict`` gives device
+* ``EncodeModule`` (a LightningModule) runs the frozen encoder in ``predict_step`` (a video encoder takes each run of
+  ``frames_per_item`` frames as one clip; batches then hold whole clips); ``Trainer.predict`` gives device
   placement and DDP over devices and nodes for free. Rank r takes pending ids r, r + W, r + 2W, ... of the list
   broadcast by rank 0, and its DataLoader worker w takes every ``num_workers``-th of those.
-* ``ShardSink`` (a BasePredictionWriter) reassembles each video's tokens, averages ``frames_per_segment`` frames in
-  token space and appends the video to this rank's ``ShardWriter`` (``shard-r{rank}-*.h5``): no two ranks ever write
-  the same file. Failures go to ``failures.jsonl``. A kill loses at most the open ``.partial`` shard of each rank.
+* ``ShardSink`` (a BasePredictionWriter) reassembles each video's tokens, averages the ``frames_per_segment`` frames of
+  an image encoder in token space (a video encoder gives one item per segment already) and appends the video to
+  this rank's ``ShardWriter`` (``shard-r{rank}-*.h5``): no two ranks ever write the same file. Failures go to
+  ``failures.jsonl``. A kill loses at most the open ``.partial`` shard of each rank.
 
-Axis letters: N frames in a batch, T segments, k frames per segment, P tokens per frame, D channels.
+Axis letters: N frames in a batch, T segments, k frames per segment, F frames per encoder item (1, or a clip),
+P tokens per item, D channels.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from data.console import quiet_lightning
 from data.store import ShardWriter, StoreError, append_failure
 from data.store.writer import DiskFullError, disk_full_error, is_disk_full
 from extract.encoder import FrozenEncoder, segment_means
-from extract.video import SampledVideo, Sampling, VideoError
+from extract.video import Resize, SampledVideo, Sampling, VideoError
 
 
 @dataclass
@@ -53,8 +56,13 @@ class Stats:
 # decoding side (runs in DataLoader workers)
 
 
-def pack_videos(items, sampling: Sampling, size: tuple[int, int], batch: int, threads: int = 0):
-    """Yield batches {"frames": uint8 (N, H, W, 3), "spans", "done", "failed"} with N == batch except the last."""
+def pack_videos(items, sampling: Sampling, size: tuple[int, int] | Resize, batch: int, threads: int = 0):
+    """Yield batches {"frames": uint8 (N, H, W, 3), "spans", "done", "failed"} with N == batch except the last.
+
+    ``size`` is the frames' (H, W) or the encoder's ``Resize`` plan. Every video adds T * k frames, so when ``batch``
+    is a multiple of k each batch holds whole segments (a failed video's frames leave the open batch whole too).
+    """
+    out_shape = size.output if isinstance(size, Resize) else tuple(size)
     frames: list[np.ndarray] = []
     spans: list[list] = []  # [video_id, first frame index, count], in frame order
     done: list[dict] = []
@@ -62,7 +70,7 @@ def pack_videos(items, sampling: Sampling, size: tuple[int, int], batch: int, th
 
     def flush() -> dict:
         nonlocal frames, spans, done, failed
-        stacked = np.stack(frames) if frames else np.zeros((0, *size, 3), np.uint8)  # (N, H, W, 3)
+        stacked = np.stack(frames) if frames else np.zeros((0, *out_shape, 3), np.uint8)  # (N, H, W, 3)
         out = {"frames": torch.from_numpy(stacked), "spans": [tuple(s) for s in spans], "done": done,
                "failed": failed}
         frames, spans, done, failed = [], [], [], []
@@ -95,9 +103,10 @@ def pack_videos(items, sampling: Sampling, size: tuple[int, int], batch: int, th
 class PackedFrames(IterableDataset):
     """The sampled frames of ``items`` [(video_id, path)], packed in batches; each worker takes its own share."""
 
-    def __init__(self, items, sampling: Sampling, size: tuple[int, int], batch: int, threads: int = 0):
+    def __init__(self, items, sampling: Sampling, size: tuple[int, int] | Resize, batch: int, threads: int = 0):
         self.items = list(items)
-        self.sampling, self.size, self.batch, self.threads = sampling, tuple(size), int(batch), int(threads)
+        self.size = size if isinstance(size, Resize) else tuple(size)
+        self.sampling, self.batch, self.threads = sampling, int(batch), int(threads)
 
     def __iter__(self):
         info = get_worker_info()
@@ -117,14 +126,16 @@ class EncodeModule(pl.LightningModule):
         super().__init__()
         self.encoder = encoder
         self.items = list(items)
-        self.sampling, self.batch, self.workers, self.threads = sampling, int(batch), int(workers), int(threads)
+        f = encoder.frames_per_item
+        batch = -(-int(batch) // f) * f  # whole clips: rounded up to a multiple of the clip length
+        self.sampling, self.batch, self.workers, self.threads = sampling, batch, int(workers), int(threads)
         self.share: list = []
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.trainer.global_rank, self.trainer.world_size
         items = self.trainer.strategy.broadcast(self.items, src=0)  # rank 0's list wins: every rank splits the same
         self.share = items[rank::world]
-        dataset = PackedFrames(self.share, self.sampling, self.encoder.image_size, self.batch, self.threads)
+        dataset = PackedFrames(self.share, self.sampling, self.encoder.resize, self.batch, self.threads)
         return DataLoader(
             dataset, batch_size=None, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.workers else None, persistent_workers=False,
@@ -133,17 +144,23 @@ class EncodeModule(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         frames = batch["frames"]  # (N, H, W, 3) uint8
         if frames.shape[0]:
-            tokens = self.encoder(frames).cpu().numpy()  # (N, P, D) float16
+            tokens = self.encoder(frames).cpu().numpy()  # (N / F, P, D) float16
         else:
             tokens = np.zeros((0, 1, 1), np.float16)
         return {"tokens": tokens, "spans": batch["spans"], "done": batch["done"], "failed": batch["failed"]}
 
 
 class VideoAssembler:
-    """Collects each video's token chunks, then writes the whole video (T, P, D) to the ShardWriter."""
+    """Collects each video's token chunks, then writes the whole video (T, P, D) to the ShardWriter.
 
-    def __init__(self, writer: ShardWriter, directory: Path, frames_per_segment: int = 1, on_video=None):
+    Spans count frames; the encoder gives one item per ``frames_per_item`` of them (1, or a clip of k frames).
+    """
+
+    def __init__(self, writer: ShardWriter, directory: Path, frames_per_segment: int = 1, on_video=None,
+                 frames_per_item: int = 1):
         self.writer, self.directory, self.k = writer, Path(directory), int(frames_per_segment)
+        self.f = int(frames_per_item)
+        assert self.k % self.f == 0, (self.k, self.f)
         self.chunks: dict[str, list[tuple[int, np.ndarray]]] = {}
         self.stats = Stats()
         self.on_video = on_video  # callback(frames) for progress
@@ -151,8 +168,10 @@ class VideoAssembler:
     def consume(self, tokens: np.ndarray, spans, done, failed) -> None:
         offset = 0
         for video_id, start, count in spans:
-            self.chunks.setdefault(video_id, []).append((int(start), tokens[offset : offset + count]))  # (n, P, D)
-            offset += count
+            assert start % self.f == 0 and count % self.f == 0, (start, count, self.f)  # whole clips only
+            n = count // self.f
+            self.chunks.setdefault(video_id, []).append((int(start), tokens[offset : offset + n]))  # (n, P, D)
+            offset += n
         assert offset == tokens.shape[0], (offset, tokens.shape)
         for record in done:
             self._finish(record)
@@ -175,12 +194,13 @@ class VideoAssembler:
         video_id, segments = record["video_id"], int(record["segments"])
         parts = sorted(self.chunks.pop(video_id, []), key=lambda part: part[0])
         expected = segments * self.k
-        got = sum(len(p) for _, p in parts)
+        got = sum(len(p) for _, p in parts) * self.f
         if got != expected:
             self._fail(video_id, record["path"], f"internal: received {got} of {expected} frames")
             return
-        tokens = np.concatenate([p for _, p in parts])  # (T*k, P, D) float16
-        tokens, times = segment_means(tokens, np.asarray(record["times"], dtype=np.float64), self.k)  # (T, P, D)
+        tokens = np.concatenate([p for _, p in parts])  # (T*k/F, P, D) float16
+        times = np.asarray(record["times"], dtype=np.float64)  # (T*k,)
+        tokens, times = segment_means(tokens, times, self.k, self.f)  # (T, P, D), (T,)
         if not np.isfinite(tokens).all():
             self._fail(video_id, record["path"], "the encoder produced inf/NaN values (float16 overflow?)")
             return
@@ -201,9 +221,10 @@ class ShardSink(BasePredictionWriter):
     """Writes every finished video of this rank into its own shards; gathers the run's stats over ranks."""
 
     def __init__(self, directory: Path, attrs: dict, frames_per_segment: int = 1, max_videos: int = 256,
-                 max_bytes: int = 2**30, progress: bool = True):
+                 max_bytes: int = 2**30, progress: bool = True, frames_per_item: int = 1):
         super().__init__(write_interval="batch")
         self.directory, self.attrs, self.k = Path(directory), dict(attrs), int(frames_per_segment)
+        self.f = int(frames_per_item)
         self.max_videos, self.max_bytes, self.progress = int(max_videos), int(max_bytes), progress
         self.writer: ShardWriter | None = None
         self.assembler: VideoAssembler | None = None
@@ -220,7 +241,8 @@ class ShardSink(BasePredictionWriter):
 
             self._bar = tqdm(total=None, unit="video", desc=f"extract (rank 0 of {trainer.world_size})",
                              dynamic_ncols=True, smoothing=0.1)
-        self.assembler = VideoAssembler(self.writer, self.directory, self.k, on_video=self._tick)
+        self.assembler = VideoAssembler(self.writer, self.directory, self.k, on_video=self._tick,
+                                        frames_per_item=self.f)
 
     def _tick(self, frames: int) -> None:
         if self._bar is None:
@@ -277,7 +299,8 @@ def run_predict(encoder: FrozenEncoder, items, directory: Path, attrs: dict, sam
     """Encode ``items`` into ``directory`` with Trainer.predict; returns (stats over all ranks, this global rank)."""
     quiet_lightning(*QUIET_WARNINGS)
     world = (devices if isinstance(devices, int) else 1) * int(nodes)
-    sink = ShardSink(directory, attrs, sampling.frames_per_segment, max_videos, max_bytes, progress)
+    sink = ShardSink(directory, attrs, sampling.frames_per_segment, max_videos, max_bytes, progress,
+                     frames_per_item=encoder.frames_per_item)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=nodes, strategy="ddp" if world > 1 else "auto",
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -1,0 +1,171 @@
+"""Every encoder family end to end: a tiny checkpoint (hidden 32, 2 layers, 32 px) saved with save_pretrained, its
+own image processor beside it, extracted through `python -m extract` (what `make extract ENCODER=<folder>` runs) and
+a head trained on the cache. The cached tokens are checked against the slow obvious path: the checkpoint's own
+processor on the decoded frames, the model, and the grid averaged over time by explicit token indices."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from test_extract_pipeline import make_synthetic
+
+from data.errors import UserError
+from data.store import FeatureStore
+from extract.__main__ import main as extract_main
+from extract.encoder import load_encoder, resolve_encoder
+from extract.families import FAMILIES
+from extract.video import Resize, SampledVideo, Sampling
+from heads.__main__ import main as heads_main
+
+SEGMENTS = 4
+IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+SQUARE = {"height": 32, "width": 32}
+
+
+def _tower(config_class, **kw):
+    return config_class(**TINY, image_size=32, patch_size=8, **kw)
+
+
+# family -> (model builder, processor builder). The processors differ from the identity where the family's real
+# checkpoints do: CLIP and DINOv2 resize the short side then crop (bicubic), DINOv2's config asks for a larger input
+# than its processor gives (position embeddings interpolated), ViViT rescales to [-1, 1] (offset).
+FAMILY_CASES = {
+    "deit": (lambda: tf.DeiTModel(_tower(tf.DeiTConfig), add_pooling_layer=False),
+             lambda: tf.DeiTImageProcessorPil(size={"height": 40, "width": 40}, crop_size=SQUARE, **IMAGENET)),
+    "beit": (lambda: tf.BeitModel(_tower(tf.BeitConfig, use_relative_position_bias=True), add_pooling_layer=False),
+             lambda: tf.BeitImageProcessorPil(size=SQUARE, do_center_crop=False)),
+    "clip": (lambda: tf.CLIPModel(tf.CLIPConfig(vision_config={**TINY, "image_size": 32, "patch_size": 8},
+                                                text_config={**TINY, "vocab_size": 64}, projection_dim=16)),
+             lambda: tf.CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size=SQUARE)),
+    "siglip": (lambda: tf.SiglipVisionModel(_tower(tf.SiglipVisionConfig)),
+               lambda: tf.SiglipImageProcessorPil(size=SQUARE)),
+    "dinov2": (lambda: tf.Dinov2Model(tf.Dinov2Config(**TINY, image_size=64, patch_size=8)),
+               lambda: tf.BitImageProcessorPil(size={"shortest_edge": 36}, crop_size=SQUARE, **IMAGENET)),
+    "dinov2-with-registers": (
+        lambda: tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(**TINY, image_size=32, patch_size=8,
+                                                                          num_register_tokens=2)),
+        lambda: tf.BitImageProcessorPil(size={"shortest_edge": 32}, crop_size=SQUARE, **IMAGENET)),
+    "timesformer": (lambda: tf.TimesformerModel(_tower(tf.TimesformerConfig, num_frames=4)),
+                    lambda: tf.VideoMAEImageProcessorPil(size={"shortest_edge": 32}, crop_size=SQUARE)),
+    "videomae": (lambda: tf.VideoMAEModel(_tower(tf.VideoMAEConfig, num_frames=4, tubelet_size=2)),
+                 lambda: tf.VideoMAEImageProcessorPil(size={"shortest_edge": 32}, crop_size=SQUARE, **IMAGENET)),
+    "vivit": (lambda: tf.VivitModel(tf.VivitConfig(**TINY, image_size=32, num_frames=4, tubelet_size=[2, 8, 8]),
+                                    add_pooling_layer=False),
+              lambda: tf.VivitImageProcessor(size={"shortest_edge": 32}, crop_size=SQUARE)),
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("synthetic"))
+
+
+def save_checkpoint(family: str, folder):
+    build_model, build_processor = FAMILY_CASES[family]
+    torch.manual_seed(0)
+    model = build_model().eval()
+    model.save_pretrained(folder)
+    processor = build_processor()
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+def reference_tokens(model, processor, frames: np.ndarray, family) -> np.ndarray:
+    """The slow path: HF's processor and model, then the temporal mean by explicit token indices (T, S + h*w, D)."""
+    config = getattr(model.config, "vision_config", model.config)
+    tower = getattr(model, "vision_model", model)
+    pixel_values = processor(list(frames), return_tensors="pt")["pixel_values"]  # (n, 3, 32, 32) or (1, n, 3, 32, 32)
+    f = family.num_frames(config)
+    pixel_values = pixel_values.reshape(-1, *pixel_values.shape[-3:])  # (n, 3, 32, 32): video processors add a dim
+    if f > 1:
+        pixel_values = pixel_values.reshape(-1, f, *pixel_values.shape[1:])  # (T, F, 3, 32, 32)
+    flag = "interpolate_pos_encoding" in inspect.signature(tower.forward).parameters  # DINOv2 always interpolates
+    with torch.inference_mode():
+        hidden = tower(pixel_values=pixel_values, **({"interpolate_pos_encoding": True} if flag else {}))
+    hidden = hidden.last_hidden_state  # (T, S + t*h*w, D)
+    s, hw, t = family.special_tokens(config), 16, f // family.tubelet(config)
+    if t == 1:
+        return hidden.numpy()
+    order = [[s + (p * t + i if family.time_fastest else i * hw + p) for i in range(t)] for p in range(hw)]
+    grid = torch.stack([hidden[:, idx].mean(1) for idx in order], 1)  # (T, h*w, D)
+    return torch.cat([hidden[:, :s], grid], 1).numpy()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_family_extracts_and_trains(family, synthetic, tmp_path):
+    folder = tmp_path / f"tiny-{family}"
+    model, processor = save_checkpoint(family, folder)
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    assert extract_main(["--dataset", "synthetic", "--data-root", str(synthetic), "--cache-dir", str(cache),
+                         "--encoder", str(folder), "--segments", str(SEGMENTS), "--workers", "0", "--batch", "6",
+                         "--no-progress"]) == 0
+    fam = FAMILIES[family]
+    config = getattr(model.config, "vision_config", model.config)
+    k = fam.num_frames(config)
+    tag = f"tiny-{family}_seg{SEGMENTS}" + (f"_fr{k}" if k > 1 else "")
+    store = FeatureStore(cache / "synthetic" / tag)
+    special = fam.special_tokens(config)
+    meta = store.meta
+    assert meta["family"] == family and meta["special_tokens"] == special == store.special_tokens
+    assert meta["grid"] == [4, 4] and meta["image_size"] == 32 and meta["frames_per_segment"] == k
+    assert meta.get("frame_interval") == (pytest.approx(fam.frame_stride / 30) if fam.video else None)
+
+    from data import get_dataset
+
+    ds = get_dataset("synthetic", root=synthetic)
+    video_id = store.ids()[0]
+    sampling = Sampling(**{"segments": SEGMENTS, "frames_per_segment": k,
+                           **({"frame_interval": meta["frame_interval"]} if fam.video else {})})
+    frames, times = SampledVideo(ds.video_path(video_id), sampling, size=Resize.exact(32)).read()  # decoded, 32 px
+    want = reference_tokens(model, processor, frames, fam)  # (T, S + 16, 32)
+    got = store.read(video_id).astype(np.float32)
+    assert got.shape == want.shape == (SEGMENTS, special + 16, 32)
+    # Float16 storage, and where a processor resizes, swscale against PIL (an upscale here: a few grey levels apart;
+    # at real sizes they agree within one level, see test_extract_encoder.py).
+    err = np.abs(got - want)
+    assert err.max() <= 0.03 * np.abs(want).max() and err.mean() <= 0.02 * np.abs(want).mean(), family
+    np.testing.assert_allclose(store.timestamps(video_id), times.reshape(SEGMENTS, k).mean(1))
+
+    assert heads_main(["train", "--dataset", "synthetic", "--data-root", str(synthetic), "--cache-dir", str(cache),
+                       "--runs-dir", str(runs), "--tag", tag, "--epochs", "1", "--d-model", "16", "--n-layers", "1",
+                       "--d-state", "8", "--batch", "4", "--workers", "0", "--clip", "subset:2"]) == 0
+    results = json.loads(next(runs.rglob("results.json")).read_text())
+    assert results["cache"]["tag"] == tag and results["cache"]["tokens"] == special + 16
+
+
+def test_pooling_keeps_every_familys_special_tokens(tmp_path):
+    """POOL=2 over a grid behind 3 special tokens (CLS + 2 registers): the special tokens pass through unchanged."""
+    save_checkpoint("dinov2-with-registers", tmp_path / "reg")
+    plain, pooled = load_encoder(str(tmp_path / "reg")), load_encoder(str(tmp_path / "reg"), pool=2)
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    full, small = plain(frames).float(), pooled(frames).float()  # (2, 3 + 16, 32), (2, 3 + 4, 32)
+    assert full.shape == (2, 19, 32) and small.shape == (2, 7, 32) and pooled.attrs()["grid"] == [2, 2]
+    torch.testing.assert_close(small[:, :3], full[:, :3], atol=2e-3, rtol=0)
+    grid = full[:, 3:].reshape(2, 4, 4, 32)
+    want = torch.stack([grid[:, i : i + 2, j : j + 2].mean((1, 2)) for i in (0, 2) for j in (0, 2)], 1)
+    torch.testing.assert_close(small[:, 3:], want, atol=2e-3, rtol=0)
+
+
+def test_unsupported_family_lists_the_supported_ones(tmp_path):
+    tf.ConvNextModel(tf.ConvNextConfig(num_channels=3, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1])) \
+        .save_pretrained(tmp_path / "convnext")
+    with pytest.raises(UserError) as info:
+        resolve_encoder(str(tmp_path / "convnext"))
+    text = str(info.value)
+    assert "'convnext'" in text and all(name in text for name in FAMILIES) and "\n" not in text
+
+
+def test_video_encoder_refuses_another_clip_length(synthetic, tmp_path, capsys):
+    save_checkpoint("videomae", tmp_path / "vmae")
+    args = ["--dataset", "synthetic", "--data-root", str(synthetic), "--cache-dir", str(tmp_path / "cache"),
+            "--encoder", str(tmp_path / "vmae"), "--segments", "2", "--workers", "0", "--no-progress"]
+    with pytest.raises(UserError, match="num_frames = 4 frames; leave FRAMES_PER_SEGMENT empty or set it to 4"):
+        extract_main([*args, "--frames-per-segment", "8"])
+    with pytest.raises(UserError, match="FRAME_STRIDE applies to video encoders only"):
+        extract_main([*args, "--encoder", "vit-tiny-random", "--frame-stride", "4"])
