@@ -13,10 +13,12 @@ TORCH_PIN := torch==2.13.0
 ##   DATASET      breakfast | coin | lvu | synthetic | folder (your own videos)   [most recently extracted, else synthetic]
 ##   TASK         LVU task (relationship ... view_count) or Breakfast split s1..s4   [dataset default]
 ##   DATA_ROOT    folder holding the raw data set      [data/raw/<dataset>]
-##   ENCODER      HF hub id, local model folder, or vit-tiny-random   [google/vit-large-patch16-224-in21k]
+##   ENCODER      HF hub id, local model folder, or vit-tiny-random (families: README, Encoders)
+##                [google/vit-large-patch16-224-in21k; breakfast, coin: facebook/timesformer-base-finetuned-k600]
 ##   FPS | SEGMENTS  sampling at extraction   [LVU: FPS=1; breakfast, coin: SEGMENTS=128; synthetic: SEGMENTS=64]
 ##   SAMPLING     paper: LVU only, the paper code's frames from lvu_1.0/lvu_durations.csv, not FPS   [FPS/SEGMENTS]
-##   FRAMES_PER_SEGMENT, POOL, BATCH, WORKERS, CACHE_DIR [1, none, 32, 2, cache]
+##   FRAMES_PER_SEGMENT, POOL, BATCH, WORKERS, CACHE_DIR [1 (video encoders: num_frames), none, 32, 2, cache]
+##   FRAME_STRIDE video encoders: source frames (at 30 fps) between a clip's frames   [the family's: 32, 4, 2]
 ##   HEAD         s4-multiscale | s4-singlescale | transformer-multiscale | transformer | mean-pool   [s4-multiscale]
 ##   EPOCHS, BATCH, LR, SEED   [the training defaults below]
 ##   ACCELERATOR, DEVICES, NODES   [auto, 1, 1]; DEVICES>1 or NODES>1 trains with DDP
@@ -30,7 +32,8 @@ TORCH_PIN := torch==2.13.0
 opt = $(if $($(1)),--$(2) '$($(1))')
 EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
 	$(call opt,ENCODER,encoder) $(call opt,FPS,fps) $(call opt,SEGMENTS,segments) $(call opt,SAMPLING,sampling) \
-	$(call opt,FRAMES_PER_SEGMENT,frames-per-segment) $(call opt,POOL,pool) $(call opt,BATCH,batch) \
+	$(call opt,FRAMES_PER_SEGMENT,frames-per-segment) $(call opt,FRAME_STRIDE,frame-stride) \
+	$(call opt,POOL,pool) $(call opt,BATCH,batch) \
 	$(call opt,WORKERS,workers) $(call opt,CACHE_DIR,cache-dir) $(call opt,DEVICES,devices) $(call opt,NODES,nodes)
 TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
 	$(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) $(call opt,LR,lr) $(call opt,SEED,seed) \
