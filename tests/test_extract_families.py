@@ -137,6 +137,7 @@ def test_family_extracts_and_trains(family, synthetic, tmp_path):
                        "--d-state", "8", "--batch", "4", "--workers", "0", "--clip", "subset:2"]) == 0
     results = json.loads(next(runs.rglob("results.json")).read_text())
     assert results["cache"]["tag"] == tag and results["cache"]["tokens"] == special + 16
+    assert results["cache"]["family"] == family and results["cache"]["special_tokens"] == special
 
 
 def test_pooling_keeps_every_familys_special_tokens(tmp_path):

@@ -162,9 +162,8 @@ class ShardWriter:
     after every shard of this rank already in the folder (sealed or partial), so nothing is ever overwritten.
     `attrs` is the provenance (encoder, encoder_hash, family, image_size, patch_size, hidden_size, grid,
     special_tokens, pool, fps or segments, frames_per_segment, frame_interval); keys whose value is None are not
-    stored. The writer adds schema, dtype,
-    created, version and rank. Tokens are stored as float16, chunks (1, P, D), without compression (read
-    speed matters more than disk space).
+    stored. The writer adds schema, dtype, created, version and rank. Tokens are stored as float16, chunks
+    (1, P, D), without compression (read speed matters more than disk space).
 
     Use as a context manager: the open shard is sealed on exit, also when an exception ends the block (a
     video whose `add` failed is not in it; if it cannot be undone, the shard stays `.partial`, like a killed
