@@ -1,12 +1,16 @@
 """Every encoder family end to end: a tiny checkpoint (hidden 32, 2 layers, 32 px) saved with save_pretrained, its
-own image processor beside it, extracted through `python -m extract` (what `make extract ENCODER=<folder>` runs) and
-a head trained on the cache. The cached tokens are checked against the slow obvious path: the checkpoint's own
-processor on the decoded frames, the model, and the grid averaged over time by explicit token indices."""
+own image processor beside it, extracted with the arguments `make extract ENCODER=<folder> ...` passes to
+`python -m extract` (run in this process) and a head trained on the cache. The cached tokens are checked against the
+slow obvious path: the checkpoint's own processor on the decoded frames, the model, and the grid averaged over time by
+explicit token indices."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import shlex
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +26,7 @@ from extract.families import FAMILIES
 from extract.video import Resize, SampledVideo, Sampling
 from heads.__main__ import main as heads_main
 
+REPO = Path(__file__).resolve().parents[1]
 SEGMENTS = 4
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -66,6 +71,14 @@ def synthetic(tmp_path_factory):
     return make_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
+def make_extract_args(**variables) -> list[str]:
+    """The arguments `make extract VAR=value ...` passes to `python -m extract` (read from `make -n`), + no progress."""
+    out = subprocess.run(["make", "-n", "extract", *(f"{k}={v}" for k, v in variables.items())], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if " -m extract" in line)
+    return [*shlex.split(line.split(" -m extract", 1)[1]), "--no-progress"]
+
+
 def save_checkpoint(family: str, folder):
     build_model, build_processor = FAMILY_CASES[family]
     torch.manual_seed(0)
@@ -102,9 +115,8 @@ def test_family_extracts_and_trains(family, synthetic, tmp_path):
     folder = tmp_path / f"tiny-{family}"
     model, processor = save_checkpoint(family, folder)
     cache, runs = tmp_path / "cache", tmp_path / "runs"
-    assert extract_main(["--dataset", "synthetic", "--data-root", str(synthetic), "--cache-dir", str(cache),
-                         "--encoder", str(folder), "--segments", str(SEGMENTS), "--workers", "0", "--batch", "6",
-                         "--no-progress"]) == 0
+    assert extract_main(make_extract_args(DATASET="synthetic", DATA_ROOT=synthetic, CACHE_DIR=cache, ENCODER=folder,
+                                          SEGMENTS=SEGMENTS, WORKERS=0, BATCH=6)) == 0
     fam = FAMILIES[family]
     config = getattr(model.config, "vision_config", model.config)
     k = fam.num_frames(config)
@@ -162,11 +174,10 @@ def test_unsupported_family_lists_the_supported_ones(tmp_path):
     assert "'convnext'" in text and all(name in text for name in FAMILIES) and "\n" not in text
 
 
-def test_video_encoder_refuses_another_clip_length(synthetic, tmp_path, capsys):
+def test_video_encoder_refuses_another_clip_length(synthetic, tmp_path):
     save_checkpoint("videomae", tmp_path / "vmae")
-    args = ["--dataset", "synthetic", "--data-root", str(synthetic), "--cache-dir", str(tmp_path / "cache"),
-            "--encoder", str(tmp_path / "vmae"), "--segments", "2", "--workers", "0", "--no-progress"]
+    common = {"DATASET": "synthetic", "DATA_ROOT": synthetic, "CACHE_DIR": tmp_path / "cache", "SEGMENTS": 2}
     with pytest.raises(UserError, match="num_frames = 4 frames; leave FRAMES_PER_SEGMENT empty or set it to 4"):
-        extract_main([*args, "--frames-per-segment", "8"])
+        extract_main(make_extract_args(**common, ENCODER=tmp_path / "vmae", FRAMES_PER_SEGMENT=8))
     with pytest.raises(UserError, match="FRAME_STRIDE applies to video encoders only"):
-        extract_main([*args, "--encoder", "vit-tiny-random", "--frame-stride", "4"])
+        extract_main(make_extract_args(**common, ENCODER="vit-tiny-random", FRAME_STRIDE=4))
