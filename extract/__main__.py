@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sampling", choices=("default", "paper"), default="default",
                    help="paper: LVU only, the ViS4mer code's frames from lvu_1.0/lvu_durations.csv (d + 1 frames "
                         "over the whole file) instead of FPS [default]")
-    p.add_argument("--pool", default=None, help="k: k x k average over the patch grid, CLS kept [none]")
+    p.add_argument("--pool", default=None, help="k: k x k average over the patch grid, special tokens kept [none]")
     p.add_argument("--batch", type=int, default=32, help="frames per encoder batch [32]")
     p.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers per device [2]")
     p.add_argument("--threads", type=int, default=0, help="FFmpeg decoding threads per worker, 0 = auto [0]")
