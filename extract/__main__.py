@@ -288,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{directory} holds features of other weights (encoder_hash {meta['encoder_hash']}, "
                             f"this {args.encoder} is {encoder.weights_hash}); use another CACHE_DIR or delete "
                             "that folder to re-extract")
+        if meta and "special_tokens" not in meta and encoder.special_tokens == 1:
+            # A cache written before these attrs (same weights, one CLS): its new shards keep the old provenance,
+            # so every shard agrees and readers take the missing special_tokens as 1.
+            encoder_attrs = {k: v for k, v in encoder_attrs.items() if k not in ("family", "special_tokens")}
         if launcher:
             log(describe(encoder))
             clean_partials(directory)  # only .partial files whose writer is gone: their locks are free

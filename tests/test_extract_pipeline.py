@@ -118,6 +118,24 @@ def test_resume_reencodes_nothing_sealed(tiny_videos, clean_run, tmp_path, monke
         np.testing.assert_array_equal(resumed.read(video_id), clean.read(video_id))
 
 
+def test_resume_into_a_cache_older_than_special_tokens(tiny_videos, tmp_path, extract_cli):
+    """Shards written before the family/special_tokens attrs: a rerun adds shards that agree with them."""
+    ids = video_ids(tiny_videos)
+    from data import get_dataset
+
+    ds = get_dataset("synthetic", root=tiny_videos)
+    directory = tag_dir(tmp_path)
+    encoder = load_encoder("vit-tiny-random")
+    legacy = {k: v for k, v in encoder.attrs().items() if k not in ("family", "special_tokens")}
+    attrs = {**legacy, "pool": "none", **Sampling(segments=SEGMENTS).as_attrs()}
+    first = [(i, str(ds.video_path(i))) for i in ids[:2]]
+    run_predict(encoder, first, directory, attrs, Sampling(segments=SEGMENTS), batch=8, workers=0, progress=False)
+    assert main(extract_cli(tiny_videos, tmp_path, "--segments", str(SEGMENTS))) == 0
+    store = FeatureStore(directory)
+    assert sorted(store.ids()) == sorted(ids) and len(store.shards) == 2
+    assert "special_tokens" not in store.meta and store.special_tokens == 1
+
+
 def test_frames_per_segment_average_in_token_space(tiny_videos, tmp_path, extract_cli):
     assert main(extract_cli(tiny_videos, tmp_path, "--segments", "4", "--frames-per-segment", "2")) == 0
     store = FeatureStore(tag_dir(tmp_path, "vit-tiny-random_seg4_fr2"))
