@@ -58,6 +58,11 @@ def _random(model_class: str, config_class: str, processor: tuple[str, dict] | N
     return FrozenEncoder(model, name, preprocess, resize=resize)
 
 
+def _sig(x: float) -> float:
+    """Four significant digits (a video encoder on a CPU does a few hundredths of a clip a second)."""
+    return float(f"{x:.4g}")
+
+
 def vit_b16_random():
     """A ViT-B/16-sized encoder with random weights (no download): same compute as google/vit-base-patch16-224."""
     return _random("ViTModel", "ViTConfig", None, "vit-b16-random", BASE, image_size=224, patch_size=16)
@@ -234,17 +239,17 @@ def run(quick: bool = False, batch: int = 32, workers: int = 2, save: bool = Tru
             alone, e2e = statistics.median(alone_runs), statistics.median(e2e_runs)
             unit = "frames/s" if kind == "image" else "clips/s"
             results[name] = {
-                "family": encoder.family.name, "unit": unit, "encoder_rate": round(alone, 3),
-                "end_to_end_rate": round(e2e, 3), "ratio": round(e2e / alone, 3), "bytes_per_value": round(bpv, 4),
+                "family": encoder.family.name, "unit": unit, "encoder_rate": _sig(alone),
+                "end_to_end_rate": _sig(e2e), "ratio": round(e2e / alone, 3), "bytes_per_value": round(bpv, 4),
                 "frames_per_item": f, "tokens_per_item": encoder.tokens_per_item, "videos": count,
                 "video": f"320x240 h264 15 fps, {seconds:g} s", "sampling": sampling.as_attrs(),
-                "frames_per_run": frames, "repeat": repeat, "encoder_rate_runs": [round(x, 3) for x in alone_runs],
-                "end_to_end_rate_runs": [round(x, 3) for x in e2e_runs],
+                "frames_per_run": frames, "repeat": repeat, "encoder_rate_runs": [_sig(x) for x in alone_runs],
+                "end_to_end_rate_runs": [_sig(x) for x in e2e_runs], "load_avg_1min": round(os.getloadavg()[0], 2),
             }
             if kind == "image":  # the names earlier results used
                 results[name].update(encoder_fps=round(alone, 2), end_to_end_fps=round(e2e, 2))
-            print(f"{name:16s} encoder alone {alone:9.2f} {unit} | end to end {e2e:9.2f} {unit} | ratio "
-                  f"{e2e / alone:5.2f} | {bpv:.3f} bytes/value", flush=True)
+            print(f"{name:16s} encoder alone {alone:9.4g} {unit} | end to end {e2e:9.4g} {unit} | ratio "
+                  f"{e2e / alone:5.2f} | {bpv:.3f} bytes/value | load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     headline = next((n for n in ("vit-l16-random", "vit-b16-random", "vit-tiny-random") if n in results),
