@@ -196,7 +196,7 @@ def check_free_space(directory: Path, items, sampling, encoder) -> None:
 
     from data.store.writer import format_bytes
 
-    tokens = 1 + int(encoder.grid[0]) * int(encoder.grid[1])  # CLS + the (pooled) patch grid: no forward pass
+    tokens = encoder.special_tokens + int(encoder.grid[0]) * int(encoder.grid[1])  # + the (pooled) grid: no forward
     need, how = estimate_bytes(items, sampling, tokens, encoder.hidden_size)
     where = directory if directory.is_dir() else next((p for p in directory.parents if p.is_dir()), Path("."))
     try:
