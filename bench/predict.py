@@ -72,7 +72,7 @@ def train_tiny_head(work: Path, head: str = "s4-multiscale") -> Path:
             label, split = ("day", "night")[i % 2], ("train", "train", "val", "test")[i % 4]
             video_id = f"{label}/clip{i:02d}"
             rows.append(f"{video_id}.mp4,{label},{split}")
-            tokens = rng.normal(size=(70, encoder.tokens_per_frame, encoder.hidden_size)) + (i % 2)
+            tokens = rng.normal(size=(70, encoder.tokens_per_item, encoder.hidden_size)) + (i % 2)
             writer.add(video_id, tokens.astype(np.float16), np.arange(70.0), 70.0, f"{video_id}.mp4")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     heads_main(["train", "--dataset", "folder", "--data-root", str(root), "--cache-dir", str(work / "cache"),

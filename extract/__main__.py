@@ -18,7 +18,7 @@ from pathlib import Path
 
 from data.errors import UserError, run_cli
 from data.outputs import write_json
-from extract import DEFAULT_ENCODER
+from extract import DEFAULT_CLIP_ENCODER, DEFAULT_ENCODER, DEFAULT_ENCODERS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,9 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--task", default=None, help="LVU task (only its videos) or dataset task [all videos]")
     p.add_argument("--data-root", default=None, help="folder holding the raw data set [data/raw/<dataset>]")
     p.add_argument("--encoder", default=None,
-                   help="HF hub id, folder saved with save_pretrained, or vit-tiny-random [dataset default: "
-                        "google/vit-large-patch16-224-in21k; breakfast, coin: "
-                        "facebook/timesformer-base-finetuned-k600]")
+                   help="HF hub id, folder saved with save_pretrained, or vit-tiny-random; families: README, "
+                        f"Encoders [{DEFAULT_ENCODER}; breakfast, coin: {DEFAULT_CLIP_ENCODER}]")
     p.add_argument("--fps", type=float, default=None, help="frames per second [dataset default: LVU 1]")
     p.add_argument("--segments", type=int, default=None, help="uniform segments per video [dataset default]")
     p.add_argument("--frames-per-segment", type=int, default=None,
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from extract.encoder import resolve_encoder
     from extract.video import Sampling
 
-    args.encoder = args.encoder or ds.default_encoder
+    args.encoder = args.encoder or DEFAULT_ENCODERS[ds.paper_features]
     spec = resolve_encoder(args.encoder)  # config only: the family decides the sampling and the tag
     if args.sampling == "paper":
         if spec.family.video:

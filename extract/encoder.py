@@ -308,6 +308,14 @@ class EncoderSpec:
     def num_frames(self) -> int:
         return self.family.num_frames(self.config)
 
+    def input_plan(self) -> tuple[Preprocess, Resize]:
+        """Normalisation and resize/crop plan from the checkpoint's image processor; reads no weights.
+
+        Raises UserError for a processor size rule without one input size (see ``input_plan``)."""
+        if self.source is None:
+            return Preprocess(), Resize.exact(self.config.image_size)
+        return input_plan(_image_processor(self.source), self.config.image_size, self.name)
+
 
 def resolve_encoder(name: str | None = None) -> EncoderSpec:
     """Read ``name``'s config (hub id, local folder, or ``vit-tiny-random``) and find its family; no weights.
@@ -380,7 +388,7 @@ def load_encoder(name: str | EncoderSpec | None = None, pool: int | None = None,
         # Unused (we keep last_hidden_state), and initialised at random when a checkpoint lacks it, which would make
         # the weights hash differ from load to load.
         model.pooler = None
-    preprocess, resize = input_plan(_image_processor(spec.source), spec.config.image_size, spec.name)
+    preprocess, resize = spec.input_plan()
     encoder = FrozenEncoder(model, spec.name, preprocess, pool, spec.family, resize).to(device)
     try:
         encoder.tokens_per_item  # noqa: B018 - one dummy forward checks the token layout before any video

@@ -1,4 +1,5 @@
-"""Stage 1, which encoders: the checkpoint families stage 1 accepts and how each one lays out its tokens.
+"""Stage 1, which encoders: the checkpoint families stage 1 accepts and how each one lays out its tokens
+(docs/design.md, "Encoders").
 
 ViS4mer (Sec. 4) encodes LVU frames with ViT-L/16 (ImageNet-21k) and Breakfast/COIN segments with a video transformer
 (Video Swin-B, Kinetics-600). Today's long-video work also runs on CLIP, SigLIP and DINOv2 features. Every family is
@@ -45,7 +46,6 @@ class Family:
     video: bool = False
     time_fastest: bool = False  # video grid order: (h, w, t) (TimeSformer) rather than (t, h, w)
     frame_stride: int | None = None  # video: source frames at KINETICS_FPS between a clip's frames
-    hub_example: str = ""
 
     def special_tokens(self, config) -> int:
         """Tokens before the patch grid: CLS, distillation, register tokens."""
@@ -77,21 +77,16 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("vit", "ViTModel", ("vit",), 1, hub_example="google/vit-large-patch16-224-in21k"),
-    Family("deit", "DeiTModel", ("deit",), 2, hub_example="facebook/deit-base-distilled-patch16-224"),
-    Family("beit", "BeitModel", ("beit",), 1, hub_example="microsoft/beit-base-patch16-224-pt22k-ft22k"),
-    Family("clip", "CLIPVisionModel", ("clip", "clip_vision_model"), 1, hub_example="openai/clip-vit-large-patch14"),
-    Family("siglip", "SiglipVisionModel", ("siglip", "siglip_vision_model"), 0,
-           hub_example="google/siglip-base-patch16-224"),
-    Family("dinov2", "Dinov2Model", ("dinov2",), 1, hub_example="facebook/dinov2-base"),
-    Family("dinov2-with-registers", "Dinov2WithRegistersModel", ("dinov2_with_registers",), 1,
-           hub_example="facebook/dinov2-with-registers-base"),
-    Family("timesformer", "TimesformerModel", ("timesformer",), 1, video=True, time_fastest=True, frame_stride=32,
-           hub_example="facebook/timesformer-base-finetuned-k600"),
-    Family("videomae", "VideoMAEModel", ("videomae",), 0, video=True, frame_stride=4,
-           hub_example="MCG-NJU/videomae-base-finetuned-kinetics"),
-    Family("vivit", "VivitModel", ("vivit",), 1, video=True, frame_stride=2,
-           hub_example="google/vivit-b-16x2-kinetics400"),
+    Family("vit", "ViTModel", ("vit",), 1),
+    Family("deit", "DeiTModel", ("deit",), 2),
+    Family("beit", "BeitModel", ("beit",), 1),
+    Family("clip", "CLIPVisionModel", ("clip", "clip_vision_model"), 1),
+    Family("siglip", "SiglipVisionModel", ("siglip", "siglip_vision_model"), 0),
+    Family("dinov2", "Dinov2Model", ("dinov2",), 1),
+    Family("dinov2-with-registers", "Dinov2WithRegistersModel", ("dinov2_with_registers",), 1),
+    Family("timesformer", "TimesformerModel", ("timesformer",), 1, video=True, time_fastest=True, frame_stride=32),
+    Family("videomae", "VideoMAEModel", ("videomae",), 0, video=True, frame_stride=4),
+    Family("vivit", "VivitModel", ("vivit",), 1, video=True, frame_stride=2),
 )}
 _BY_MODEL_TYPE = {model_type: f for f in FAMILIES.values() for model_type in f.model_types}
 

@@ -1,16 +1,17 @@
 """The token grids of a video to predict, made exactly as the head's training cache was made.
 
-A checkpoint records its cache's provenance (`config["cache"]`: encoder name and weights hash, image and patch size,
-pool, `fps` or `segments`, `frames_per_segment`). For each video `Features.locate(path)` returns a store holding it,
-trying in turn:
+A checkpoint records its cache's provenance (`config["cache"]`: encoder name, family and weights hash, image and patch
+size, special tokens, pool, `fps` or `segments`, `frames_per_segment`, a video encoder's `frame_interval`). For each
+video `Features.locate(path)` returns a store holding it, trying in turn:
 
 1. the predict cache `<cache dir>/predict/<tag>/`, keyed by the file's absolute path, size and modification time, so a
    second predict on the same file encodes nothing (and an edited file is encoded again);
 2. the training cache, when it holds a video extracted from this very file (the `source` attr of its videos);
-3. the encoder: the video is sampled with `extract.video.SampledVideo` (as `make extract` does), encoded by the
-   checkpoint's encoder (`extract.encoder.load_encoder`, refused when its weights hash differs) one batch of frames at
-   a time, and each batch's segments are appended to the predict cache (`ShardWriter.add_parts`): memory holds one
-   batch of frames and tokens, whatever the video's length.
+3. the encoder: the video is sampled with `extract.video.SampledVideo` (as `make extract` does: the checkpoint's
+   sampling, a video encoder's clips, the resize and crop of the encoder's image processor), encoded by the
+   checkpoint's encoder (`extract.encoder.load_encoder`, refused when its weights hash differs) one batch of whole
+   segments at a time (`extract.encoder.segment_means`), and each batch's segments are appended to the predict cache
+   (`ShardWriter.add_parts`): memory holds one batch of frames and tokens, whatever the video's length.
 Bad input raises `data.errors.UserError` with what to do (a missing file, a file FFmpeg cannot read, a video too short
 for one segment, an encoder that is not available offline or is not the one the head was trained on).
 """
@@ -25,20 +26,23 @@ import numpy as np
 import torch
 
 from data.errors import UserError
-from data.store import FeatureStore, ShardWriter, StoreError, make_tag
-from extract.encoder import FrozenEncoder, load_encoder, segment_means
-from extract.video import SampledVideo, Sampling, VideoError
+from data.store import PROVENANCE_KEYS, FeatureStore, ShardWriter, StoreError, make_tag
+from extract.encoder import EncoderSpec, FrozenEncoder, load_encoder, resolve_encoder, segment_means
+from extract.video import Resize, SampledVideo, Sampling, VideoError
 
-SAMPLING_KEYS = ("fps", "segments", "frames_per_segment")
+# What the predict cache records of the training cache, besides its sampling: what the tokens mean.
+ENCODER_KEYS = tuple(k for k in PROVENANCE_KEYS if k not in ("fps", "segments", "frames_per_segment",
+                                                             "frame_interval", "schema", "dtype"))
 
 
 def checkpoint_sampling(cache: dict) -> Sampling:
-    """The sampling of the checkpoint's cache (`fps` or `segments`, `frames_per_segment`)."""
+    """The sampling of the checkpoint's cache (`fps` or `segments`, `frames_per_segment`, `frame_interval`)."""
     if cache.get("fps") is None and cache.get("segments") is None:
         raise UserError(f"the checkpoint does not record how its cache {cache.get('tag')!r} sampled the videos "
                         "(it was trained before predict existed); train it again with `make train`")
     return Sampling(fps=cache.get("fps"), segments=cache.get("segments"),
-                    frames_per_segment=int(cache.get("frames_per_segment") or 1))
+                    frames_per_segment=int(cache.get("frames_per_segment") or 1),
+                    frame_interval=cache.get("frame_interval"))
 
 
 def predict_key(path: Path) -> str:
@@ -61,7 +65,7 @@ class Features:
         self.predict_dir = Path(cache_dir) / "predict" / tag
         self.train_dir = Path(self.cache["dir"]) if self.cache.get("dir") else None
         k = self.sampling.frames_per_segment
-        self.batch = k * max(1, int(batch) // k)  # whole segments per encoder batch
+        self.batch = k * max(1, int(batch) // k)  # whole segments (a video encoder: whole clips) per encoder batch
         self.device = device
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.encoded = 0  # videos this object sent through the encoder
@@ -118,15 +122,25 @@ class Features:
 
     # ------------------------------------------------------------------ encoding
     @cached_property
-    def encoder(self) -> FrozenEncoder:
-        """The checkpoint's encoder, loaded on first use; refused when its weights are not the ones trained on."""
+    def spec(self) -> EncoderSpec:
+        """The checkpoint's encoder resolved from its config (family, input plan), no weights loaded."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # predict prints its own lines only: no load reports or progress bars
         hf_logging.disable_progress_bar()
+        return resolve_encoder(self.cache["encoder"])
+
+    @cached_property
+    def resize(self) -> Resize:
+        """How a decoded frame becomes the encoder's input (its image processor's resize and crop)."""
+        return self.spec.input_plan()[1]
+
+    @cached_property
+    def encoder(self) -> FrozenEncoder:
+        """The checkpoint's encoder, loaded on first use; refused when its weights are not the ones trained on."""
         pool = self.cache.get("pool")
         pool = None if pool in (None, "none", 1) else int(pool)
-        encoder = load_encoder(self.cache["encoder"], pool=pool, device=self.device)
+        encoder = load_encoder(self.spec, pool=pool, device=self.device)
         if encoder.weights_hash != self.cache.get("encoder_hash"):
             raise UserError(
                 f"the encoder {self.cache['encoder']!r} loaded here has weights {encoder.weights_hash}, but the head "
@@ -135,13 +149,12 @@ class Features:
         return encoder
 
     def _attrs(self) -> dict:
-        """The predict cache's provenance: the training cache's own attrs."""
-        keys = ("encoder", "encoder_hash", "image_size", "patch_size", "hidden_size", "grid", "pool")
-        return {**{k: self.cache.get(k) for k in keys}, **self.sampling.as_attrs()}
+        """The predict cache's provenance: the training cache's own attrs (a cache older than an attr lacks it)."""
+        return {**{k: self.cache.get(k) for k in ENCODER_KEYS}, **self.sampling.as_attrs()}
 
     def _encode(self, path: Path, key: str) -> None:
         try:
-            video = SampledVideo(path, self.sampling, size=self._frame_size())
+            video = SampledVideo(path, self.sampling, size=self.resize)
         except VideoError as exc:
             raise UserError(f"{path}: {exc}") from None
         _ = self.encoder  # loaded (or refused) before anything is written
@@ -155,13 +168,6 @@ class Features:
         except StoreError as exc:
             raise UserError(f"{path}: {exc}") from exc
         self.encoded += 1
-
-    def _frame_size(self) -> tuple[int, int]:
-        """(H, W) of the encoder's input, from the provenance (so a bad file fails before the encoder loads)."""
-        size = self.cache.get("image_size")
-        if size is None:
-            return self.encoder.image_size
-        return (int(size), int(size)) if not isinstance(size, (list, tuple)) else (int(size[0]), int(size[1]))
 
     def _parts(self, video: SampledVideo, attrs: dict):
         """(tokens (n, P, D) float16, timestamps (n,)) per batch of whole segments, in segment order; at the end
@@ -190,5 +196,6 @@ class Features:
 
     def _encode_batch(self, frames: list[np.ndarray], times: list[float], k: int) -> tuple[np.ndarray, np.ndarray]:
         pixels = torch.from_numpy(np.stack(frames)).to(self.encoder.scale.device)  # (n*k, H, W, 3) uint8
-        tokens = self.encoder(pixels).cpu().numpy()  # (n*k, P, D) float16
-        return segment_means(tokens, np.asarray(times, dtype=np.float64), k)  # (n, P, D), (n,)
+        tokens = self.encoder(pixels).cpu().numpy()  # (n*k/F, P, D) float16: F = 1, or a clip of k frames
+        times = np.asarray(times, dtype=np.float64)  # (n*k,)
+        return segment_means(tokens, times, k, self.encoder.frames_per_item)  # (n, P, D), (n,)

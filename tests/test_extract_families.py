@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from test_extract_pipeline import make_synthetic
 
 from data.errors import UserError
-from data.store import FeatureStore
+from data.store import PROVENANCE_KEYS, FeatureStore
 from extract.__main__ import main as extract_main
 from extract.encoder import load_encoder, resolve_encoder
 from extract.families import FAMILIES
 from extract.video import Resize, SampledVideo, Sampling
 from heads.__main__ import main as heads_main
+from predict.__main__ import main as predict_main
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENTS = 4
@@ -64,11 +65,6 @@ FAMILY_CASES = {
                                     add_pooling_layer=False),
               lambda: tf.VivitImageProcessor(size={"shortest_edge": 32}, crop_size=SQUARE)),
 }
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def make_extract_args(**variables) -> list[str]:
@@ -111,11 +107,11 @@ def reference_tokens(model, processor, frames: np.ndarray, family) -> np.ndarray
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))
-def test_family_extracts_and_trains(family, synthetic, tmp_path):
+def test_family_extracts_and_trains(family, tiny_videos, tmp_path, train_cli):
     folder = tmp_path / f"tiny-{family}"
     model, processor = save_checkpoint(family, folder)
     cache, runs = tmp_path / "cache", tmp_path / "runs"
-    assert extract_main(make_extract_args(DATASET="synthetic", DATA_ROOT=synthetic, CACHE_DIR=cache, ENCODER=folder,
+    assert extract_main(make_extract_args(DATASET="synthetic", DATA_ROOT=tiny_videos, CACHE_DIR=cache, ENCODER=folder,
                                           SEGMENTS=SEGMENTS, WORKERS=0, BATCH=6)) == 0
     fam = FAMILIES[family]
     config = getattr(model.config, "vision_config", model.config)
@@ -130,7 +126,7 @@ def test_family_extracts_and_trains(family, synthetic, tmp_path):
 
     from data import get_dataset
 
-    ds = get_dataset("synthetic", root=synthetic)
+    ds = get_dataset("synthetic", root=tiny_videos)
     video_id = store.ids()[0]
     sampling = Sampling(**{"segments": SEGMENTS, "frames_per_segment": k,
                            **({"frame_interval": meta["frame_interval"]} if fam.video else {})})
@@ -144,12 +140,48 @@ def test_family_extracts_and_trains(family, synthetic, tmp_path):
     assert err.max() <= 0.03 * np.abs(want).max() and err.mean() <= 0.02 * np.abs(want).mean(), family
     np.testing.assert_allclose(store.timestamps(video_id), times.reshape(SEGMENTS, k).mean(1))
 
-    assert heads_main(["train", "--dataset", "synthetic", "--data-root", str(synthetic), "--cache-dir", str(cache),
-                       "--runs-dir", str(runs), "--tag", tag, "--epochs", "1", "--d-model", "16", "--n-layers", "1",
-                       "--d-state", "8", "--batch", "4", "--workers", "0", "--clip", "subset:2"]) == 0
+    assert heads_main(train_cli(tiny_videos, cache, runs, "--tag", tag, "--epochs", "1")) == 0
     results = json.loads(next(runs.rglob("results.json")).read_text())
     assert results["cache"]["tag"] == tag and results["cache"]["tokens"] == special + 16
     assert results["cache"]["family"] == family and results["cache"]["special_tokens"] == special
+
+
+@pytest.mark.parametrize("family,pool", [("videomae", 2), ("dinov2-with-registers", 2)])
+def test_predict_encodes_a_new_video_as_extract_did(family, pool, tiny_videos, tmp_path, train_cli):
+    """make predict on a file the training cache does not hold goes through the checkpoint's encoder with the cache's
+    own sampling (a video encoder's clips), input plan, special tokens and POOL: the same provenance, the same tokens
+    as make extract gave that video, the same answer."""
+    folder = tmp_path / f"tiny-{family}"
+    save_checkpoint(family, folder)
+    cache, runs, out = tmp_path / "cache", tmp_path / "runs", tmp_path / "out"
+    pooling = {"POOL": pool} if pool else {}
+    assert extract_main(make_extract_args(DATASET="synthetic", DATA_ROOT=tiny_videos, CACHE_DIR=cache, ENCODER=folder,
+                                          SEGMENTS=SEGMENTS, WORKERS=0, BATCH=6, **pooling)) == 0
+    (tag_dir,) = (cache / "synthetic").iterdir()
+    assert heads_main(train_cli(tiny_videos, cache, runs, "--tag", tag_dir.name, "--epochs", "1")) == 0
+    ckpt = str(next(runs.rglob("best.ckpt")))
+    train = FeatureStore(tag_dir)
+    video_id = train.ids()[0]
+    source = Path(train.video_attrs(video_id)["source"])
+    copy = shutil.copy(source, tmp_path / "new.mp4")
+    for path in (source, copy):  # from the training cache, then through the encoder
+        assert predict_main([str(path), "--ckpt", ckpt, "--out", str(out), "--cache-dir", str(cache), "--no-plot",
+                             "--device", "cpu"]) == 0
+    predicted = FeatureStore(cache / "predict" / tag_dir.name)
+    (key,) = predicted.ids()
+    assert key.startswith(str(Path(copy).resolve()))
+    keys = [k for k in PROVENANCE_KEYS if k not in ("schema", "dtype")]
+    assert {k: predicted.meta.get(k) for k in keys} == {k: train.meta.get(k) for k in keys}
+    assert predicted.meta["family"] == family and predicted.meta["pool"] == (pool or "none")
+    want = train.read(video_id).astype(np.float32)  # (T, S + grid, D)
+    got = predicted.read(key).astype(np.float32)
+    assert got.shape == want.shape and got.shape[1] == train.special_tokens + int(np.prod(train.meta["grid"]))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())  # other batches, float16
+    np.testing.assert_allclose(predicted.timestamps(key), train.timestamps(video_id))
+    answers = [json.loads((out / f"{name}.json").read_text())["top"] for name in (source.stem, "new")]
+    assert [entry["label"] for entry in answers[0]] == [entry["label"] for entry in answers[1]]
+    for a, b in zip(*answers):
+        assert a["probability"] == pytest.approx(b["probability"], abs=2e-3)
 
 
 def test_pooling_keeps_every_familys_special_tokens(tmp_path):
@@ -174,9 +206,9 @@ def test_unsupported_family_lists_the_supported_ones(tmp_path):
     assert "'convnext'" in text and all(name in text for name in FAMILIES) and "\n" not in text
 
 
-def test_video_encoder_refuses_another_clip_length(synthetic, tmp_path):
+def test_video_encoder_refuses_another_clip_length(tiny_videos, tmp_path):
     save_checkpoint("videomae", tmp_path / "vmae")
-    common = {"DATASET": "synthetic", "DATA_ROOT": synthetic, "CACHE_DIR": tmp_path / "cache", "SEGMENTS": 2}
+    common = {"DATASET": "synthetic", "DATA_ROOT": tiny_videos, "CACHE_DIR": tmp_path / "cache", "SEGMENTS": 2}
     with pytest.raises(UserError, match="num_frames = 4 frames; leave FRAMES_PER_SEGMENT empty or set it to 4"):
         extract_main(make_extract_args(**common, ENCODER=tmp_path / "vmae", FRAMES_PER_SEGMENT=8))
     with pytest.raises(UserError, match="FRAME_STRIDE applies to video encoders only"):

@@ -22,9 +22,6 @@ from typing import ClassVar, NamedTuple
 
 from data.errors import UserError
 
-# Breakfast and COIN: the paper used Video Swin-B (Kinetics-600) clip features, which transformers has no class for;
-# the closest public checkpoint it loads is TimeSformer-B fine-tuned on Kinetics-600 (README, "Encoders").
-TIMESFORMER_K600 = "facebook/timesformer-base-finetuned-k600"
 # Containers FFmpeg reads that hold video; a file is taken for a video by its extension alone (no av import here).
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv",
@@ -56,8 +53,10 @@ class VideoDataset:
     tasks: ClassVar[tuple[str, ...]] = ()
     default_task: ClassVar[str | None] = None
     default_sampling: ClassVar[dict] = {"segments": 128}
-    # The paper's features for LVU: ViT-L/16 (ImageNet-21k) frame tokens (extract/families.py lists the others).
-    default_encoder: ClassVar[str] = "google/vit-large-patch16-224-in21k"
+    # The kind of features the paper used (Sec. 4): "frames" (ViT-L/16 tokens per frame, LVU) or "clips" (a video
+    # transformer's feature map per segment, Breakfast and COIN); extract/__init__.py's DEFAULT_ENCODERS maps it to
+    # the default ENCODER.
+    paper_features: ClassVar[str] = "frames"
     clip: ClassVar[tuple[str, int]] = ("subset", 64)
     layout: ClassVar[str] = ""  # the expected layout under the root, one line, for error messages
     source: ClassVar[str] = ""  # where the data set comes from, one line, for error messages

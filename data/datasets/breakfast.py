@@ -17,7 +17,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from data.datasets.base import TIMESFORMER_K600, DatasetError, Record, VideoDataset
+from data.datasets.base import DatasetError, Record, VideoDataset
 
 ACTIVITIES = (
     "cereals", "coffee", "friedegg", "juice", "milk", "pancake", "salat", "sandwich", "scrambledegg", "tea",
@@ -33,7 +33,7 @@ class Breakfast(VideoDataset):
     splits = ("train", "test")
     tasks = ("s1", "s2", "s3", "s4")
     default_sampling = {"segments": 128}
-    default_encoder = TIMESFORMER_K600
+    paper_features = "clips"
     clip = ("subset", 64)
     layout = "<participant>/<camera>/<file>.avi, e.g. P03/cam01/P03_cereals.avi, P03/stereo/P03_cereals_ch0.avi"
     source = "https://serre-lab.clps.brown.edu/resource/breakfast-actions-dataset/ (BreakfastII_15fps_qvga_sync)"

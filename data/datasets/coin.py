@@ -14,7 +14,7 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from data.datasets.base import TIMESFORMER_K600, Record, VideoDataset, default_class_names, index_media
+from data.datasets.base import Record, VideoDataset, default_class_names, index_media
 
 NUM_TASKS = 180
 SUBSETS = {"training": "train", "testing": "test"}
@@ -24,7 +24,7 @@ class Coin(VideoDataset):
     name = "coin"
     splits = ("train", "test")
     default_sampling = {"segments": 128}
-    default_encoder = TIMESFORMER_K600
+    paper_features = "clips"
     clip = ("subset", 64)
     layout = "COIN.json and videos/<recipe_type>/<youtube id>.mp4"
     source = "https://coin-dataset.github.io/ (COIN.json from github.com/coin-dataset/annotations)"
