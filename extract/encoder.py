@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from data.errors import UserError
 from extract import DEFAULT_ENCODER
 from extract.families import FAMILIES, Family, family_of, tag_name
-from extract.video import Resize
+from extract.resize import Resize
 
 TINY_RANDOM = "vit-tiny-random"
 TINY_SEED = 0

@@ -35,7 +35,8 @@ from data.console import quiet_lightning
 from data.store import ShardWriter, StoreError, append_failure
 from data.store.writer import DiskFullError, disk_full_error, is_disk_full
 from extract.encoder import FrozenEncoder, segment_means
-from extract.video import Resize, SampledVideo, Sampling, VideoError
+from extract.resize import Resize
+from extract.video import SampledVideo, Sampling, VideoError
 
 
 @dataclass

@@ -28,7 +28,8 @@ import torch
 from data.errors import UserError
 from data.store import PROVENANCE_KEYS, FeatureStore, ShardWriter, StoreError, make_tag
 from extract.encoder import EncoderSpec, FrozenEncoder, load_encoder, resolve_encoder, segment_means
-from extract.video import Resize, SampledVideo, Sampling, VideoError
+from extract.resize import Resize
+from extract.video import SampledVideo, Sampling, VideoError
 
 # What the predict cache records of the training cache, besides its sampling: what the tokens mean.
 ENCODER_KEYS = tuple(k for k in PROVENANCE_KEYS if k not in ("fps", "segments", "frames_per_segment",

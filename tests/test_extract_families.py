@@ -23,7 +23,8 @@ from data.store import PROVENANCE_KEYS, FeatureStore
 from extract.__main__ import main as extract_main
 from extract.encoder import load_encoder, resolve_encoder
 from extract.families import FAMILIES
-from extract.video import Resize, SampledVideo, Sampling
+from extract.resize import Resize
+from extract.video import SampledVideo, Sampling
 from heads.__main__ import main as heads_main
 from predict.__main__ import main as predict_main
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from test_extract_media import frame_index, write_video
 
-from extract.video import Resize, SampledVideo, Sampling, VideoError, probe
+from extract.resize import Resize
+from extract.video import SampledVideo, Sampling, VideoError, probe
 
 
 def displayed(times: np.ndarray, frame_times: np.ndarray) -> np.ndarray:
