@@ -32,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from data.errors import UserError  # noqa: E402
 from data.outputs import write_json  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "extract.json"
@@ -221,7 +222,7 @@ def run(quick: bool = False, batch: int = 32, workers: int = 2, save: bool = Tru
         results = {}
         chosen = [s for s in setups if only is None or s[0] in only.split(",")]
         if not chosen:
-            raise ValueError(f"Expected --only among {', '.join(s[0] for s in setups)} "
+            raise UserError(f"Expected --only among {', '.join(s[0] for s in setups)} "
                              f"({'quick' if quick else 'full'} run), got {only!r}")
         setups = chosen
         for name, (build, kind), count, seconds, segments, repeat in setups:
