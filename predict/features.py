@@ -32,8 +32,8 @@ from extract.resize import Resize
 from extract.video import SampledVideo, Sampling, VideoError
 
 # What the predict cache records of the training cache, besides its sampling: what the tokens mean.
-ENCODER_KEYS = tuple(k for k in PROVENANCE_KEYS if k not in ("fps", "segments", "frames_per_segment",
-                                                             "frame_interval", "schema", "dtype"))
+SAMPLING_KEYS = ("fps", "segments", "durations", "frames_per_segment", "frame_interval")
+ENCODER_KEYS = tuple(k for k in PROVENANCE_KEYS if k not in (*SAMPLING_KEYS, "schema", "dtype"))
 
 
 def checkpoint_sampling(cache: dict) -> Sampling:
