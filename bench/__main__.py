@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from data.console import quiet_libraries
 from data.errors import run_cli
 from data.outputs import cpu_name, write_json
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results", help="folder for the JSON and PNG files")
     parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
     args = parser.parse_args(argv)
+    quiet_libraries()  # e.g. KeOps' "CUDA libraries not found" on a CPU machine (VERBOSE=1 shows them)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

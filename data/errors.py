@@ -5,8 +5,8 @@ Every entry point (`python -m data`, `python -m extract`, `python -m heads`, ben
   UserError   bad input from the person at the keyboard (a name, a path, a cache that does not match): exit 2;
   a full disk (ENOSPC, EDQUOT met anywhere): the file that could not be written and what to do, exit 2;
   RunFailed   a run that stopped for a reason that is not its input (e.g. a diverged loss): exit 1.
-Ctrl-C prints that sealed work is kept (exit 130). Anything else is a programming error and keeps its traceback;
-`DEBUG=1` in the environment shows the traceback of every error.
+Ctrl-C prints that sealed work is kept (exit 130; SIGTERM, once data.console.stop_on_sigterm is set: 143). Anything
+else is a programming error and keeps its traceback; `DEBUG=1` in the environment shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import errno
 import os
 import sys
 from collections.abc import Callable
+
+from data.console import interrupt_status
 
 
 class UserError(ValueError):
@@ -35,9 +37,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     line, exit 1."""
     try:
         status = main(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (data.console.stop_on_sigterm): 128 + the signal
         print("interrupted: sealed work is kept; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupt_status(exc))
     except (UserError, RunFailed) as exc:
         if debug_enabled():
             raise

@@ -10,12 +10,15 @@ before torch, transformers or Lightning are imported, so a typo fails in a secon
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from data.console import Terminated, interrupt_status, quiet_libraries, stop_on_sigterm
 from data.errors import UserError, run_cli
 from data.outputs import write_json
 from extract import DEFAULT_CLIP_ENCODER, DEFAULT_ENCODER, DEFAULT_ENCODERS
@@ -217,9 +220,23 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def lightning_stops():
+    """Lightning ends a run stopped by Ctrl-C or SIGTERM with sys.exit(1): turn it into the KeyboardInterrupt it
+    was, for run_cli's one line and exit status (130 / 143, like every entry point)."""
+    try:
+        yield
+    except SystemExit as exc:
+        status = interrupt_status(exc)
+        if status is None:
+            raise
+        raise (Terminated() if status == 128 + signal.SIGTERM else KeyboardInterrupt()) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     validate(args)
+    stop_on_sigterm()  # SIGTERM stops like Ctrl-C: sealed shards are kept, a rerun resumes
     from data import get_dataset
     from data.store import make_tag
 
@@ -266,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
                         (" or run `make data DATASET=synthetic`" if args.dataset == "synthetic" else ""))
     if launcher:
         not_videos = len(getattr(ds, "skipped", []))
+        left_out = "".join(f", {len(paths)} {why}" for why, paths in getattr(ds, "left_out", {}).items() if paths)
         log(f"extract {args.dataset} -> {directory}: {len(ids)} videos listed, {skipped} already sealed, "
             f"{len(items)} to do, {len(missing)} missing media"
-            + (f", {not_videos} {getattr(ds, 'skipped_kind', 'files')} skipped" if not_videos else ""))
+            + (f", {not_videos} {getattr(ds, 'skipped_kind', 'files')} skipped" if not_videos else "") + left_out)
     start = time.perf_counter()
     stats = None
     rank = 0
@@ -279,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         from extract.encoder import describe, load_encoder
         from extract.pipeline import run_predict
 
+        quiet_libraries()  # after Lightning's import, which sets its loggers' levels (data/console.py)
         encoder = load_encoder(spec, pool=args.pool)
         encoder_attrs = encoder.attrs()
         if args.pool is None:
@@ -296,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             clean_partials(directory)  # only .partial files whose writer is gone: their locks are free
             check_free_space(directory, items, sampling, encoder)
         attrs = {**encoder_attrs, **sampling.as_attrs()}
-        with torch.no_grad():  # a context, not a global switch: callers (tests, the demo) keep their grad mode
+        with torch.no_grad(), lightning_stops():  # no_grad: a context, callers (tests, the demo) keep their mode
             stats, rank = run_predict(
                 encoder, items, directory, attrs, sampling, batch=args.batch, workers=args.workers,
                 devices=args.devices, nodes=args.nodes, accelerator=args.accelerator, max_videos=args.shard_videos,
@@ -310,9 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     frames = stats.frames if stats else 0
     if directory.is_dir():
         write_manifest(directory, args, tag, sampling, encoder_attrs, ids, skipped, extracted, frames, failed,
-                       missing, elapsed)
-    log(f"done in {elapsed:.1f} s: {extracted} extracted ({frames / max(elapsed, 1e-9):.1f} frames/s), "
-        f"{skipped} skipped (already sealed), {len(failed)} failed, {len(missing)} missing media")
+                       missing, elapsed, repeated=stats.repeated if stats else 0)
+    if not items:
+        log(f"nothing to do: {skipped} of the {len(ids)} listed videos are already sealed in {directory}"
+            + (f", {len(missing)} have no media on disk" if missing else ""))
+    else:
+        log(f"done in {elapsed:.1f} s: {extracted} extracted ({frames / max(elapsed, 1e-9):.1f} frames/s), "
+            f"{skipped} skipped (already sealed), {len(failed)} failed, {len(missing)} missing media")
+    if stats and stats.repeated:
+        rule = f"SEGMENTS={sampling.segments}" if sampling.segments is not None else f"FPS={sampling.fps:g}"
+        log(f"  {stats.repeated} video(s) have fewer frames than {rule} samples: some frames repeat "
+            f"(manifest.json: repeated_frames)")
     for record in failed[:20]:
         log(f"  failed {record['video_id']}: {record['error']}")
     if len(failed) > 20:
@@ -327,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_manifest(directory: Path, args, tag: str, sampling, encoder_attrs: dict, ids, skipped: int, extracted: int,
-                   frames: int, failed: list, missing: list, elapsed: float) -> None:
+                   frames: int, failed: list, missing: list, elapsed: float, repeated: int = 0) -> None:
     """manifest.json: what the cache holds and what the last run did (the sealed shards stay the truth)."""
     from data.store import FeatureStore, StoreError
 
@@ -352,6 +379,7 @@ def write_manifest(directory: Path, args, tag: str, sampling, encoder_attrs: dic
             "skipped": skipped,
             "failed": len(failed),
             "missing_media": len(missing),
+            "repeated_frames": repeated,  # videos with fewer distinct frames than sampled (frames repeat)
             "elapsed_s": round(elapsed, 3),
             "frames_per_s": round(frames / max(elapsed, 1e-9), 2),
             "devices": args.devices,

@@ -21,6 +21,8 @@ P tokens per item, D channels.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +33,14 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data.console import quiet_lightning
+from data.console import Terminated, ignore_sigterm, quiet_libraries
 from data.store import ShardWriter, StoreError, append_failure
 from data.store.writer import DiskFullError, disk_full_error, is_disk_full
 from extract.encoder import FrozenEncoder, segment_means
 from extract.resize import Resize
 from extract.video import SampledVideo, Sampling, VideoError
+
+LINE_EVERY_S = 30.0  # without a terminal: one progress line at most this often
 
 
 @dataclass
@@ -47,10 +51,11 @@ class Stats:
     frames: int = 0
     failed: list[dict] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
+    repeated: int = 0  # videos with fewer distinct frames than sampled (a frame stands for several targets)
 
     def merge(self, other: Stats) -> Stats:
         return Stats(self.extracted + other.extracted, self.frames + other.frames, self.failed + other.failed,
-                     self.shards + other.shards)
+                     self.shards + other.shards, self.repeated + other.repeated)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,7 +144,7 @@ class EncodeModule(pl.LightningModule):
         dataset = PackedFrames(self.share, self.sampling, self.encoder.resize, self.batch, self.threads)
         return DataLoader(
             dataset, batch_size=None, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if self.workers else None, persistent_workers=False,
+            prefetch_factor=4 if self.workers else None, persistent_workers=False, worker_init_fn=ignore_sigterm,
         )
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -214,6 +219,8 @@ class VideoAssembler:
             return
         self.stats.extracted += 1
         self.stats.frames += expected
+        if len(set(record["times"])) < len(record["times"]):  # the same displayed frame for several targets
+            self.stats.repeated += 1
         if self.on_video:
             self.on_video(expected)
 
@@ -231,33 +238,46 @@ class ShardSink(BasePredictionWriter):
         self.assembler: VideoAssembler | None = None
         self.total = Stats()
         self._bar = None
-        self._start = 0.0
+        self._start = self._last_line = 0.0
+        self._total, self._rank = 0, 0
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self.writer = ShardWriter(self.directory, self.attrs, rank=trainer.global_rank, max_videos=self.max_videos,
                                   max_bytes=self.max_bytes)
-        self._start = time.perf_counter()
-        if self.progress and trainer.global_rank == 0:
+        self._start = self._last_line = time.perf_counter()
+        self._total = len(pl_module.share)  # this rank's videos (the dataloader, set up before this hook, split them)
+        if self.progress and trainer.global_rank == 0 and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=None, unit="video", desc=f"extract (rank 0 of {trainer.world_size})",
-                             dynamic_ncols=True, smoothing=0.1)
+            where = f" rank 0/{trainer.world_size}" if trainer.world_size > 1 else ""
+            # at most 80 columns: the bar shrinks to what the counts and rates leave
+            self._bar = tqdm(total=self._total, unit="video", desc=f"extract{where}", smoothing=0.1,
+                             ncols=min(80, shutil.get_terminal_size().columns),
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}"
+                                        "{postfix}]")
         self.assembler = VideoAssembler(self.writer, self.directory, self.k, on_video=self._tick,
                                         frames_per_item=self.f)
 
     def _tick(self, frames: int) -> None:
-        if self._bar is None:
-            return
         stats = self.assembler.stats
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        self._bar.set_postfix_str(f"{stats.frames / elapsed:.1f} frames/s, {len(stats.failed)} failed", refresh=False)
-        self._bar.update(1)
+        now = time.perf_counter()
+        rate = f"{stats.frames / max(now - self._start, 1e-9):.1f} frames/s"
+        failed = f", {len(stats.failed)} failed" if stats.failed else ""
+        if self._bar is not None:
+            self._bar.set_postfix_str(rate + failed, refresh=False)
+            self._bar.update(1)
+        elif self.progress and self._rank == 0 and now - self._last_line >= LINE_EVERY_S:  # no terminal: a line
+            self._last_line = now
+            done = stats.extracted + len(stats.failed)
+            print(f"extract: {done}/{self._total} videos, {rate}{failed}, {now - self._start:.0f} s", file=sys.stderr,
+                  flush=True)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
-        if self._bar is not None and self._bar.total is None:
-            self._bar.total = len(pl_module.share)  # known once the dataloader split the list
+        self._rank = trainer.global_rank
         self.assembler.consume(prediction["tokens"], prediction["spans"], prediction["done"], prediction["failed"])
+        if trainer.received_sigterm:  # Lightning noted a SIGTERM (its predict loop does not stop for it): stop here,
+            raise Terminated("SIGTERM")  # between batches, as Ctrl-C does (on_exception seals the shard)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         sealed = self.writer.close()
@@ -278,7 +298,7 @@ class ShardSink(BasePredictionWriter):
         self.total = total
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        # Ctrl-C or an error: seal what is complete (a half-written video stays in the .partial and is redone).
+        # Ctrl-C, SIGTERM or an error: seal what is complete (a half-written video stays in the .partial, redone).
         if self.writer is not None:
             try:
                 self.writer.close()
@@ -286,6 +306,9 @@ class ShardSink(BasePredictionWriter):
                 pass
         if self._bar is not None:
             self._bar.close()
+        if isinstance(exception, KeyboardInterrupt) and trainer.global_rank == 0 and self.assembler is not None:
+            print(f"{self.assembler.stats.extracted} video(s) extracted by this run are sealed", file=sys.stderr,
+                  flush=True)  # then run_cli's "interrupted: ..." line
 
 
 # Lightning's hints that do not apply to an extraction run (one predict loop over an iterable of videos)
@@ -298,7 +321,7 @@ def run_predict(encoder: FrozenEncoder, items, directory: Path, attrs: dict, sam
                 workers: int = 2, devices=1, nodes: int = 1, accelerator: str = "auto", max_videos: int = 256,
                 max_bytes: int = 2**30, threads: int = 0, progress: bool = True) -> tuple[Stats, int]:
     """Encode ``items`` into ``directory`` with Trainer.predict; returns (stats over all ranks, this global rank)."""
-    quiet_lightning(*QUIET_WARNINGS)
+    quiet_libraries(*QUIET_WARNINGS)  # and Lightning's banners (VERBOSE=1 shows them)
     world = (devices if isinstance(devices, int) else 1) * int(nodes)
     sink = ShardSink(directory, attrs, sampling.frames_per_segment, max_videos, max_bytes, progress,
                      frames_per_item=encoder.frames_per_item)

@@ -58,7 +58,7 @@ def video_ids(root: Path) -> list[str]:
     return get_dataset("synthetic", root=root).all_video_ids()
 
 
-def test_extract_fills_the_cache_then_skips_everything(tiny_videos, clean_run, tmp_path, extract_cli):
+def test_extract_fills_the_cache_then_skips_everything(tiny_videos, clean_run, tmp_path, extract_cli, capsys):
     ids = video_ids(tiny_videos)
     store = FeatureStore(clean_run)
     assert sorted(store.ids()) == sorted(ids) and set(shard_ids(clean_run).values()) == {1}
@@ -79,12 +79,25 @@ def test_extract_fills_the_cache_then_skips_everything(tiny_videos, clean_run, t
         assert np.all(np.diff(times) >= 0)
     manifest = json.loads((clean_run / "manifest.json").read_text())
     assert manifest["videos_sealed"] == len(ids) and manifest["last_run"]["extracted"] == len(ids)
+    assert manifest["last_run"]["repeated_frames"] == 0  # 16-24 frames for 8 segments: none repeats
 
     before = file_hashes(clean_run)
+    capsys.readouterr()
     assert main(extract_cli(tiny_videos, clean_run.parents[1], "--segments", str(SEGMENTS))) == 0
     assert file_hashes(clean_run) == before
     manifest = json.loads((clean_run / "manifest.json").read_text())
     assert manifest["last_run"]["extracted"] == 0 and manifest["last_run"]["skipped"] == len(ids)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"nothing to do: {len(ids)} of the {len(ids)} listed videos are already sealed in {clean_run}"
+
+
+def test_videos_with_fewer_frames_than_segments_are_counted(tiny_videos, tmp_path, capsys, extract_cli):
+    """2-3 s at 8 frames/s is 16-24 frames: 40 segments repeat frames of every video, and the summary says so."""
+    assert main(extract_cli(tiny_videos, tmp_path / "cache", "--segments", "40")) == 0
+    manifest = json.loads((tag_dir(tmp_path / "cache", "vit-tiny-random_seg40") / "manifest.json").read_text())
+    n = len(video_ids(tiny_videos))
+    assert manifest["last_run"]["repeated_frames"] == n
+    assert f"{n} video(s) have fewer frames than SEGMENTS=40 samples" in capsys.readouterr().err
 
 
 def test_resume_reencodes_nothing_sealed(tiny_videos, clean_run, tmp_path, monkeypatch, extract_cli):
