@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_PIN := torch==2.13.0
 
-## Variables (defaults in brackets):
+## Variables (defaults in brackets; a misspelt one stops make and names the closest):
 ##   DATASET      breakfast | coin | lvu | synthetic | folder (your own videos)   [most recently extracted, else synthetic]
 ##   TASK         LVU task (relationship ... view_count) or Breakfast split s1..s4   [dataset default]
 ##   DATA_ROOT    folder holding the raw data set      [data/raw/<dataset>]
@@ -20,16 +20,43 @@ TORCH_PIN := torch==2.13.0
 ##   FRAMES_PER_SEGMENT, POOL, BATCH, WORKERS, CACHE_DIR [1 (video encoders: num_frames), none, 32, 2, cache]
 ##   FRAME_STRIDE video encoders: source frames (at 30 fps) between a clip's frames   [the family's: 32, 4, 2]
 ##   HEAD         s4-multiscale | s4-singlescale | transformer-multiscale | transformer | mean-pool   [s4-multiscale]
-##   EPOCHS, BATCH, LR, SEED   [the training defaults below]
+##   EPOCHS, BATCH, LR, SEED   [the training defaults below]; with RESUME the run's own values unless given
+##   D_MODEL, N_LAYERS, D_STATE, DROPOUT   head width, blocks, S4 state size, dropout   [the head defaults below]
+##   CLIP         clip protocol: window:W (lvu) or subset:K (breakfast, coin, folder)   [the data set's]
+##   EVAL_STRIDE  segments between evaluation windows   [the training default below]
 ##   ACCELERATOR, DEVICES, NODES   [auto, 1, 1]; DEVICES>1 or NODES>1 trains with DDP
 ##   RESUME       runs/.../checkpoints/last.ckpt, or 'last' for the newest run   [none]
 ##   TAG          cache tag to train on (cache/<dataset>/<tag>)   [most recent]
-##   CLIP         clip protocol: window:W (LVU) or subset:K (Breakfast, COIN, folder)   [the data set's]
+##   ALLOW_MISSING=1  also train without videos that are on disk but not extracted yet   [stop: run make extract]
+##   REQUIRE_ALL=1    stop unless every listed video is cached   [skip, and count, videos without media or
+##                    whose extraction failed]
 ##   CKPT (make eval, make predict: [the newest runs/**/best.ckpt]), RUN (make report), QUICK=1 / GPU=1 (make bench)
 ##   VIDEO, OUT, TOPK   make predict: a video file or folder, output folder, classes shown   [-, predictions, 5]
-##   DEBUG=1      full tracebacks
+##   VERBOSE=1 (the libraries' own messages: Lightning, transformers, KeOps), DEBUG=1 (full tracebacks)
+
+# Read by the tools from the environment (command-line variables reach the recipes' environment by themselves).
+export VERBOSE DEBUG
+
+# A command-line variable this Makefile never reads is a typo: stop before doing anything, naming the closest known
+# one. The known ones come from this file's own text (variable references, first arguments of `call`, assignments,
+# `export` lines), so a variable added to the Makefile is known without a second list to keep.
+paren := (
+var_uses := \$$[$(paren){][A-Z][A-Z0-9_]*|call [a-z_]+,[A-Z][A-Z0-9_]*|^[A-Z][A-Z0-9_]* *[:?+]?=|^export( +[A-Z][A-Z0-9_]*)+
+KNOWN_VARS = $(sort $(shell grep -oE '$(var_uses)' $(firstword $(MAKEFILE_LIST)) | \
+	sed -E 's/^(\$$[$(paren){]|call [a-z_]+,|export +)//; s/ *[:?+]?=$$//'))
+GIVEN_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
+ifneq ($(GIVEN_VARS),)
+UNKNOWN_VARS := $(filter-out $(KNOWN_VARS),$(GIVEN_VARS))
+ifneq ($(UNKNOWN_VARS),)
+$(error $(shell $(PYTHON) -c 'import difflib, sys; known = sys.argv[2].split(); \
+	near = lambda v: difflib.get_close_matches(v.upper(), known, 1, 0.6); \
+	print("; ".join(v + " is not a variable of this Makefile" + ("; did you mean " + near(v)[0] + "?" if near(v) else "") \
+	                for v in sys.argv[1].split()) + " (make help lists them)")' '$(UNKNOWN_VARS)' '$(KNOWN_VARS)'))
+endif
+endif
 
 opt = $(if $($(1)),--$(2) '$($(1))')
+flag = $(if $(filter-out 0 no false,$($(1))),--$(2))
 EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
 	$(call opt,ENCODER,encoder) $(call opt,FPS,fps) $(call opt,SEGMENTS,segments) $(call opt,SAMPLING,sampling) \
 	$(call opt,FRAMES_PER_SEGMENT,frames-per-segment) $(call opt,FRAME_STRIDE,frame-stride) \
@@ -39,7 +66,9 @@ TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,t
 	$(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) $(call opt,LR,lr) $(call opt,SEED,seed) \
 	$(call opt,DEVICES,devices) $(call opt,NODES,nodes) $(call opt,ACCELERATOR,accelerator) \
 	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers) $(call opt,TAG,tag) \
-	$(call opt,CLIP,clip)
+	$(call opt,D_MODEL,d-model) $(call opt,N_LAYERS,n-layers) $(call opt,D_STATE,d-state) \
+	$(call opt,DROPOUT,dropout) $(call opt,CLIP,clip) $(call opt,EVAL_STRIDE,eval-stride) \
+	$(call flag,ALLOW_MISSING,allow-missing) $(call flag,REQUIRE_ALL,require-all)
 
 .PHONY: help install test lint clean data extract train eval predict demo bench report doctor
 
@@ -77,7 +106,8 @@ train: $(STAMP) ## stage 2: train a head on cached features into runs/
 	@$(PY) -m heads train $(TRAIN_ARGS)
 
 eval: $(STAMP) ## test a checkpoint: make eval CKPT=runs/.../best.ckpt
-	@$(PY) -m heads eval $(call opt,CKPT,ckpt) $(call opt,CACHE_DIR,cache-dir) $(call opt,DATA_ROOT,data-root)
+	@$(PY) -m heads eval $(call opt,CKPT,ckpt) $(call opt,CACHE_DIR,cache-dir) $(call opt,DATA_ROOT,data-root) \
+		$(call flag,ALLOW_MISSING,allow-missing) $(call flag,REQUIRE_ALL,require-all)
 
 predict: $(STAMP) ## classify new videos: make predict VIDEO=<file or folder> [CKPT=...] [OUT=predictions] [TOPK=5]
 	@$(PY) -m predict $(if $(VIDEO),'$(VIDEO)') $(call opt,CKPT,ckpt) $(call opt,OUT,out) $(call opt,TOPK,topk) \

@@ -5,7 +5,9 @@
     python -m heads eval --ckpt runs/<dataset>/<head>/version_N/checkpoints/best.ckpt
     python -m heads report --run runs/<dataset>/<head>/version_N
     python -m heads defaults
-Bad input prints one `error: …` line (exit 2), a diverged loss one line with exit 1; DEBUG=1 shows the traceback.
+Bad input prints one `error: …` line (exit 2), a diverged loss one line with exit 1; DEBUG=1 shows the traceback;
+VERBOSE=1 shows the libraries' own messages. SIGTERM stops a run the way Ctrl-C does (the resume hint; exit status
+143, Ctrl-C's 130).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data.console import interrupt_status, quiet_libraries, stop_on_sigterm
 from data.errors import UserError, run_cli
 from heads import HEADS
 from heads.config import HEAD, TRAIN, describe_defaults
@@ -21,6 +24,14 @@ from heads.config import HEAD, TRAIN, describe_defaults
 
 def _int_or_str(text: str):
     return int(text) if text.isdigit() else text
+
+
+def missing_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-missing", action="store_true",
+                   help="also go without videos whose media are on disk but not extracted yet")
+    p.add_argument("--require-all", action="store_true",
+                   help="stop unless every listed video is cached [skip, and count, videos without media or whose "
+                        "extraction failed]")
 
 
 def train_parser(sub) -> argparse.ArgumentParser:
@@ -33,16 +44,17 @@ def train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--tag", default=None, help="cache tag directory name [most recent]")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--epochs", type=int, default=TRAIN.epochs)
+    # None = the resumed run's own value, else heads.config.TRAIN (shown in brackets)
+    p.add_argument("--epochs", type=int, default=None, help=f"[{TRAIN.epochs}]")
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch", type=int, default=TRAIN.batch)
-    p.add_argument("--lr", type=float, default=TRAIN.lr)
-    p.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay)
-    p.add_argument("--plateau-factor", type=float, default=TRAIN.plateau_factor,
-                   help="LR factor on a val-metric plateau")
-    p.add_argument("--plateau-patience", type=int, default=TRAIN.plateau_patience,
-                   help="epochs without improvement before reducing")
-    p.add_argument("--seed", type=int, default=TRAIN.seed)
+    p.add_argument("--batch", type=int, default=None, help=f"[{TRAIN.batch}]")
+    p.add_argument("--lr", type=float, default=None, help=f"[{TRAIN.lr}]")
+    p.add_argument("--weight-decay", type=float, default=None, help=f"[{TRAIN.weight_decay}]")
+    p.add_argument("--plateau-factor", type=float, default=None,
+                   help=f"LR factor on a val-metric plateau [{TRAIN.plateau_factor}]")
+    p.add_argument("--plateau-patience", type=int, default=None,
+                   help=f"epochs without improvement before reducing [{TRAIN.plateau_patience}]")
+    p.add_argument("--seed", type=int, default=None, help=f"[{TRAIN.seed}]")
     p.add_argument("--devices", type=_int_or_str, default=1, help="[1]; >1 (or --nodes >1) uses DDP; 'auto' = all")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--accelerator", default=None, help="cpu | gpu | auto [auto]")
@@ -58,11 +70,11 @@ def train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--attention", default=None, choices=("sdpa", "materialized"), help=f"[{HEAD.attention}]")
     p.add_argument("--backend", default=None, help=f"S4 Cauchy backend [{HEAD.backend}]")
     p.add_argument("--clip", default=None, help="window:W or subset:K [the dataset's protocol]")
-    p.add_argument("--eval-stride", type=int, default=TRAIN.eval_stride,
-                   help="stride (segments) between evaluation windows")
-    p.add_argument("--val-fraction", type=float, default=TRAIN.val_fraction,
-                   help="train share held out when there is no val split")
-    p.add_argument("--allow-missing", action="store_true", help="train without videos missing from the cache")
+    p.add_argument("--eval-stride", type=int, default=None,
+                   help=f"stride (segments) between evaluation windows [{TRAIN.eval_stride}]")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help=f"train share held out when there is no val split [{TRAIN.val_fraction}]")
+    missing_options(p)
     p.add_argument("--fast-dev-run", action="store_true", help="one batch of each loop (smoke test)")
     p.add_argument("--limit-batches", type=float, default=None, help="fraction / number of batches per loop")
     p.add_argument("--log-every", type=int, default=10)
@@ -79,7 +91,7 @@ def eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--workers", type=int, default=TRAIN.workers)
     p.add_argument("--accelerator", default=None)
-    p.add_argument("--allow-missing", action="store_true")
+    missing_options(p)
     return p
 
 
@@ -110,20 +122,26 @@ def main(argv: list[str] | None = None) -> int:
         for path in report(Path(args.run)):
             print(f"saved {path}")
         return 0
-    from data.console import quiet_lightning
+    import pytorch_lightning  # noqa: F401 -- before quiet_libraries: importing Lightning sets its loggers' levels
+
     from heads.training.run import QUIET_WARNINGS, evaluate, train
     from heads.training.run_dir import summary_line
 
-    quiet_lightning(*QUIET_WARNINGS)
+    quiet_libraries(*QUIET_WARNINGS)
+    stop_on_sigterm()
     if args.command == "train":
         args.head_given = args.head is not None
         args.head = args.head or "s4-multiscale"
         for name in ("epochs", "batch", "workers"):
             if getattr(args, name) is not None and getattr(args, name) < (0 if name == "workers" else 1):
                 raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
-        results, is_global_zero = train(args)
-    else:
-        results, is_global_zero = evaluate(args), True
+    try:
+        results, is_global_zero = train(args) if args.command == "train" else (evaluate(args), True)
+    except SystemExit as exc:  # Lightning's stop on Ctrl-C or SIGTERM; the resume hint is printed (console.py)
+        status = interrupt_status(exc)
+        if status is None:
+            raise
+        return status
     if is_global_zero:  # the last line printed: one-line summary of the test metric
         print(summary_line(results), flush=True)
     return 0

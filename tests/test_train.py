@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -227,8 +228,50 @@ def test_resume_equals_uninterrupted_run(tiny_cache, tmp_path, train_cli):
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "b" / "synthetic" / "s4-multiscale" / "version_1").exists()  # resumed in place
-    epochs = {row["epoch"] for row in csv.DictReader((run_b / "metrics.csv").open()) if row.get("val/acc")}
-    assert epochs >= {"2", "3"}
+    assert val_epochs(run_b) == ["0", "1", "2", "3"]
+
+
+def val_epochs(run: Path) -> list[str]:
+    """The epoch of every validation row of metrics.csv, in file order."""
+    with (run / "metrics.csv").open(newline="") as handle:
+        return [row["epoch"] for row in csv.DictReader(handle) if row.get("val/acc")]
+
+
+def test_interrupted_resumes_keep_history_and_the_runs_epochs(tiny_cache, tmp_path, capsys, monkeypatch, train_cli):
+    """Ctrl-C -> resume -> Ctrl-C -> resume (without EPOCHS): the run's own 5 epochs, every epoch's row on disk
+    after each interruption, once; a head size that differs from the checkpoint's is refused."""
+    root, cache = tiny_cache
+    stop = {"epoch": 1}
+
+    def ctrl_c(self):  # what Ctrl-C does at the start of an epoch
+        if self.current_epoch == stop["epoch"]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(HeadModule, "on_train_epoch_start", ctrl_c, raising=False)
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after an interrupt; restored below
+    runs = tmp_path / "runs"
+    run = runs / "synthetic" / "s4-multiscale" / "version_0"
+    common = ["--limit-batches", "2", "--lr", "5e-3"]
+    try:
+        assert main(train_cli(root, cache, runs, "--epochs", "5", *common)) == 130  # 128 + SIGINT, as shells report it
+        assert "training stopped during epoch 2 (Ctrl-C)" in capsys.readouterr().err
+        assert val_epochs(run) == ["0"]
+        stop["epoch"] = 3
+        assert main(train_cli(root, cache, runs, "--resume", "last", *common)) == 130
+        assert val_epochs(run) == ["0", "1", "2"]  # the first run's epoch is still there
+        monkeypatch.delenv("DEBUG", raising=False)
+        err = one_line_error(capsys, train_cli(root, cache, runs, "--resume", "last", "--d-model", "32", *common))
+        assert "--d-model 32 differs from the resumed checkpoint's 16" in err
+        stop["epoch"] = None
+        assert main(train_cli(root, cache, runs, "--resume", "last", *common)) == 0
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    assert "; epoch 4 of 5, batch 4, " in capsys.readouterr().err.splitlines()[0]
+    assert val_epochs(run) == ["0", "1", "2", "3", "4"]
+    assert json.loads((run / "config.json").read_text())["epochs"] == 5
+    assert json.loads((run / "results.json").read_text())["epochs_run"] == 5
+    assert one_line_error(capsys, train_cli(root, cache, runs, "--resume", "last")).endswith(
+        "has already trained 5 of its 5 epochs; give EPOCHS= (--epochs) above 5 to train it further")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -246,6 +289,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch, train_cli, 
 
 
 def one_line_error(capsys, argv) -> str:
+    capsys.readouterr()  # what earlier runs printed
     with pytest.raises(SystemExit) as exc:
         run_cli(main, argv)
     assert exc.value.code == 2
@@ -271,18 +315,32 @@ def test_bad_configuration_is_one_line(tiny_cache, tmp_path, capsys, monkeypatch
 
 
 def test_cache_missing_videos(tmp_path, capsys, monkeypatch, train_cli, make_tiny_cache):
+    """Listed videos without media are skipped and counted (LVU and COIN always miss some), and so are recorded
+    extraction failures; videos on disk but not extracted stop the run (`make extract` fills them) unless
+    ALLOW_MISSING=1; REQUIRE_ALL=1 stops on any."""
     monkeypatch.delenv("DEBUG", raising=False)
     from data.store import append_failure
 
-    root, cache = make_tiny_cache(tmp_path, skip=("train000", "train004", "test001"))
-    err = one_line_error(capsys, train_cli(root, cache, tmp_path / "runs", "--epochs", "1"))
-    assert "lacks 2 of the 18 videos the train split needs" in err and "make extract DATASET=synthetic" in err
-    tag = next((cache / "synthetic").iterdir())
-    for vid in ("train000", "train004", "test001"):  # recorded failures are skipped with a note
-        append_failure(tag, vid, f"{vid}.mp4", "moov atom not found")
-    assert main(train_cli(root, cache, tmp_path / "runs", "--epochs", "1")) == 0
-    results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
-    assert results["n_videos"]["test"] == 8 and any("skipping 2 of 18" in n for n in results["notes"])
+    root, cache = make_tiny_cache(tmp_path, skip=("train000", "train004", "train007", "test001"))
+    (root / "videos").mkdir()
+    for vid in ("train000", "train004"):  # downloaded, never extracted
+        (root / "videos" / f"{vid}.mp4").write_bytes(b"\0")
+    runs = tmp_path / "runs"
+    err = one_line_error(capsys, train_cli(root, cache, runs, "--epochs", "1"))
+    assert "lacks 2 of the 18 videos the train split needs, whose media are on disk" in err
+    assert "make extract DATASET=synthetic" in err and "ALLOW_MISSING=1" in err
+    err = one_line_error(capsys, train_cli(root, cache, runs, "--epochs", "1", "--require-all"))
+    assert "lacks 3 of the 18 videos the train split lists (1 without media on disk, 2 on disk but not extracted " \
+           "yet; e.g. train000" in err and "REQUIRE_ALL=1" in err
+    append_failure(next((cache / "synthetic").iterdir()), "train000", "train000.mp4", "moov atom not found")
+    assert main(train_cli(root, cache, runs, "--epochs", "1", "--limit-batches", "1", "--allow-missing")) == 0
+    opening = capsys.readouterr().err.splitlines()[0]
+    assert "videos train 15 (3 skipped: 1 without media on disk, 1 failed extraction, 1 not extracted yet), " \
+           "val 6, test 8 (1 skipped: 1 without media on disk); 1 epoch," in opening
+    results = json.loads(next(runs.rglob("results.json")).read_text())
+    assert results["n_videos"] == {"train": 15, "val": 6, "test": 8}
+    assert results["skipped_videos"] == {"train": {"no_media": 1, "failed": 1, "not_extracted": 1},
+                                         "test": {"no_media": 1, "failed": 0, "not_extracted": 0}}
 
 
 def test_cache_from_another_encoder_is_refused(tmp_path, capsys, monkeypatch, train_cli, make_tiny_cache):

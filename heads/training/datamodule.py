@@ -2,25 +2,24 @@
 
 Clips follow the data set's protocol (`ds.clip`, see `heads.training.clips` and docs/design.md): one random clip per
 video per epoch for training; every evaluation clip of a video (windows: many, averaged by the module; subsets: one)
-for val and test.
-Labels always come from the dataset's records, never from the cache. Every record must have cached features:
-missing ones stop the run with how many and how to fill them (recorded extraction failures are skipped with a note).
+for val and test. Videos shorter than a clip repeat their last segment (windows) or repeat segments (subsets); `short`
+counts them per split.
+Labels always come from the dataset's records, never from the cache. Records without cached features are skipped and
+counted (`skipped`) when their media are not on disk or their extraction failed; ones whose media are on disk stop the
+run with how many and how to fill them (`allow_missing` skips them too, `require_all` stops on any).
 """
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from data.console import ignore_sigterm
 from data.datasets.splits import hold_out
 from data.errors import UserError
 from heads.training.clips import random_subset, uniform_indices, window_indices, window_starts
-
-log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------------- datasets
@@ -112,7 +111,7 @@ class FeatureDataModule(pl.LightningDataModule):
 
     def __init__(self, store, dataset, batch_size: int = 16, workers: int = 2, clip: tuple[str, int] | None = None,
                  eval_stride: int = 1, seed: int = 0, val_fraction: float = 0.1, allow_missing: bool = False,
-                 pin_memory: bool | None = None, cache_hint: str = ""):
+                 require_all: bool = False, pin_memory: bool | None = None, cache_hint: str = ""):
         super().__init__()
         if not hasattr(store, "read"):
             from data.store import FeatureStore
@@ -130,12 +129,15 @@ class FeatureDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.val_fraction = float(val_fraction)
         self.allow_missing = allow_missing
+        self.require_all = require_all
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.cache_hint = cache_hint or f"make extract DATASET={dataset.name}"
         self.regression = dataset.task_type == "regression"
         self.splits: dict[str, tuple[list[str], list, list[int]]] = {}
         self.notes: list[str] = []
+        self.skipped: dict[str, dict[str, int]] = {}  # split -> {"no_media", "failed", "not_extracted"}: counts
         self._build_splits()
+        self.short = self._count_short()
 
     # ---- split resolution and checks
     def _records(self, split: str):
@@ -144,7 +146,20 @@ class FeatureDataModule(pl.LightningDataModule):
             raise UserError(f"dataset {self.dataset.name} has no records in split {split!r}; check DATA_ROOT and TASK")
         return records
 
+    def _media_on_disk(self, video_id: str) -> bool:
+        """Whether the video's file is on disk (True when the dataset cannot say: then it counts as extractable)."""
+        video_path = getattr(self.dataset, "video_path", None)
+        if video_path is None:
+            return True
+        try:
+            return video_path(video_id).exists()
+        except (OSError, ValueError):
+            return False
+
     def _check_cached(self, split: str, records) -> list:
+        """The records of `split` that have cached features. Listed videos without media on disk and those whose
+        extraction failed are skipped and counted (DESIGN: LVU and COIN always miss some); videos on disk that are
+        not extracted yet stop the run (`make extract` fills them) unless allow_missing; require_all stops on any."""
         from data.store import read_failures
 
         cached = set(self.store.ids())
@@ -157,18 +172,27 @@ class FeatureDataModule(pl.LightningDataModule):
         except Exception:  # no failures.jsonl is fine
             pass
         known_bad = [r for r in missing if r.video_id in failed]
-        unfilled = [r for r in missing if r.video_id not in failed]
+        no_media = [r for r in missing if r.video_id not in failed and not self._media_on_disk(r.video_id)]
+        absent = {r.video_id for r in no_media} | {r.video_id for r in known_bad}
+        unfilled = [r for r in missing if r.video_id not in absent]
+        why = ", ".join(f"{n} {what}" for n, what in ((len(no_media), "without media on disk"),
+                                                      (len(known_bad), "whose extraction failed (failures.jsonl)"),
+                                                      (len(unfilled), "on disk but not extracted yet")) if n)
+        if self.require_all:
+            example = ", ".join(r.video_id for r in missing[:3])
+            raise UserError(
+                f"the cache {self.store_dir} lacks {len(missing)} of the {len(records)} videos the {split} split "
+                f"lists ({why}; e.g. {example}) and REQUIRE_ALL=1 (--require-all) insists on every one; download "
+                f"or fix them and run `{self.cache_hint}`, or drop REQUIRE_ALL to train on what is cached")
         if unfilled and not self.allow_missing:
             example = ", ".join(r.video_id for r in unfilled[:3])
             raise UserError(
                 f"the cache {self.store_dir} lacks {len(unfilled)} of the {len(records)} videos the {split} split "
-                f"needs (e.g. {example}); fill it with `{self.cache_hint}` (it resumes and encodes only what is "
-                f"missing), or pass --allow-missing to train without them")
-        if missing:
-            note = (f"{split}: skipping {len(missing)} of {len(records)} videos without cached features "
-                    f"({len(known_bad)} recorded in failures.jsonl)")
-            self.notes.append(note)
-            log.warning(note)
+                f"needs, whose media are on disk (e.g. {example}); fill it with `{self.cache_hint}` (it resumes and "
+                f"encodes only what is missing), or pass ALLOW_MISSING=1 (--allow-missing) to train without them")
+        self.skipped[split] = {"no_media": len(no_media), "failed": len(known_bad), "not_extracted": len(unfilled)}
+        self.notes.append(f"{split}: skipping {len(missing)} of {len(records)} videos without cached features "
+                          f"({why})")
         kept = [r for r in records if r.video_id in cached]
         if not kept:
             raise UserError(f"no video of the {split} split has cached features in {self.store_dir}; "
@@ -210,6 +234,17 @@ class FeatureDataModule(pl.LightningDataModule):
         for name, recs in (("train", train), ("val", val), ("test", test)):
             self.splits[name] = self._pack(recs)
 
+    def _count_short(self) -> dict[str, int]:
+        """Videos per split with fewer segments than a clip takes (padded or repeated, see the module docstring)."""
+        kind, size = self.clip
+        short = {split: sum(n < size for n in lengths) for split, (_, _, lengths) in self.splits.items()}
+        how = ("shorter than the {size}-segment window: their last segment repeats" if kind == "window" else
+               "with fewer than the {size} segments a clip takes: segments repeat")
+        for split, n in short.items():
+            if n:
+                self.notes.append(f"{split}: {n} of {len(self.splits[split][0])} videos {how.format(size=size)}")
+        return short
+
     # ---- shapes the head needs
     @property
     def feature_shape(self) -> tuple[int, int]:
@@ -236,7 +271,7 @@ class FeatureDataModule(pl.LightningDataModule):
     def _loader(self, dataset, sampler=None, shuffle=False, drop_last=False) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.workers, pin_memory=self.pin_memory, drop_last=drop_last,
-                          persistent_workers=self.workers > 0,
+                          persistent_workers=self.workers > 0, worker_init_fn=ignore_sigterm,
                           collate_fn=_collate_regression if self.regression else _collate_classification)
 
     def _dist(self) -> tuple[int, int]:
@@ -259,7 +294,7 @@ class FeatureDataModule(pl.LightningDataModule):
         return DataLoader(self._train_set, batch_size=self.batch_size,
                           sampler=torch.utils.data.RandomSampler(self._train_set, generator=generator),
                           num_workers=self.workers, pin_memory=self.pin_memory,
-                          persistent_workers=False,
+                          persistent_workers=False, worker_init_fn=ignore_sigterm,
                           collate_fn=_collate_regression if self.regression else _collate_classification)
 
     def eval_dataloader(self, split: str) -> DataLoader:

@@ -1,7 +1,8 @@
 """`make report RUN=runs/<dataset>/<head>/version_N`: pictures of one training run.
 
 Reads what a run directory holds (Lightning's `metrics.csv`, our `predictions.csv` and `results.json`) and writes
-  curves.png     every logged metric against the epoch (train and val side by side per quantity)
+  curves.png     every logged metric against the epoch, counted from 1 like `make train`'s lines (train and val side
+                 by side per quantity, one colour per split in every panel, identical curves drawn once)
   confusion.png  the test confusion matrix (row-normalised) for classification, or prediction-vs-label scatter for
                  regression
 next to them, in the run directory. No training, no cache access: the run directory is all it needs.
@@ -27,25 +28,57 @@ def _float(text: str) -> float | None:
 
 
 def read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """metrics.csv -> {metric: [(epoch, value), ...]}; step-level rows are averaged per epoch."""
+    """metrics.csv -> {metric: [(epoch, value), ...]}, epochs counted from 1 as `make train` prints them.
+
+    Step-level rows are averaged per epoch; rows after the last training epoch (the re-validation and test of the
+    best checkpoint that runs before this version logged there) are not an epoch and are left out."""
     sums: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     step_epoch = sorted((_float(r.get("step", "")), _float(r.get("epoch", ""))) for r in rows
                         if _float(r.get("step", "")) is not None and _float(r.get("epoch", "")) is not None)
+    trained = [_float(r.get("epoch", "")) for r in rows
+               if any(k.startswith("train/") and _float(v) is not None for k, v in r.items() if k)]
+    last = max((e for e in trained if e is not None), default=None)
     for row in rows:
         epoch = _float(row.get("epoch", ""))
         step = _float(row.get("step", ""))
         if epoch is None and step is not None:  # e.g. Lightning's learning-rate rows: epoch of that step
             epoch = next((e for s, e in step_epoch if s >= step), None)
-        if epoch is None:
+        if epoch is None or (last is not None and epoch > last):
             continue
         for key, text in row.items():
             value = _float(text)
             if key in ("epoch", "step") or value is None:
                 continue
-            sums[key][epoch].append(value)
-    return {key: sorted((e, sum(v) / len(v)) for e, v in per_epoch.items()) for key, per_epoch in sums.items()}
+            sums[key][epoch + 1].append(value)
+    metrics = {key: sorted((e, sum(v) / len(v)) for e, v in per_epoch.items()) for key, per_epoch in sums.items()}
+    if "train/loss_epoch" in metrics:  # the per-step losses averaged per epoch would draw the same curve again
+        metrics.pop("train/loss_step", None)
+    return metrics
+
+
+# One colour per split in every panel, and for the learning rates their own.
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+LR_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def _curves_in_panel(metrics: dict, keys: list[str]) -> list[tuple[str, list[tuple[float, float]], str]]:
+    """(label, points, colour) per curve; curves with the same points are drawn once, labelled with all names."""
+    curves: list[tuple[list[str], list[tuple[float, float]]]] = []
+    for key in keys:
+        same = next((c for c in curves if c[1] == metrics[key]), None)
+        if same is not None:
+            same[0].append(key)
+        else:
+            curves.append(([key], metrics[key]))
+    out = []
+    for i, (names, points) in enumerate(curves):
+        split = names[0].split("/", 1)[0]
+        colour = SPLIT_COLOURS.get(split, LR_COLOURS[i % len(LR_COLOURS)])
+        label = names[0] + "".join(f" = {n.rsplit('/', 1)[-1]}" for n in names[1:])
+        out.append((label, points, colour))
+    return out
 
 
 def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title: str) -> Path:
@@ -53,6 +86,7 @@ def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     # group "train/loss", "val/loss" ... by the quantity after the split prefix
     groups: dict[str, list[str]] = defaultdict(list)
@@ -66,11 +100,12 @@ def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
     for ax, (quantity, keys) in zip(axes.flat, sorted(groups.items())):
-        for key in keys:
-            xs, ys = zip(*metrics[key])
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=key)
+        for label, points, colour in _curves_in_panel(metrics, keys):
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label, color=colour)
         ax.set_title(quantity)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(groups):]:
@@ -148,6 +183,12 @@ def plot_predictions(labels: list[float], preds: list[float], task_type: str, cl
     return path
 
 
+def run_title(results: dict, run: Path) -> str:
+    """'lvu/director · s4-multiscale · version_3' (the task is part of what was trained)."""
+    what = "/".join(str(results[k]) for k in ("dataset", "task") if results.get(k))
+    return " · ".join(part for part in (what, results.get("head"), run.name) if part)
+
+
 def report(run: Path) -> list[Path]:
     """Draw the pictures of one run directory; returns the files written."""
     run = Path(run)
@@ -160,7 +201,7 @@ def report(run: Path) -> list[Path]:
     results = {}
     if (run / "results.json").exists():
         results = json.loads((run / "results.json").read_text())
-    title = " · ".join(str(results[k]) for k in ("dataset", "head") if results.get(k)) or run.name
+    title = run_title(results, run)
     written = []
     if metrics_files:
         metrics = read_metrics(metrics_files[-1])

@@ -13,17 +13,18 @@ Checkpoints are always loaded with `weights_only=True`.
 
 from __future__ import annotations
 
-import sys
+import json
 import time
 from pathlib import Path
 
 import torch
 
+from data.console import say
 from data.errors import UserError
 from data.outputs import code_version, plain, write_json
 from data.store import PROVENANCE_KEYS
 from heads import HEADS, build_head
-from heads.config import HEAD
+from heads.config import HEAD, TRAIN
 from heads.training.run_dir import (
     find_last,
     run_directory,
@@ -92,23 +93,6 @@ def check_cache_matches(expected: dict, store_meta: dict, store_dir: Path, what:
             f"on this cache (without --resume)")
 
 
-class ResumeHint:
-    """Lightning callback: when training stops on an exception (Ctrl-C, NaN, a crash) say how to resume."""
-
-    def __new__(cls, run_dir: Path):
-        from pytorch_lightning.callbacks import Callback
-
-        class _Hint(Callback):
-            def on_exception(self, trainer, pl_module, exception) -> None:
-                last = run_dir / "checkpoints" / "last.ckpt"
-                if trainer.is_global_zero and last.exists():
-                    print(f"training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; resume "
-                          f"from the last finished epoch with RESUME={last} (make train) or --resume {last}",
-                          file=sys.stderr, flush=True)
-
-        return _Hint()
-
-
 def load_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True (no pickled code runs); a clear error when the file is not usable."""
     path = Path(path)
@@ -151,7 +135,8 @@ def cache_info(store, tag_dir: Path, dm) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- the config
-def head_cfg_from_args(args) -> dict:
+def head_cfg_from_args(args, fill: bool = True) -> dict:
+    """The head's config from the command line; unset sizes take heads.config.HEAD (`fill`) or stay None."""
     cfg = {"d_model": args.d_model, "n_layers": args.n_layers, "d_state": args.d_state, "dropout": args.dropout}
     if args.n_heads is not None:
         cfg["n_heads"] = args.n_heads
@@ -159,7 +144,31 @@ def head_cfg_from_args(args) -> dict:
         cfg["attention"] = args.attention
     if args.backend is not None:
         cfg["backend"] = args.backend
-    return {k: (getattr(HEAD, k) if v is None else v) for k, v in cfg.items()}
+    return {k: (getattr(HEAD, k) if v is None and fill else v) for k, v in cfg.items()}
+
+
+# The options of a run that a resumed run takes from its checkpoint unless given again (heads.config.TRAIN's fields
+# but workers, which is the machine's, not the run's)
+RUN_OPTIONS = ("epochs", "batch", "lr", "weight_decay", "plateau_factor", "plateau_patience", "seed", "eval_stride",
+               "val_fraction")
+
+
+def resolve_run_options(args, prev: dict | None) -> None:
+    """Fill the options left unset (None): a resumed run continues as it was configured (its checkpoint's config,
+    `prev`), a new one takes heads.config.TRAIN. A head size given with --resume must agree with the checkpoint's
+    architecture (UserError otherwise)."""
+    for key in RUN_OPTIONS:
+        if getattr(args, key) is None:
+            setattr(args, key, prev.get(key, getattr(TRAIN, key)) if prev else getattr(TRAIN, key))
+    if prev is None:
+        return
+    if args.clip is None and prev.get("clip"):
+        args.clip = f"{prev['clip'][0]}:{prev['clip'][1]}"
+    for key, value in head_cfg_from_args(args, fill=False).items():
+        if value is not None and plain(value) != plain(prev["head_cfg"].get(key)):
+            raise UserError(f"--{key.replace('_', '-')} {value} differs from the resumed checkpoint's "
+                            f"{prev['head_cfg'].get(key)} ({key.upper()}=); drop it to continue that run, or start a "
+                            f"new run without RESUME=")
 
 
 def parse_clip(text: str | None):
@@ -195,6 +204,7 @@ def train(args) -> tuple[dict, bool]:
     validate and test the best checkpoint -> write the run directory. Returns (results, is global rank 0)."""
     import pytorch_lightning as pl
 
+    from heads.training.console import split_counts
     from heads.training.module import HeadModule
 
     if args.head not in HEADS:
@@ -206,7 +216,7 @@ def train(args) -> tuple[dict, bool]:
     ds, tag_dir, store, dm = open_data(
         dataset_name, args.data_root, args.task, cache_dir, args.tag, batch_size=args.batch, workers=args.workers,
         clip=parse_clip(args.clip), eval_stride=args.eval_stride, seed=args.seed, val_fraction=args.val_fraction,
-        allow_missing=args.allow_missing,
+        allow_missing=args.allow_missing, require_all=args.require_all,
         cache_hint=f"make extract DATASET={dataset_name}"
                    f"{' CACHE_DIR=' + str(cache_dir) if str(cache_dir) != 'cache' else ''}")
     cache = cache_info(store, tag_dir, dm)
@@ -214,8 +224,7 @@ def train(args) -> tuple[dict, bool]:
         check_cache_matches(resume_ckpt["hyper_parameters"]["config"]["cache"], cache, tag_dir,
                             f"the checkpoint {args.resume}")
         for line in split_changes(resume_ckpt["hyper_parameters"]["config"].get("splits"), dm.split_ids()):
-            print(f"warning: {line}; the resumed run trains and validates on the splits of today",
-                  file=sys.stderr, flush=True)
+            say(f"warning: {line}; the resumed run trains and validates on the splits of today")
     task = getattr(ds, "task", None)
     n_outputs = 1 if ds.task_type == "regression" else int(ds.num_classes)
     head_cfg = (head_cfg_from_args(args) if resume_ckpt is None  # the checkpoint's architecture wins
@@ -225,8 +234,8 @@ def train(args) -> tuple[dict, bool]:
     except ValueError as exc:  # the head's own checks of the configuration the command line asked for
         raise UserError(f"cannot build {args.head} with {head_cfg}: {exc}") from exc
     params = sum(p.numel() for p in head.parameters())
-    run_dir, old_metrics = run_directory(Path(args.runs_dir), f"{dataset_name}-{task}" if task else dataset_name,
-                                         args.head, args.resume, resume_ckpt)
+    name = f"{dataset_name}-{task}" if task else dataset_name
+    run_dir = run_directory(Path(args.runs_dir), name, args.head, args.resume)
     config = plain({
         "head": args.head, "head_cfg": head_cfg, "dataset": dataset_name, "task": task, "data_root": args.data_root,
         "task_type": ds.task_type, "n_outputs": n_outputs, "class_names": getattr(ds, "class_names", None),
@@ -240,7 +249,15 @@ def train(args) -> tuple[dict, bool]:
     model = HeadModule(head, config, task_type=ds.task_type, n_outputs=n_outputs, lr=args.lr,
                        weight_decay=args.weight_decay, plateau_factor=args.plateau_factor,
                        plateau_patience=args.plateau_patience)
-    trainer, checkpoint = _fit_trainer(args, model, run_dir)
+    done_epochs = resume_ckpt["epoch"] + 1 if resume_ckpt is not None else 0  # Lightning's "epoch" is 0-based
+    epochs = (f"epoch {done_epochs + 1} of {args.epochs}" if resume_ckpt is not None else
+              f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}")
+    opening = (f"{'resume' if resume_ckpt is not None else 'train'} {args.head} on "
+               f"{dataset_name}{'/' + task if task else ''}, cache {tag_dir.name}: videos {split_counts(dm)}; "
+               f"{epochs}, batch {args.batch}, {{device}}, {params:,} parameters -> {run_dir}")
+    short = [f"note: {note}" for note in dm.notes if "segments repeat" in note or "last segment repeats" in note]
+    trainer, checkpoint = _fit_trainer(args, model, run_dir, resume_ckpt.get("global_step") if resume_ckpt else None,
+                                       opening, short)
 
     started = time.time()
     trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
@@ -248,6 +265,10 @@ def train(args) -> tuple[dict, bool]:
     ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"
     best = checkpoint.best_model_path if not args.fast_dev_run else ""
     ckpt = best if best and Path(best).exists() else None
+    best_epoch = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] + 1 if ckpt else None
+    # The best checkpoint's val and test metrics go to results.json; metrics.csv keeps the training history only
+    # (logged there they would look like one more epoch).
+    trainer.loggers = []
     trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
     trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
 
@@ -255,24 +276,28 @@ def train(args) -> tuple[dict, bool]:
         "dataset": dataset_name, "task": task, "head": args.head, "task_type": ds.task_type,
         "metric": model.metric_name, "class_names": getattr(ds, "class_names", None),
         **_split_metrics(model),
-        "best_checkpoint": ckpt, "last_checkpoint": str(ckpt_dir / "last.ckpt") if not args.fast_dev_run else None,
+        "best_checkpoint": ckpt, "best_epoch": best_epoch,
+        "last_checkpoint": str(ckpt_dir / "last.ckpt") if not args.fast_dev_run else None,
         "epochs_run": trainer.current_epoch, "global_step": trainer.global_step, "train_s": round(train_s, 2),
         "params": params, "cache_tag": cache["tag"], "cache": cache, "code_version": config["code_version"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(run_dir), "notes": dm.notes,
         "n_videos": {s: len(dm.video_ids(s)) for s in ("train", "val", "test")}, "splits": dm.split_ids(),
+        "skipped_videos": dm.skipped, "short_videos": dm.short,
     })
     if trainer.is_global_zero:
-        write_run(run_dir, config, results, old_metrics, model.eval_outputs["test"], dm.video_ids("test"),
+        write_run(run_dir, config, results, model.eval_outputs["test"], dm.video_ids("test"),
                   getattr(ds, "class_names", None))
     return results, trainer.is_global_zero
 
 
 def _resume(args) -> dict | None:
-    """`--resume CKPT|last`: load the checkpoint (weights_only) and take its head, data set, task, root and cache tag
-    where the command line gives none (`args` is updated); None without --resume."""
+    """`--resume CKPT|last`: load the checkpoint (weights_only) and take its head, data set, task, root, cache tag,
+    clip and run options (epochs, batch, lr, ...) where the command line gives none (`args` is updated; without
+    --resume the unset options take heads.config.TRAIN); None without --resume."""
     if args.resume == "last":
         args.resume = str(find_last(Path(args.runs_dir), args.head if args.head_given else None, args.dataset))
     if not args.resume:
+        resolve_run_options(args, None)
         return None
     resume_ckpt = load_checkpoint(args.resume)
     prev = resume_ckpt["hyper_parameters"]["config"]
@@ -284,6 +309,11 @@ def _resume(args) -> dict | None:
     args.task = args.task or prev.get("task")
     args.data_root = args.data_root or prev.get("data_root")
     args.tag = args.tag or prev["cache"]["tag"]
+    resolve_run_options(args, prev)
+    done = resume_ckpt["epoch"] + 1  # Lightning's "epoch" is 0-based
+    if done >= args.epochs:
+        raise UserError(f"{args.resume} has already trained {done} of its {args.epochs} epochs; give EPOCHS= "
+                        f"(--epochs) above {done} to train it further")
     return resume_ckpt
 
 
@@ -301,20 +331,23 @@ def open_data(dataset_name: str, data_root, task, cache_dir: Path, tag: str | No
     return ds, tag_dir, store, FeatureDataModule(store, ds, **datamodule_kwargs)
 
 
-def _fit_trainer(args, model, run_dir: Path):
+def _fit_trainer(args, model, run_dir: Path, resume_step: int | None, opening: str, notes: list[str]):
     """The Lightning Trainer of a training run and its best-on-val checkpoint callback: best.ckpt on the monitored
     metric and last.ckpt after every epoch (Lightning's own save_last only saves when the best one does), the CSV
-    logger (and TensorBoard's when installed) into the run directory, the resume hint on an exception."""
+    logger continuing metrics.csv from `resume_step` (and TensorBoard's when installed) into the run directory, the
+    opening line (`opening`, "{device}" filled in) and `notes` when fit starts, one line per epoch without a progress
+    bar, the resume hint on an exception."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
+
+    from heads.training.console import EpochLines, ResumeHint
+    from heads.training.run_dir import metrics_logger
 
     checkpoint = ModelCheckpoint(filename="best", monitor=model.monitor, mode=model.monitor_mode, save_top_k=1,
                                  enable_version_counter=False, auto_insert_metric_name=False)
     last_checkpoint = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                       enable_version_counter=False, auto_insert_metric_name=False)
-    loggers = [CSVLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
-                         version=run_dir.name)]
+    loggers = [metrics_logger(run_dir, resume_step)]
     try:
         import tensorboard  # noqa: F401
         from pytorch_lightning.loggers import TensorBoardLogger
@@ -325,6 +358,7 @@ def _fit_trainer(args, model, run_dir: Path):
     trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps if args.max_steps else -1,
                          logger=loggers,
                          callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch"),
+                                    EpochLines(opening, notes, checkpoint, per_epoch=not args.progress),
                                     ResumeHint(run_dir)],
                          default_root_dir=str(run_dir), log_every_n_steps=args.log_every,
                          enable_progress_bar=args.progress, fast_dev_run=args.fast_dev_run,
@@ -346,6 +380,7 @@ def evaluate(args) -> dict:
     --cache-dir), write <checkpoint>.eval.json. Returns the results."""
     import pytorch_lightning as pl
 
+    from heads.training.console import split_counts
     from heads.training.module import HeadModule
 
     if not args.ckpt:
@@ -358,11 +393,21 @@ def evaluate(args) -> dict:
         Path(args.cache_dir or config["cache_dir"]), args.tag or config["cache"]["tag"],
         batch_size=args.batch or config["batch"], workers=args.workers, clip=tuple(config["clip"]),
         eval_stride=config["eval_stride"], seed=config["seed"], val_fraction=config["val_fraction"],
-        allow_missing=args.allow_missing)
+        allow_missing=args.allow_missing, require_all=args.require_all)
     check_cache_matches(config["cache"], cache_info(store, tag_dir, dm), tag_dir, f"the checkpoint {args.ckpt}")
+    run_dir = Path(args.ckpt).parent.parent  # as given: relative paths stay relative, like train's
+    best_epoch = ckpt["epoch"] + 1  # Lightning's "epoch" is 0-based
+    epochs_run = None
+    try:  # the run's own count, as train printed it
+        epochs_run = json.loads((run_dir / "results.json").read_text()).get("epochs_run")
+    except (OSError, ValueError):
+        pass
+    say(f"eval {args.ckpt} ({config['head']}, epoch {best_epoch}) on {config['dataset']}"
+        f"{'/' + config['task'] if config.get('task') else ''}, cache {tag_dir.name}: videos "
+        f"{split_counts(dm, ('val', 'test'))}")
     changes = split_changes(config.get("splits"), dm.split_ids())
     for line in changes:  # e.g. videos added to DATA_ROOT since training (issue: a validation split that moves)
-        print(f"warning: {line}; its metrics are not comparable with the run's", file=sys.stderr, flush=True)
+        say(f"warning: {line}; its metrics are not comparable with the run's")
     model = HeadModule(restore_head(ckpt), config, task_type=config["task_type"], n_outputs=config["n_outputs"],
                        lr=hp["lr"], weight_decay=hp["weight_decay"])
     trainer = pl.Trainer(accelerator=args.accelerator or "auto", devices=1, logger=False, enable_progress_bar=False,
@@ -373,14 +418,17 @@ def evaluate(args) -> dict:
         "dataset": config["dataset"], "task": config.get("task"), "head": config["head"],
         "metric": model.metric_name, "task_type": config["task_type"], "checkpoint": str(args.ckpt),
         "cache_tag": tag_dir.name, **_split_metrics(model),
-        "epochs_run": ckpt.get("epoch"), "run_dir": str(Path(args.ckpt).resolve().parent.parent),
+        "best_epoch": best_epoch, "epochs_run": epochs_run, "run_dir": str(run_dir),
         "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "splits": dm.split_ids(), "split_changes": changes,
+        "skipped_videos": dm.skipped, "short_videos": dm.short, "notes": dm.notes,
     })
+    out = Path(args.ckpt).with_suffix(".eval.json")
     try:
-        write_json(Path(args.ckpt).with_suffix(".eval.json"), results)
-    except OSError:
-        pass
+        write_json(out, results)
+        results["saved_to"] = str(out)
+    except OSError as exc:
+        say(f"note: could not write {out} ({exc.strerror}); the results are only printed")
     return results
 
 

@@ -4,8 +4,8 @@
         checkpoints/{best,last}.ckpt, metrics.csv (Lightning's CSV logger), config.json (the resolved config),
         results.json (val and test metrics of the best checkpoint, cache tag, code version), predictions.csv
 
-Versions (`next_version`, `find_last`), metrics.csv kept across a resume, predictions.csv, the summary line and the
-JSON-safe form of what is written (`data.outputs.plain`).
+Versions (`next_version`, `find_last`), metrics.csv kept across resumes (`metrics_logger`), predictions.csv, the
+summary line and the JSON-safe form of what is written (`data.outputs.plain`).
 """
 
 from __future__ import annotations
@@ -35,29 +35,45 @@ def find_last(runs_dir: Path, head: str | None, dataset: str | None) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def read_metrics_rows(path: Path, before_step: int | None) -> list[dict]:
-    """Rows of an existing metrics.csv logged up to `before_step` (Lightning's CSV logger truncates the file when a
-    resumed run starts logging into the same directory; these rows are put back afterwards)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if before_step is None:
-        return rows
-    return [r for r in rows if not r.get("step") or float(r["step"]) < before_step]
+def metrics_logger(run_dir: Path, resume_step: int | None = None):
+    """Lightning's CSV logger writing `run_dir`/metrics.csv, a row as it is logged (Lightning saves after every log).
 
+    A run resumed from a checkpoint taken at global step `resume_step` continues the same file: the rows logged
+    before that step stay, the ones after it (the unfinished epoch the checkpoint does not hold, a final
+    re-validation) go, so that an interrupted resume never loses the history before it. Lightning's own writer
+    would delete the whole file when the directory is not empty (and warn that it will)."""
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+    from pytorch_lightning.loggers.logger import rank_zero_experiment
 
-def merge_metrics(path: Path, old_rows: list[dict]) -> None:
-    """Prepend `old_rows` to metrics.csv (union of the headers)."""
-    new_rows = []
-    if path.is_file():
-        with path.open(newline="") as handle:
-            new_rows = list(csv.DictReader(handle))
-    keys = sorted({k for row in old_rows + new_rows for k in row if k})
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows({k: v for k, v in row.items() if k} for row in old_rows + new_rows)
+    class ContinuingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:  # Lightning: warn and delete metrics.csv
+            path = Path(self.metrics_file_path)
+            if resume_step is None or not path.is_file():
+                path.unlink(missing_ok=True)
+                return
+            with path.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                keys, rows = list(reader.fieldnames or []), list(reader)
+            rows = [r for r in rows if r.get("step") and float(r["step"]) < resume_step]
+            tmp = path.with_suffix(".csv.tmp")
+            with tmp.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+            tmp.replace(path)
+            self.metrics_keys = keys  # save() appends under this header (and rewrites it when keys are added)
+
+    class ContinuingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment  # other DDP ranks get a dummy writer, as with Lightning's own
+        def experiment(self):
+            if self._experiment is None:
+                self._experiment = ContinuingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    run_dir = Path(run_dir)
+    return ContinuingCSVLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name)
 
 
 def write_predictions(path: Path, out: dict, video_ids: list[str], class_names: list[str] | None) -> None:
@@ -97,33 +113,33 @@ def split_changes(recorded: dict | None, current: dict[str, list[str]]) -> list[
 
 
 def summary_line(results: dict) -> str:
+    """The last line `make train` and `make eval` print: the test metric, which checkpoint, where it is saved."""
     m = results["metric"]
+    epoch, of = results.get("best_epoch"), results.get("epochs_run")
+    which = (f"best checkpoint: epoch {epoch} of {of}" if epoch and of else f"checkpoint of epoch {epoch}" if epoch
+             else f"{of} epochs" if of else "last state")
     return (f"{results['head']} on {results['dataset']}{'/' + results['task'] if results.get('task') else ''}: "
-            f"test {m} {results['test'][m]:.4f} (val {m} {results['val'][m]:.4f}; best checkpoint of "
-            f"{results.get('epochs_run', '?')} epochs) -> {results['run_dir']}")
+            f"test {m} {results['test'][m]:.4f} (val {m} {results['val'][m]:.4f}; {which}) -> "
+            f"{results.get('saved_to') or results['run_dir']}")
 
 
-def run_directory(runs_dir: Path, name: str, head: str, resume: str | None, resume_ckpt: dict | None):
-    """(run_dir, old metrics rows): `runs_dir/name/head/version_N` with the next free N, or, when resuming from a
-    checkpoint inside a run directory, that run (and its metrics.csv rows up to the checkpoint's step, which
-    Lightning's CSV logger would truncate). Only global rank 0 writes there; Lightning broadcasts rank 0's checkpoint
-    directory to the other ranks."""
+def run_directory(runs_dir: Path, name: str, head: str, resume: str | None) -> Path:
+    """`runs_dir/name/head/version_N` with the next free N, or, when resuming from a checkpoint inside a run
+    directory, that run. Only global rank 0 writes there; Lightning broadcasts rank 0's checkpoint directory to the
+    other ranks."""
     resume_path = Path(resume) if resume else None
     if resume_path is not None and resume_path.parent.name == "checkpoints" and \
             resume_path.parent.parent.name.startswith("version_"):
-        run_dir = resume_path.parent.parent
-        return run_dir, read_metrics_rows(run_dir / "metrics.csv", before_step=resume_ckpt.get("global_step"))
+        return resume_path.parent.parent
     parent = runs_dir / name / head
-    return parent / f"version_{next_version(parent)}", []
+    return parent / f"version_{next_version(parent)}"
 
 
-def write_run(run_dir: Path, config: dict, results: dict, old_metrics: list[dict], test_outputs: dict,
-              test_ids: list[str], class_names: list[str] | None) -> None:
-    """What a finished run leaves: metrics.csv with the rows of before a resume merged back, config.json,
-    results.json (both written atomically) and predictions.csv."""
+def write_run(run_dir: Path, config: dict, results: dict, test_outputs: dict, test_ids: list[str],
+              class_names: list[str] | None) -> None:
+    """What a finished run leaves besides its checkpoints and metrics.csv: config.json, results.json (both written
+    atomically) and predictions.csv."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if old_metrics:
-        merge_metrics(run_dir / "metrics.csv", old_metrics)
     write_json(run_dir / "config.json", config)
     write_json(run_dir / "results.json", results)
     write_predictions(run_dir / "predictions.csv", test_outputs, test_ids, class_names)
