@@ -61,6 +61,9 @@ def count(args: argparse.Namespace) -> int:
     if skipped:
         what = getattr(ds, "skipped_kind", "files")
         print(f"  skipped {len(skipped)} {what} (e.g. {skipped[0]})")
+    for why, paths in getattr(ds, "left_out", {}).items():
+        if paths:
+            print(f"  {len(paths)} {why} (e.g. {paths[0]})")
     return 0
 
 

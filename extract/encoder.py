@@ -8,15 +8,17 @@ ViS4mer (Sec. 4, LVU) feeds the decoder every token of ViT-L/16 (ImageNet-21k): 
   of the families in ``extract/families.py`` (ViT/DeiT/BEiT, CLIP and SigLIP vision towers, DINOv2 with or without
   registers, TimeSformer, VideoMAE, ViViT), through that family's transformers class (``trust_remote_code=False``;
   nothing is fetched when ``HF_HUB_OFFLINE=1``);
-* the preset ``vit-tiny-random``: a seeded, *randomly initialised* tiny ViT built from a config, for offline runs,
-  tests and the demo (its features carry no meaning; the cache attrs and the log say so).
+* the preset ``vit-tiny-random`` (``PRESETS``): a seeded, *randomly initialised* tiny ViT built from a config, for
+  offline runs, tests and the demo (its features carry no meaning; the cache attrs and the log say so).
+A name that is none of these is refused, with the closest preset or default, before anything touches the network.
 
 Input size, resizing (exact, or shortest edge then centre crop; the resampling filter) and normalisation (rescale
 factor, ViViT's offset, mean/std) come from the checkpoint's own image processor (``AutoImageProcessor``, i.e. its
 ``preprocessor_config.json``); without one, frames are resized to ``config.image_size`` and normalised with the ViT
-defaults 0.5/0.5. Frames arrive resized and cropped by FFmpeg (``extract/video.py``, ``Resize``) as uint8
-(N, H, W, 3); rescaling and normalisation run on the device. When the processor's input size differs from the
-config's (DINOv2: 224 against 518) the position embeddings are interpolated by the model.
+defaults 0.5/0.5 (which ``describe`` says for a local folder). Frames arrive resized and cropped by FFmpeg
+(``extract/video.py``, ``Resize``) as uint8 (N, H, W, 3); rescaling and normalisation run on the device. When the
+processor's input size differs from the config's (DINOv2: 224 against 518) the position embeddings are interpolated
+by the model.
 
 Tokens are ``last_hidden_state``: S special tokens (``special_tokens``: CLS, distillation, registers; none for SigLIP
 and VideoMAE), then the patch grid. A video encoder takes ``num_frames`` consecutive frames of the batch as one clip
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from data.errors import UserError
-from extract import DEFAULT_ENCODER
+from extract import DEFAULT_ENCODER, DEFAULT_ENCODERS
 from extract.families import FAMILIES, Family, family_of, tag_name
 from extract.resize import Resize
 
@@ -263,8 +265,42 @@ def _offline() -> bool:
     return any(os.environ.get(k, "") not in ("", "0", "false", "False") for k in flags)
 
 
+def _first_sentence(text: str) -> str:
+    """The first sentence of a library's message, whole (a cut at a fixed length ends mid-sentence)."""
+    text = " ".join(text.split())
+    end = text.find(". ")
+    return text[: end + 1] if end > 0 else text
+
+
+PRESETS = (TINY_RANDOM,)  # names load_encoder builds itself, without a hub or a folder
+
+
+def check_name(name: str) -> Path | None:
+    """The local folder `name` names, or None for a hub id; a name that can only be a typo raises UserError before
+    anything touches the network (hub ids are `org/name`; a bare name is a preset or a folder here)."""
+    import difflib
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix:
+        raise UserError(
+            f"ENCODER={name} is neither a folder nor a hub id; give a folder saved with save_pretrained, a hub id "
+            f"such as {DEFAULT_ENCODER}, or {TINY_RANDOM}"
+        )
+    if "/" not in name:
+        known = {n: n for n in PRESETS} | {hub_id.split("/")[-1]: hub_id for hub_id in DEFAULT_ENCODERS.values()}
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        hint = f"did you mean {known[close[0]]}? " if close else ""
+        raise UserError(
+            f"ENCODER={name} is not a preset ({', '.join(PRESETS)}), a folder here, or a hub id (org/name); {hint}"
+            f"give one of those, e.g. {DEFAULT_ENCODER}"
+        )
+    return None
+
+
 def _not_available(name: str, exc: BaseException) -> UserError:
-    detail = " ".join(str(exc).split())[:160]
+    detail = _first_sentence(str(exc))
     if _offline():
         return UserError(
             f"encoder '{name}' is not available locally and HF_HUB_OFFLINE=1 forbids downloading it. Provide it: "
@@ -325,13 +361,7 @@ def resolve_encoder(name: str | None = None) -> EncoderSpec:
     name = name or DEFAULT_ENCODER
     if name == TINY_RANDOM:
         return EncoderSpec(name, FAMILIES["vit"], tiny_random_config(), None)
-    path = Path(name).expanduser()
-    local = path if path.is_dir() else None
-    if local is None and (name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix):
-        raise UserError(
-            f"ENCODER={name} is neither a folder nor a hub id; give a folder saved with save_pretrained, a hub id "
-            f"such as {DEFAULT_ENCODER}, or {TINY_RANDOM}"
-        )
+    local = check_name(name)
     from transformers import AutoConfig
 
     source = str(local) if local is not None else name
@@ -408,7 +438,12 @@ def describe(encoder: FrozenEncoder) -> str:
     if encoder.name == TINY_RANDOM:
         return (f"encoder {TINY_RANDOM}: a RANDOMLY initialised tiny ViT (seed {TINY_SEED}, hash "
                 f"{encoder.weights_hash}); its features carry no meaning -- tests and demo only; {shape}")
-    return f"encoder {encoder.name} ({encoder.family.name}, weights {encoder.weights_hash}); {shape}"
+    line = f"encoder {encoder.name} ({encoder.family.name}, weights {encoder.weights_hash}); {shape}"
+    folder = Path(encoder.name).expanduser()
+    if folder.is_dir() and not (folder / "preprocessor_config.json").is_file():
+        line += (f"; {folder} has no preprocessor_config.json: pixels are normalised with ViT's defaults (mean 0.5, "
+                 f"std 0.5); save the model's image processor there (save_pretrained) if it was trained otherwise")
+    return line
 
 
 def segment_means(tokens: np.ndarray, times: np.ndarray, k: int, frames_per_item: int = 1

@@ -65,6 +65,7 @@ def breakfast_tree(root: Path) -> dict[str, int]:
     touch(root / "P16" / "stereo" / "P16_coffee_ch1.avi")  # only channel 1 present: kept
     expected["P16-stereo-P16_coffee_ch1"] = ACTIVITIES.index("coffee")
     touch(root / "P03" / "cam01" / "P03_cereals.avi.labels")  # not a video: ignored
+    touch(root / "P03" / "cam01" / "P03_cereals.mp4")  # a video, but not the release's .avi: skipped
     touch(root / "P03" / "cam01" / "P03_lunch.avi")  # unknown activity: skipped
     touch(root / "P03" / "cam01" / "P04_tea.avi")  # wrong participant folder: skipped
     return expected
@@ -81,7 +82,9 @@ def test_breakfast_default_split(tmp_path):
     assert dict(train + test) == expected
     assert all(isinstance(r, Record) and isinstance(r.label, int) for r in train)
     assert ds.num_classes == 10 and ds.class_names[0] == "cereals" and ds.task_type == "classification"
-    assert sorted(ds.skipped) == ["P03/cam01/P03_lunch.avi", "P03/cam01/P04_tea.avi"]
+    assert sorted(ds.skipped) == ["P03/cam01/P03_cereals.mp4", "P03/cam01/P03_lunch.avi", "P03/cam01/P04_tea.avi"]
+    second = next(iter(ds.left_out.values()))  # every _ch1 beside its _ch0, counted instead of dropped silently
+    assert len(second) == 6 * 2 and all(path.endswith("_ch1.avi") for path in second)
     assert ds.video_path("P03-stereo-P03_juice_ch0") == tmp_path / "P03/stereo/P03_juice_ch0.avi"
     assert ds.video_path("P03-cam01-P03_juice").is_file()
     assert ds.missing_media("test") == []
@@ -135,6 +138,9 @@ def test_coin_records_labels_and_missing_media(tmp_path):
     assert ds.records("test") == [Record("dDd33", 42), Record("eEe44", 179)]
     assert ds.video_path("-aZ_0") == tmp_path / "videos/0/-aZ_0.mp4"
     assert ds.video_path("dDd33") == tmp_path / "videos/misc/dDd33.webm"
+    assert list(ds.left_out.values()) == [[]]
+    touch(tmp_path / "videos" / "0" / "-aZ_0.mkv")  # a second download of the same video
+    assert list(get_dataset("coin", root=tmp_path).left_out.values()) == [["videos/0/-aZ_0.mkv"]]
     assert ds.video_path("bBb11") == tmp_path / "videos/179/bBb11.mp4"  # expected place, though missing
     assert ds.missing_media("train") == ["bBb11", "cCc22"] and ds.missing_media("test") == ["eEe44"]
     names = ds.class_names
@@ -195,6 +201,7 @@ def test_lvu_classification(tmp_path):
     assert ds.video_path("aaa") == tmp_path / "videos/aaa.mp4"
     assert ds.video_path("bbb") == tmp_path / "mc_videos/bbb.mp4"
     assert ds.missing_media("train") == ["ccc"] and ds.missing_media("test") == ["eee", "fff"]
+    assert list(ds.left_out.values()) == [["mc_videos/aaa.mp4"]]  # the copy not read is counted, not dropped silently
     writer = get_dataset("lvu", root=tmp_path, task="writer")
     assert writer.num_classes == 10 and writer.records("train") == [Record("ggg", 9), Record("aaa", 4)]
     assert writer.records("test") == [Record("hhh", 9)] and writer.records("val") == []
@@ -246,7 +253,8 @@ def test_cli_count(tmp_path, capsys, monkeypatch):
     assert data_main(["count", "coin"]) == 0
     breakfast_tree(tmp_path / "bf")
     assert data_main(["count", "breakfast", "--root", str(tmp_path / "bf"), "--task", "s1"]) == 0
-    assert "skipped 2 files" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped 3 files" in out and "12 second stereo channels left out" in out
     with pytest.raises(UserError, match="cannot be generated"):
         data_main(["make", "coin"])
 

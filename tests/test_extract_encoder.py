@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from test_extract_media import write_video
-from transformers import ViTConfig, ViTModel
+from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from data.errors import UserError
 from extract.encoder import TINY_RANDOM, FrozenEncoder, Preprocess, build_tiny_random, load_encoder, weights_hash
@@ -145,3 +145,41 @@ def test_offline_missing_encoder_says_how_to_provide_it(tmp_path, monkeypatch):
     assert "HF_HUB_OFFLINE" in text and "save_pretrained" in text and "internet" in text
     with pytest.raises(UserError, match="neither a folder nor a hub id"):
         load_encoder(str(tmp_path / "no" / "such" / "folder"))
+
+
+def test_misspelt_encoder_names_the_closest_before_any_download(tmp_path, monkeypatch):
+    """A bare name is a preset or a folder here (hub ids are org/name): a typo is refused at once, never retried."""
+    import transformers
+
+    def hub(*args, **kwargs):
+        raise AssertionError("the name check let a typo through to the hub")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", hub)
+    with pytest.raises(UserError, match=r"ENCODER=vit-tiny-randm is not a preset .* did you mean vit-tiny-random\?"):
+        load_encoder("vit-tiny-randm")
+    with pytest.raises(UserError, match=r"did you mean google/vit-large-patch16-224-in21k\?"):
+        load_encoder("vit-large-patch16-224-in21k")
+    with pytest.raises(UserError, match="neither a folder nor a hub id"):
+        load_encoder("./models/vit")
+
+
+def test_library_message_is_kept_to_its_first_whole_sentence():
+    from extract.encoder import _first_sentence
+
+    text = ("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached "
+            "files.\nCheck your internet connection or see how to run the library in offline mode at "
+            "'https://huggingface.co/docs/transformers/installation#offline-mode'.")
+    assert _first_sentence(text) == ("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't "
+                                     "find them in the cached files.")
+
+
+def test_folder_without_processor_config_says_how_it_normalises(tmp_path):
+    from extract.encoder import describe
+
+    tiny_vit().save_pretrained(tmp_path / "vit")  # no preprocessor_config.json beside it
+    encoder = load_encoder(str(tmp_path / "vit"))
+    assert encoder.preprocess.mean == (0.5, 0.5, 0.5) and encoder.preprocess.std == (0.5, 0.5, 0.5)
+    assert "has no preprocessor_config.json: pixels are normalised with ViT's defaults (mean 0.5" in describe(encoder)
+    ViTImageProcessor(image_mean=[0.4] * 3, image_std=[0.2] * 3).save_pretrained(tmp_path / "vit")
+    encoder = load_encoder(str(tmp_path / "vit"))
+    assert encoder.preprocess.mean == (0.4, 0.4, 0.4) and "preprocessor_config" not in describe(encoder)

@@ -1,6 +1,7 @@
 """`make report`: pictures from a run directory (metrics.csv, predictions.csv, results.json)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,9 +29,36 @@ def write_run(run, task_type="classification"):
 def test_metrics_are_averaged_per_epoch_and_lr_rows_get_their_epoch(tmp_path):
     write_run(tmp_path / "run")
     metrics = read_metrics(tmp_path / "run" / "metrics.csv")
-    assert metrics["train/loss_step"] == [(0.0, 1.25), (1.0, 0.5)]
-    assert metrics["val/acc"] == [(0.0, 0.5), (1.0, 0.75)]
-    assert metrics["lr-AdamW/pg1"] == [(0.0, 0.001), (1.0, 0.0005)]
+    assert metrics["train/loss_step"] == [(1.0, 1.25), (2.0, 0.5)]  # epochs counted from 1, as train prints them
+    assert metrics["val/acc"] == [(1.0, 0.5), (2.0, 0.75)]
+    assert metrics["lr-AdamW/pg1"] == [(1.0, 0.001), (2.0, 0.0005)]
+
+
+def test_final_revalidation_is_not_an_epoch(tmp_path):
+    """Runs made before the final re-validation stopped being logged hold it as one more 'epoch' row."""
+    run = tmp_path / "run"
+    write_run(run)
+    with (run / "metrics.csv").open("a") as handle:
+        handle.write("2,,20,,0.75,0.6\n")  # val of the best checkpoint, at epoch = the number of epochs
+    assert read_metrics(run / "metrics.csv")["val/acc"] == [(1.0, 0.5), (2.0, 0.75)]
+
+
+def test_identical_curves_are_drawn_once_and_colours_follow_the_split():
+    from heads.training.report import SPLIT_COLOURS, _curves_in_panel
+
+    lr = [(1.0, 1e-3), (2.0, 5e-4)]
+    metrics = {"lr-AdamW/pg1": lr, "lr-AdamW/pg2": list(lr), "train/loss_epoch": [(1.0, 1.0)], "val/loss": [(1.0, 2.0)]}
+    curves = _curves_in_panel(metrics, ["lr-AdamW/pg1", "lr-AdamW/pg2"])
+    assert [label for label, _, _ in curves] == ["lr-AdamW/pg1 = pg2"]
+    colours = {label: colour for label, _, colour in _curves_in_panel(metrics, ["train/loss_epoch", "val/loss"])}
+    assert colours == {"train/loss_epoch": SPLIT_COLOURS["train"], "val/loss": SPLIT_COLOURS["val"]}
+
+
+def test_title_names_the_task():
+    from heads.training.report import run_title
+
+    assert run_title({"dataset": "lvu", "task": "director", "head": "s4-multiscale"}, Path("runs/x/version_3")) == \
+        "lvu/director · s4-multiscale · version_3"
 
 
 @pytest.mark.parametrize("task_type, picture", [("classification", "confusion.png"), ("regression", "scatter.png")])

@@ -215,5 +215,18 @@ def _some(items: Iterable[str], shown: int = 5) -> str:
     return ", ".join(items[:shown]) + more
 
 
+def second_copies(folders: Iterable[Path], used, root: Path) -> list[str]:
+    """Video files under `folders` (relative to `root`) that are not the file `used(stem)` reads for their stem: a
+    second copy of a video in another container or folder, which an adapter leaves out (and should count)."""
+    by_stem: dict[str, list[Path]] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                if is_video_name(path) and path.is_file():
+                    by_stem.setdefault(path.stem, []).append(path)
+    return [str(path.relative_to(root)) for stem, paths in by_stem.items() if len(paths) > 1
+            for path in paths if path != used(stem)]
+
+
 def _unique(ids: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(ids))

@@ -8,7 +8,8 @@ list (one `stereo01` view per recording) we keep one of them: `_ch0`, or `_ch1` 
 
 Splits: by default the one ViS4mer used (participants P03-P46 train, P47-P54 test: 1,357 / 355 videos);
 `task="s1".."s4"` selects the four standard splits whose test participants are P03-P15, P16-P28, P29-P41, P42-P54.
-Files that do not parse as `P<nn>_<activity>[_ch<k>].avi` are skipped and listed in `.skipped`.
+Video files that do not parse as `P<nn>_<activity>[_ch<k>].avi` (another name, another container) are skipped and
+listed in `.skipped`; the second stereo channels left out are listed in `.left_out`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from data.datasets.base import DatasetError, Record, VideoDataset
+from data.datasets.base import DatasetError, Record, VideoDataset, is_video_name
 
 ACTIVITIES = (
     "cereals", "coffee", "friedegg", "juice", "milk", "pancake", "salat", "sandwich", "scrambledegg", "tea",
@@ -61,28 +62,30 @@ class Breakfast(VideoDataset):
         return [d for d in sorted(folder.iterdir()) if d.is_dir() and _PARTICIPANT.match(d.name)]
 
     @cached_property
-    def _scan(self) -> tuple[dict[str, tuple[Path, int, int]], list[str]]:
-        """id -> (path, participant number, activity index); and the skipped files."""
+    def _scan(self) -> tuple[dict[str, tuple[Path, int, int]], list[str], list[str]]:
+        """id -> (path, participant number, activity index); the skipped video files; the second channels left out."""
         videos: dict[str, tuple[Path, int, int]] = {}
         skipped: list[str] = []
+        second_channels: list[str] = []
         for participant in self._participant_dirs(self.root):
             for camera in sorted(d for d in participant.iterdir() if d.is_dir()):
-                files = sorted(p for p in camera.iterdir() if p.suffix.lower() == ".avi")
-                stems = {p.stem for p in files}
+                files = sorted(p for p in camera.iterdir() if is_video_name(p))
+                stems = {p.stem for p in files if p.suffix.lower() == ".avi"}
                 for path in files:
                     match = _FILE.match(path.stem)
                     owner = match and int(match.group(1)) == int(participant.name[1:])
-                    if not owner or match.group(2) not in ACTIVITIES:
+                    if path.suffix.lower() != ".avi" or not owner or match.group(2) not in ACTIVITIES:
                         skipped.append(str(path.relative_to(self.root)))
                         continue
                     number, activity, channel = int(match.group(1)), match.group(2), match.group(3)
                     if channel is not None and channel != "0":
                         # a second stereo channel duplicates the recording: keep it only when _ch0 is absent
                         if f"P{match.group(1)}_{activity}_ch0" in stems:
+                            second_channels.append(str(path.relative_to(self.root)))
                             continue
                     video_id = "-".join((participant.name, camera.name, path.stem))
                     videos[video_id] = (path, number, ACTIVITIES.index(activity))
-        return videos, skipped
+        return videos, skipped, second_channels
 
     @property
     def _videos(self) -> dict[str, tuple[Path, int, int]]:
@@ -90,8 +93,13 @@ class Breakfast(VideoDataset):
 
     @property
     def skipped(self) -> list[str]:
-        """Files under the root that are not a recognised activity video (relative paths)."""
+        """Video files under the root that are not a recognised activity video (relative paths)."""
         return list(self._scan[1])
+
+    @property
+    def left_out(self) -> dict[str, list[str]]:
+        """Activity videos not listed, by reason: the second stereo channels of recordings whose _ch0 is listed."""
+        return {"second stereo channels left out (the same recordings as _ch0)": list(self._scan[2])}
 
     def _load(self) -> dict[str, list[Record]]:
         low, high = TEST_PARTICIPANTS[self.task]

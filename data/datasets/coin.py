@@ -14,7 +14,7 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from data.datasets.base import Record, VideoDataset, default_class_names, index_media
+from data.datasets.base import Record, VideoDataset, default_class_names, index_media, second_copies
 
 NUM_TASKS = 180
 SUBSETS = {"training": "train", "testing": "test"}
@@ -99,6 +99,12 @@ class Coin(VideoDataset):
         if expected.is_file():
             return expected
         return self._found.get(video_id, expected)
+
+    @property
+    def left_out(self) -> dict[str, list[str]]:
+        """Video files not read, by reason: second copies of a video (another container or folder)."""
+        return {"second copies of a video left out (another container or folder)":
+                second_copies([self.root / "videos"], self.video_path, self.root)}
 
 
 class _Object(dict):

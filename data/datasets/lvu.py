@@ -20,7 +20,14 @@ import math
 from functools import cached_property
 from pathlib import Path
 
-from data.datasets.base import DatasetError, Record, VideoDataset, default_class_names, index_media
+from data.datasets.base import (
+    DatasetError,
+    Record,
+    VideoDataset,
+    default_class_names,
+    index_media,
+    second_copies,
+)
 
 CLASSES = {
     "relationship": 4, "way_speaking": 5, "scene": 6, "director": 10, "genre": 4, "writer": 10, "year": 9,
@@ -125,6 +132,12 @@ class LVU(VideoDataset):
         if expected.is_file():
             return expected
         return self._found.get(video_id, expected)
+
+    @property
+    def left_out(self) -> dict[str, list[str]]:
+        """Video files not read, by reason: second copies of a video (another container, or the other folder)."""
+        copies = second_copies([self.root / folder for folder in MEDIA_FOLDERS], self.video_path, self.root)
+        return {"second copies of a video left out (another container or folder)": copies}
 
 
 def parse_csv(path: Path, task: str) -> tuple[list[Record], dict[int, str]]:
