@@ -198,8 +198,10 @@ def test_command_line_and_make_help_read_the_one_config():
 
     from heads.__main__ import train_parser
     from heads.config import TRAIN
+    from heads.training.run import resolve_run_options
 
     args = train_parser(argparse.ArgumentParser().add_subparsers()).parse_args([])
+    resolve_run_options(args, None)  # unset options (None, so that a resume keeps its own) are filled from TRAIN
     assert {f.name: getattr(args, f.name) for f in dataclasses.fields(TRAIN)} == dataclasses.asdict(TRAIN)
     root = Path(__file__).resolve().parents[1]
     shown = subprocess.run([sys.executable, "heads/config.py"], cwd=root, capture_output=True, text=True,

@@ -284,8 +284,10 @@ def test_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch, train_cli, 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:  # not bad input: exit 1, one line, no traceback
         run_cli(main, argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 1 and err.startswith("error: training loss became nan") and len(err.splitlines()) == 1
+    lines = capsys.readouterr().err.strip().splitlines()  # the opening line, what is kept, one error line
+    assert exc.value.code == 1 and len(lines) == 3 and lines[0].startswith("train s4-multiscale on synthetic")
+    assert lines[1].startswith("training stopped in its first epoch; nothing was saved yet")
+    assert lines[2].startswith("error: training loss became nan")
 
 
 def one_line_error(capsys, argv) -> str:
