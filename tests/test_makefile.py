@@ -24,7 +24,14 @@ def documented_variables() -> set[str]:
     """Every NAME that `make help` lists in its Variables section."""
     out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
     section = out.split("Variables", 1)[1]
-    return set(re.findall(r"\b([A-Z][A-Z0-9_]*[A-Z0-9])\b(?==|,| *\|| *\[| {2,}| *\()", section))
+    while re.search(r"\([^()]*\)|\[[^\[\]]*\]", section):  # explanations and defaults name no variable
+        section = re.sub(r"\([^()]*\)|\[[^\[\]]*\]", "", section)
+    names = set()
+    for line in section.splitlines():  # each line starts with the names it documents: NAME[=1], NAME | NAME ...
+        name = r"[A-Z][A-Z0-9_]*[A-Z0-9](?:=\S+)?"
+        lead = re.match(rf"\s*((?:{name}(?:\s*[,|/]\s*{name})*)?)", line).group(1)
+        names.update(re.findall(r"[A-Z][A-Z0-9_]*[A-Z0-9]", lead))
+    return names
 
 
 def test_misspelt_variable_stops_with_the_closest_name():
