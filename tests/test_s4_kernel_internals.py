@@ -1,6 +1,6 @@
 """Internals of the `torch` kernel, tested piece by piece (the one test file that imports private names): the
-length split, the (Pc, R) grid inverse rfft and its adjoint, the closed-form Cauchy tables, and the elementwise chains
-in torch ops against their compiled numba twins."""
+length split, the (Pc, R) grid inverse rfft and its adjoint, the closed-form Cauchy tables, the elementwise chains
+and the exact terms (`heads.s4.resonant`) in torch ops against their compiled numba twins."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from references import perturbed_nplr, rel_error
 
-from heads.s4 import mixed_radix, numba_loops
+from heads.s4 import mixed_radix, numba_loops, resonant, smooth
 from heads.s4.cpu import Scratch
 from heads.s4.kernels import BACKENDS, torch_kernel
 from heads.s4.mixed_radix import (
@@ -93,10 +93,18 @@ def test_tables_match_their_definition():
     assert torch.allclose(sd_conj, sd.conj(), rtol=1e-12, atol=0)
 
 
-def test_torch_loops_path_equals_naive(monkeypatch):
-    """The mixed-radix kernel with the torch elementwise chains (its path off CPU): value and gradient."""
+@pytest.mark.parametrize("terms", ["compiled", "torch"])
+@pytest.mark.parametrize("L,exact", [(94, None), (94, "all"), (40, None), (40, "all")])
+def test_torch_loops_path_equals_naive(monkeypatch, terms, L, exact):
+    """The `torch` kernels with the torch elementwise chains (their path off CPU) and either implementation of the
+    exact terms (`heads.s4.resonant`), with the default exact pairs and with every pair exact: value and gradient."""
     monkeypatch.setattr(mixed_radix, "_loops", lambda device: _TorchLoops)
-    L = 94
+    if terms == "torch":
+        monkeypatch.setattr(mixed_radix, "terms_for", lambda device: resonant.TorchTerms)
+        monkeypatch.setattr(smooth, "terms_for", lambda device: resonant.TorchTerms)
+    if exact == "all":
+        monkeypatch.setattr(resonant, "NEAR", 10.0)  # every table entry
+        monkeypatch.setattr(resonant, "PERIODIC", 1e-300)  # every mode
     v, a, dt = perturbed_nplr(3, 8, L)
     g = torch.randn(3, L, dtype=torch.float64)
     ref, got = BACKENDS["naive"](v, a, dt, L), torch_kernel(v, a, dt, L, chunk=2)
@@ -107,8 +115,9 @@ def test_torch_loops_path_equals_naive(monkeypatch):
 
 @pytest.mark.skipif(not numba_loops.available(), reason="numba is not installed")
 @pytest.mark.parametrize("real", [torch.float64, torch.float32])
-def test_compiled_loops_equal_torch_loops(real):
-    """Each numba loop of `cauchy_loops` gives its torch twin's results (the fast path against the plain one)."""
+def test_compiled_loops_equal_torch_loops(real, monkeypatch):
+    """Each numba loop of `numba_loops` gives its torch twin's results (the fast path against the plain one)."""
+    monkeypatch.setattr(resonant, "NEAR", 0.25)  # a wider band: these few modes then have exact pairs
     cplx = torch.complex128 if real == torch.float64 else torch.complex64
     tol = 1e-12 if real == torch.float64 else 2e-6
     L, h, M = 390, 3, 8  # P = 13, R = 30, Pc = 7
@@ -122,12 +131,29 @@ def test_compiled_loops_equal_torch_loops(real):
     rnd = lambda *shape: torch.randn(*shape, dtype=cplx)  # noqa: E731
     cp, D, gF, e1, e2 = rnd(h, 4, M), rnd(h, 3, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R)
     g_sd, g_rho, dt = rnd(h, M, 2, Pc), rnd(h, 4, R, M), torch.rand(h, dtype=real)
+    cp64, scale = cp.to(torch.complex128), torch.randn(h, 4, dtype=torch.float64)
+    bound2 = resonant.near_bounds(lam_log)
+    sel = torch.empty(h, M, Pc, dtype=torch.bool)
+    resonant.TorchTerms.near(mu, plan.theta, bound2, sel)
+    sel[0, 0, 1] = True  # at least one exact pair whatever the modes
+    pairs, first = resonant.pair_list(sel)
+    assert first[-1] == len(pairs) == int(sel.sum()) and sel[tuple(pairs.t())].all()
     out = {}
-    for name, ops in (("torch", _TorchLoops), ("numba", numba_loops.NumbaLoops)):
+    for name, ops, terms in (("torch", _TorchLoops, resonant.TorchTerms),
+                             ("numba", numba_loops.NumbaLoops, numba_loops.NumbaTerms)):
         ws, o = Scratch("cpu"), {}
         o["rho"] = ops.rho(lam, cp, plan, torch.empty(h, 4, R, M, dtype=cplx)).clone()
+        o["near"] = torch.empty(h, M, Pc, dtype=torch.bool)
+        o["near"] = terms.near(mu, plan.theta, bound2, o["near"]).to(torch.float64)
         for conj in (False, True):
-            o[f"sd{conj}"], o[f"inv{conj}"] = (x.clone() for x in ops.tables(mu, feats, plan, cplx, conj, ws))
+            o[f"sd{conj}"], o[f"inv{conj}"] = (x.clone() for x in ops.tables(mu, feats, plan, cplx, conj, ws, sel))
+        o["g12"] = terms.columns(lam, plan.nodes, pairs, torch.empty(len(pairs), 2, R, dtype=torch.complex128))
+        for conj in (False, True):
+            o[f"add{conj}"] = D.clone()
+            terms.add(cp64[:, 1:].contiguous(), o["g12"], pairs, o[f"add{conj}"], conj, -0.5)
+        o["g_cp"], o["g_lam"] = torch.zeros(h, 4, M, dtype=torch.complex128), torch.zeros(h, M, dtype=torch.complex128)
+        terms.grads(cp64, lam, plan.nodes, o["g12"], pairs, gF, torch.stack([e1, e2, D[:, 0]]), scale, o["g_cp"],
+                    o["g_lam"])
         w1, w2 = torch.empty_like(e1), torch.empty_like(e2)
         o["T"] = ops.woodbury(D.clone(), plan.snodes_conj, dt, w1, w2, ws).clone()
         o["e1"], o["e2"] = w1, w2
@@ -138,6 +164,8 @@ def test_compiled_loops_equal_torch_loops(real):
         o["Gq"] = torch.empty(h, 4, 2, M, dtype=cplx)
         ops.grad_coeffs(g_rho, lam, o["Gq"])
         out[name] = o
+    assert out["torch"]["near"].sum() > 0  # the band catches some pairs here
+    assert out["torch"]["sdFalse"][sel[:, :, None].expand(-1, -1, 2, -1)].abs().max() == 0  # and zeroes their row
     for key, ref in out["torch"].items():
         assert rel_error(out["numba"][key], ref) <= tol, key
     with pytest.raises(ValueError, match="contiguous"):

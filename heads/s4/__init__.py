@@ -7,6 +7,7 @@
   keops_health.py can PyKeOps run on this device? the once-per-process probe behind `auto`
   smooth.py       the `torch` kernel for 11-smooth L
   mixed_radix.py  the `torch` kernel for L with a prime factor > 11 (LVU's 11,820 = 197 * 60)
+  resonant.py     exact float64 terms for the poles next to the unit circle, where both kernels lose float32 precision
   numba_loops.py  compiled CPU twins of the mixed-radix kernel's elementwise chains
   cpu.py          process-wide CPU state: the chunk thread pool, scratch buffers, huge-page hint
 """

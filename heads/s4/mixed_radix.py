@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from heads.s4.cpu import Scratch, empty_huge, run_chunks
+from heads.s4.resonant import chunk_pairs, near_bounds, pair_list, terms_for
 
 _SMOOTH = 11  # pocketfft has fast radix passes up to 11; a larger prime factor p costs a generic O(p) pass
 
@@ -44,7 +45,7 @@ class MixedRadixPlan:
       basis, basis_conj (4, 6 Pc) float64: [1, x, y, x^2 + y^2] @ basis = [den, S num, Dd num] (3 x Pc complex)
           of `_tables` at mu = x + i y (conj: theta -> conj theta);
       th12 (2, Pc) = [theta, theta^2];  tw (R, Pc) = w^{r t} and ctw = conj(tw), w = exp(-2 pi i / L);
-      snodes_conj (Pc, R) = conj(1 + w^{P u + t});
+      nodes (Pc, R) complex128 = w^{P u + t} (the grid's nodes);  snodes_conj (Pc, R) = conj(1 + nodes);
       cmat (P, 2 Pc) real: x_{R j + r} = sum_(t, c) cmat[j, (t, c)] [Re Y; Im Y](t, r), the inverse length-P DFT
           of a half spectrum Hermitian in t, entries (c_t / L) (cos, -sin)(2 pi t j / P), c_0 = 1, else 2;
       cmat_conj_t (2 Pc, P): the transpose of the same acting on conj(Y) (sin column signs flipped).
@@ -60,6 +61,7 @@ class MixedRadixPlan:
     th12: torch.Tensor
     tw: torch.Tensor
     ctw: torch.Tensor
+    nodes: torch.Tensor
     snodes_conj: torch.Tensor
     cmat: torch.Tensor
     cmat_conj_t: torch.Tensor
@@ -103,8 +105,8 @@ def _plan(L: int, cplx: torch.dtype, device) -> MixedRadixPlan:
             P=P, R=R, Pc=Pc, theta=theta, theta_conj=theta.conj_physical(), basis=basis(theta),
             basis_conj=basis(theta.conj()),
             th12=torch.stack([theta, theta * theta]).to(cplx), tw=tw.to(cplx), ctw=tw.conj_physical().to(cplx),
-            snodes_conj=(1 + ang(P * r + t[:, None])).conj_physical().to(cplx), cmat=cmat.to(real),
-            cmat_conj_t=cmat_conj.t().contiguous().to(real),
+            nodes=ang(P * r + t[:, None]), snodes_conj=(1 + ang(P * r + t[:, None])).conj_physical().to(cplx),
+            cmat=cmat.to(real), cmat_conj_t=cmat_conj.t().contiguous().to(real),
             tk=torch.where(flip, P - tl, tl), uk=torch.where(flip, R - 1 - ul, ul), flip=flip)
     return _PLANS[key]
 
@@ -266,9 +268,13 @@ class _TorchLoops:
         return torch.mul(cp.to(out.dtype)[:, :, None, :], p[:, None], out=out)
 
     @staticmethod
-    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype, conj: bool, ws):
-        """sd (h, M, 2, Pc) and inv (h, M, Pc) of `_tables`, in `ws` buffers."""
+    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype, conj: bool, ws,
+               sel: torch.Tensor):
+        """sd (h, M, 2, Pc) and inv (h, M, Pc) of `_tables`, in `ws` buffers, zero where `sel` (h, M, Pc) marks an
+        exact pair (`heads.s4.resonant`)."""
         _, sd, inv, _ = _tables((mu, feats, None), plan, cplx, conj, ws)
+        inv.masked_fill_(sel, 0)
+        sd.masked_fill_(sel[:, :, None], 0)
         return sd, inv
 
     @staticmethod
@@ -350,6 +356,10 @@ class _MixedRadixKernel(torch.autograd.Function):
     Per chunk, torch runs the GEMMs, the length-R FFTs and the transposes; the elementwise chains between them (power
     and Cauchy tables, the Woodbury algebra, their adjoints) go through `_loops(device)`: compiled numba loops on CPU
     (`numba_loops`), `_TorchLoops` elsewhere.
+    Table entries next to a pole (|1 - mu theta_t| below `resonant.near_bounds`, `sel`) are zero: their whole column
+    of terms, cp / (1 - lam w^l) + conj(cp) / (1 - conj(lam) w^l) at l = P u + t, is added to conj(D_q) (and
+    subtracted from conj(T) for q = 0) in float64 by `heads.s4.resonant`, which also returns their gradients (float32
+    would lose |G| times its precision in the DFT over r that has to cancel them).
     """
 
     @staticmethod
@@ -365,33 +375,40 @@ class _MixedRadixKernel(torch.autograd.Function):
         dtr = dt.detach().to(real).contiguous()  # (H,)
         cph = cp.transpose(0, 1) * torch.tensor([R, 1, 1, 1], dtype=cp.dtype, device=dev)[:, None]  # (H, 4, M)
         cph = cph.to(cplx).contiguous()
+        cp0, cp123 = (x.contiguous() for x in cp.transpose(0, 1).split([1, 3], 1))  # (H, 1, M), (H, 3, M) complex128
         mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)  # (H, M), (H, M, 4)
         lam = torch.exp(lam_log)  # (H, M) complex128
-        loops, ws = _loops(dev), Scratch(dev)
+        loops, terms, ws = _loops(dev), terms_for(dev), Scratch(dev)
+        sel = torch.empty(H, M, Pc, dtype=torch.bool, device=dev)  # the exact pairs (`heads.s4.resonant`)
+        pairs, first = pair_list(terms.near(mu, plan.theta, near_bounds(lam_log), sel))  # (n_p, 3), (H + 1,)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
             rho = loops.rho(lam[lo:hi], cph[lo:hi], plan, ws.get("rho", (h, 4, R, M), cplx))  # (h, 4, R, M)
-            sd, _ = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, True, ws)  # conj tables
+            sd, _ = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, True, ws, sel[lo:hi])  # conj tables
             A = _spectral_bmm(rho, sd, ws.get("A", (h, 4 * R, 2 * Pc), real))  # (h, 4, R, Pc) conj(A)
             At = ws.get("At", (h, 3, Pc, R), cplx)  # (h, 3, Pc, R) t-major
             torch.mul(A[:, 1:], plan.ctw, out=At.transpose(-1, -2))
             D = torch.fft.ifft(At, dim=-1, norm="forward")  # (h, 3, Pc, R) conj(D_q)
+            pr = chunk_pairs(pairs, first, lo, hi)  # this chunk's exact pairs and their reciprocals
+            g12 = terms.columns(lam[lo:hi], plan.nodes, pr, ws.get("g12", (len(pr), 2, R), torch.complex128))
+            terms.add(cp123[lo:hi], g12, pr, D, True, 1.0)
             T = loops.woodbury(D, plan.snodes_conj, dtr[lo:hi], e1[lo:hi], e2[lo:hi], ws)  # conj(s Rw D1 D2)
+            terms.add(cp0[lo:hi], g12, pr, T[:, None], True, -1.0)  # conj(T - D0)
             T = torch.fft.fft(T, dim=-1)  # (h, Pc, R)
             Y = torch.addcmul(A[:, 0], T.transpose(1, 2), plan.tw, value=-1,
                               out=ws.get("Y", (h, R, Pc), cplx))  # (h, R, Pc) conj(Y)
             _p_stage(Y, plan, 2 * dtr[lo:hi], out=k[lo:hi].view(h, P, R))
 
         run_chunks(one, H, chunk, dev)
-        ctx.save_for_backward(cp, lam_log, dt, e1, e2, k)
-        ctx.L, ctx.chunk, ctx.real = L, chunk, real
+        ctx.save_for_backward(cp, lam_log, dt, e1, e2, k, sel, pairs)
+        ctx.L, ctx.chunk, ctx.real, ctx.first = L, chunk, real, first
         return k
 
     @staticmethod
     def backward(ctx, g):
-        cp, lam_log, dt, e1, e2, k = ctx.saved_tensors
-        L, chunk, real = ctx.L, ctx.chunk, ctx.real
+        cp, lam_log, dt, e1, e2, k, sel, pairs = ctx.saved_tensors
+        L, chunk, real, first = ctx.L, ctx.chunk, ctx.real, ctx.first
         cplx = e1.dtype
         H, M = lam_log.shape
         plan = _plan(L, cplx, g.device)
@@ -402,13 +419,18 @@ class _MixedRadixKernel(torch.autograd.Function):
         scale = sign[:, None] * dt.to(torch.float64)  # (4, H) grad A_q / gA_q (2 R dt, -2 dt, -2 dt, 2 dt)
         cps = (cp * scale[..., None]).transpose(0, 1)  # (H, 4, M) complex128, the factors applied
         cps_c = cps.to(cplx).contiguous()
+        cpt = cp.transpose(0, 1).contiguous()  # (H, 4, M) complex128
+        exact_scale = (torch.tensor([2.0, -2.0, -2.0, 2.0], dtype=torch.float64, device=g.device)
+                       * dt.to(torch.float64)[:, None]).contiguous()  # (H, 4) grad D_q / [gF, gD_q]
+        g_cp_exact = torch.zeros(H, 4, M, dtype=torch.complex128, device=g.device)
+        g_lam_exact = torch.zeros(H, M, dtype=torch.complex128, device=g.device)
         mu, feats, _ = _table_inputs(lam_log, plan, cplx, powers=False)  # (H, M), (H, M, 4)
         lam = torch.exp(lam_log)  # (H, M) complex128
         Gq = torch.empty(H, 4, 2, M, dtype=cplx, device=g.device)  # sum_r conj(lam^r) [1, r] gA-scaled grad rho
         g_mu = torch.empty(H, M, 2, dtype=real, device=g.device)  # Re sum conj(phi1) [gS - conj(psi), gDd]
         r2 = torch.empty(H, M, dtype=real, device=g.device)  # Re sum conj(phi2) conj(psi)
         grad_dt = torch.empty_like(dtr)  # (H,)
-        loops, ws = _loops(g.device), Scratch(g.device)
+        loops, terms, ws = _loops(g.device), terms_for(g.device), Scratch(g.device)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
@@ -419,10 +441,14 @@ class _MixedRadixKernel(torch.autograd.Function):
             # [conj(s a2), conj(s a1), conj(s^2 a1 a2)] gF and sum Re conj(s a1 a2) gF
             re_sum = loops.grad_spectra(e1[lo:hi], e2[lo:hi], gF, plan.snodes_conj, dtr[lo:hi], gD, ws)
             grad_dt[lo:hi] = gk - 2 * re_sum
+            pr = chunk_pairs(pairs, first, lo, hi)
+            g12 = terms.columns(lam[lo:hi], plan.nodes, pr, ws.get("g12", (len(pr), 2, R), torch.complex128))
+            terms.grads(cpt[lo:hi], lam[lo:hi], plan.nodes, g12, pr, gF, gD, exact_scale[lo:hi], g_cp_exact[lo:hi],
+                        g_lam_exact[lo:hi])
             X = torch.fft.ifft(gD, dim=-1, norm="forward")  # (3, h, Pc, R)
             torch.mul(X.permute(1, 0, 3, 2), plan.ctw, out=gA[:, 1:])
             gA = torch.view_as_real(gA).view(h, 4 * R, 2 * Pc)  # (h, (q, r), (t, c))
-            sd, inv = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, False, ws)  # (h, M, 2, Pc), (h, M, Pc)
+            sd, inv = loops.tables(mu[lo:hi], feats[lo:hi], plan, cplx, False, ws, sel[lo:hi])  # (h, M, {2,} Pc)
             rho = loops.rho(lam[lo:hi], cps_c[lo:hi], plan, ws.get("rho", (h, 4, R, M), cplx))  # (h, 4, R, M)
             g_rho = torch.bmm(gA, torch.view_as_real(sd).view(h, 2 * M, 2 * Pc).transpose(1, 2),
                               out=ws.get("g_rho", (h, 4 * R, 2 * M), real))  # (h, 4R, 2M)
@@ -436,6 +462,7 @@ class _MixedRadixKernel(torch.autograd.Function):
         run_chunks(one, H, chunk, g.device)
         # per channel, all channels at once: grad mu = -2 (g_mu[0] + i g_mu[1] + mu r2), mu = lam^R; rho = cp lam^r
         grad_mu = -2 * (torch.view_as_complex(g_mu.to(torch.float64)) + mu * r2.to(torch.float64))  # (H, M)
-        grad_cp = (Gq[:, :, 0] * scale.t()[..., None]).transpose(0, 1).to(cp.dtype)  # (4, H, M)
-        grad_lam = (R * mu).conj() * grad_mu + torch.linalg.vecdot(cps, Gq[:, :, 1].to(mu.dtype), dim=1)  # (H, M)
+        grad_cp = (Gq[:, :, 0] * scale.t()[..., None] + g_cp_exact).transpose(0, 1).to(cp.dtype)  # (4, H, M)
+        grad_lam = ((R * mu).conj() * grad_mu + torch.linalg.vecdot(cps, Gq[:, :, 1].to(mu.dtype), dim=1)
+                    + g_lam_exact)  # (H, M)
         return grad_cp, grad_lam, grad_dt.to(dt.dtype), None, None, None

@@ -112,14 +112,14 @@ def _rho_loop(lam, cp, out):  # lam (h, 2M) f64, cp (h, Q, 2M), out (h, Q, R, 2M
 
 
 @_jit
-def _tables_loop(mu, theta, sd, inv):  # mu (h, M, 2) f64, theta (2Pc) f64, sd (h, M, 2, 2Pc), inv (h, M, 2Pc)
-    h, M = mu.shape[0], mu.shape[1]
+def _tables_loop(mu, theta, sel, sd, inv):  # mu (h, M, 2) f64, theta (2Pc) f64, sel (h, M, Pc) bool,
+    h, M = mu.shape[0], mu.shape[1]  # sd (h, M, 2, 2Pc), inv (h, M, 2Pc)
     P2 = theta.shape[0]
     for i in range(h):
         for m in range(M):
             x, y = mu[i, m, 0], mu[i, m, 1]
             n2 = x * x + y * y
-            S, Dd, iv = sd[i, m, 0], sd[i, m, 1], inv[i, m]
+            S, Dd, iv, near = sd[i, m, 0], sd[i, m, 1], inv[i, m], sel[i, m]
             for k in range(P2 // 2):  # 1 / den, den = 1 - 2 x theta + |mu|^2 theta^2 (one store stream per loop)
                 j = 2 * k
                 c, s = theta[j], theta[j + 1]
@@ -128,6 +128,10 @@ def _tables_loop(mu, theta, sd, inv):  # mu (h, M, 2) f64, theta (2Pc) f64, sd (
                 nrm = 1.0 / (dr * dr + di * di)
                 iv[j] = dr * nrm
                 iv[j + 1] = -di * nrm
+            for k in range(P2 // 2):  # exact pairs (resonant.py): a zero entry, so S and Dd are zero too
+                if near[k]:  # (a separate loop: a select inside the one above would keep it from vectorising)
+                    iv[2 * k] = 0.0
+                    iv[2 * k + 1] = 0.0
             for k in range(P2 // 2):  # S = (2 - 2 x theta) / den
                 j = 2 * k
                 ar, ai = 2.0 - 2.0 * x * theta[j], -2.0 * x * theta[j + 1]
@@ -241,6 +245,92 @@ def _grad_coeffs_loop(g_rho, lam, out):  # g_rho (h, Q, R, 2M), lam (h, 2M) f64,
                 out[i, q, w] = acc
 
 
+@_jit
+def _near_loop(mu, theta, bound2, sel):  # mu (h, M, 2) f64, theta (2Pc) f64, bound2 (h, M) f64, sel (h, M, Pc) bool
+    h, M, Pc = sel.shape
+    for i in range(h):
+        for m in range(M):
+            x, y = mu[i, m, 0], mu[i, m, 1]
+            n2, b2 = x * x + y * y, bound2[i, m]
+            if n2 < 1.0 and (1.0 - np.sqrt(n2)) ** 2 >= 1.0001 * b2:  # |1 - mu theta| >= 1 - |mu|: none near
+                sel[i, m, :] = False
+                continue
+            base = 1.0 + n2
+            for k in range(Pc):  # min(|1 - mu theta|, |1 - conj(mu) theta|)^2 < bound^2
+                sel[i, m, k] = base - 2.0 * x * theta[2 * k] - 2.0 * abs(y * theta[2 * k + 1]) < b2
+
+
+@_jit
+def _columns_loop(lam, nodes, pairs, out):  # lam (h, 2M) f64, nodes (G, 2n) f64, pairs (n_p, 3) i64, out (n_p, 2, 2n)
+    n2 = nodes.shape[1]
+    for p in range(pairs.shape[0]):
+        i, m, g = pairs[p, 0], pairs[p, 1], pairs[p, 2]
+        lr, li = lam[i, 2 * m], lam[i, 2 * m + 1]
+        nd, g1, g2 = nodes[g], out[p, 0], out[p, 1]
+        for k in range(n2 // 2):  # G1 = 1 / (1 - lam w), G2 = 1 / (1 - conj(lam) w)
+            wr, wi = nd[2 * k], nd[2 * k + 1]
+            zr, zi = 1.0 - (lr * wr - li * wi), -(lr * wi + li * wr)
+            d = 1.0 / (zr * zr + zi * zi)
+            g1[2 * k], g1[2 * k + 1] = zr * d, -zi * d
+            zr, zi = 1.0 - (lr * wr + li * wi), -(lr * wi - li * wr)
+            d = 1.0 / (zr * zr + zi * zi)
+            g2[2 * k], g2[2 * k + 1] = zr * d, -zi * d
+
+
+@_jit
+def _exact_add_loop(cp, g12, pairs, out, conj, sign):  # cp (h, Q, 2M) f64, g12 (n_p, 2, 2n) f64, pairs (n_p, 3),
+    Q, n2 = out.shape[1], out.shape[3]  # out (h, Q, G, 2n)
+    cs = -sign if conj else sign
+    for p in range(pairs.shape[0]):
+        i, m, g = pairs[p, 0], pairs[p, 1], pairs[p, 2]
+        g1, g2 = g12[p, 0], g12[p, 1]
+        for q in range(Q):  # cp G1 + conj(cp) G2, one output row (one store stream) per loop
+            o = out[i, q, g]
+            cr, ci = sign * cp[i, q, 2 * m], sign * cp[i, q, 2 * m + 1]
+            for k in range(n2 // 2):
+                o[2 * k] += cr * (g1[2 * k] + g2[2 * k]) - ci * (g1[2 * k + 1] - g2[2 * k + 1])
+            cr, ci = cs * cp[i, q, 2 * m], cs * cp[i, q, 2 * m + 1]
+            for k in range(n2 // 2):
+                o[2 * k + 1] += cr * (g1[2 * k + 1] + g2[2 * k + 1]) + ci * (g1[2 * k] - g2[2 * k])
+
+
+@_jit
+def _exact_grads_loop(cp, lam, nodes, g12, pairs, gF, gD, scale, g_cp, g_lam):  # cp (h, 4, 2M) f64, lam (h, 2M),
+    n2 = nodes.shape[1]  # nodes (G, 2n), g12 (n_p, 2, 2n), pairs (n_p, 3), gF (h, G, 2n), gD (3, h, G, 2n),
+    pa, pb = np.empty(n2, dtype=np.float64), np.empty(n2, dtype=np.float64)  # scale (h, 4), g_cp (h, 4, 2M),
+    for p in range(pairs.shape[0]):  # g_lam (h, 2M) f64; pa, pb = w G1^2, w G2^2
+        i, m, g = pairs[p, 0], pairs[p, 1], pairs[p, 2]
+        nd, a, b = nodes[g], g12[p, 0], g12[p, 1]
+        for k in range(n2 // 2):
+            wr, wi = nd[2 * k], nd[2 * k + 1]
+            xr, xi = a[2 * k] * a[2 * k] - a[2 * k + 1] * a[2 * k + 1], 2.0 * a[2 * k] * a[2 * k + 1]
+            pa[2 * k], pa[2 * k + 1] = xr * wr - xi * wi, xr * wi + xi * wr
+            xr, xi = b[2 * k] * b[2 * k] - b[2 * k + 1] * b[2 * k + 1], 2.0 * b[2 * k] * b[2 * k + 1]
+            pb[2 * k], pb[2 * k + 1] = xr * wr - xi * wi, xr * wi + xi * wr
+        lamr, lami = 0.0, 0.0
+        for q in range(4):
+            gq = gF[i, g] if q == 0 else gD[q - 1, i, g]  # grad D_q / scale
+            s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+            for k in range(n2 // 2):
+                xr, xi = gq[2 * k], gq[2 * k + 1]
+                s0 += (a[2 * k] + b[2 * k]) * xr + (a[2 * k + 1] + b[2 * k + 1]) * xi  # conj(G1) x + G2 conj(x)
+                s1 += (a[2 * k] - b[2 * k]) * xi - (a[2 * k + 1] - b[2 * k + 1]) * xr
+                s2 += pa[2 * k] * xr + pa[2 * k + 1] * xi  # conj(w G1^2) x
+                s3 += pa[2 * k] * xi - pa[2 * k + 1] * xr
+                s4 += pb[2 * k] * xr + pb[2 * k + 1] * xi  # w G2^2 conj(x)
+                s5 += pb[2 * k + 1] * xr - pb[2 * k] * xi
+            f = scale[i, q]
+            cr, ci = cp[i, q, 2 * m], cp[i, q, 2 * m + 1]
+            g_cp[i, q, 2 * m] += f * s0
+            g_cp[i, q, 2 * m + 1] += f * s1
+            # grad lam += conj(cp) [conj(w G1^2) x + w G2^2 conj(x)]
+            lamr += f * (cr * (s2 + s4) + ci * (s3 + s5))
+            lami += f * (cr * (s3 + s5) - ci * (s2 + s4))
+        lr, li = lam[i, 2 * m], lam[i, 2 * m + 1]
+        g_lam[i, 2 * m] += lr * lamr + li * lami  # grad log lam = conj(lam) grad lam
+        g_lam[i, 2 * m + 1] += lr * lami - li * lamr
+
+
 # ------------------------------------------------------------------------------------------------------ torch API
 class NumbaLoops:
     """The compiled twins of `mixed_radix._TorchLoops` (same signatures, same results up to rounding)."""
@@ -253,13 +343,15 @@ class NumbaLoops:
         return out
 
     @staticmethod
-    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype, conj: bool, ws):
-        """sd (h, M, 2, Pc) = [S; Dd] and inv = 1 / den (h, M, Pc) of `mixed_radix._tables` (conj: at conj theta)."""
+    def tables(mu: torch.Tensor, feats: torch.Tensor, plan: MixedRadixPlan, cplx: torch.dtype, conj: bool, ws,
+               sel: torch.Tensor):
+        """sd (h, M, 2, Pc) = [S; Dd] and inv = 1 / den (h, M, Pc) of `mixed_radix._tables` (conj: at conj theta),
+        zero where `sel` (h, M, Pc) marks an exact pair."""
         h, M = mu.shape
         Pc = plan.Pc
         sd, inv = ws.get("sd", (h, M, 2, Pc), cplx), ws.get("inv", (h, M, Pc), cplx)
-        theta = plan.theta_conj if conj else plan.theta  # (Pc,) complex128
-        _tables_loop(_flat(mu, h, M, 2), _flat(theta, 2 * Pc), _flat(sd, h, M, 2, 2 * Pc),
+        theta = (plan.theta_conj if conj else plan.theta)  # (Pc,) complex128
+        _tables_loop(_flat(mu, h, M, 2), _flat(theta, 2 * Pc), sel.numpy(), _flat(sd, h, M, 2, 2 * Pc),
                      _flat(inv, h, M, 2 * Pc))
         return sd, inv
 
@@ -303,3 +395,51 @@ class NumbaLoops:
         h, Q, R, M = g_rho.shape
         acc = _flat(out, h, Q, 2, 2 * M)
         _grad_coeffs_loop(_flat(g_rho, h, Q, R, 2 * M), _flat(lam, h, 2 * M), acc)
+
+
+class NumbaTerms:
+    """The compiled twins of `resonant.TorchTerms` (same signatures, same results up to rounding)."""
+
+    @staticmethod
+    def near(mu: torch.Tensor, theta: torch.Tensor, bound2: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out (H, M, Pc) bool: the exact pairs of the mixed-radix tables (`resonant.TorchTerms.near`)."""
+        H, M, Pc = out.shape
+        _near_loop(_flat(mu, H, M, 2), _flat(theta, 2 * Pc), _flat(bound2, H, M), out.numpy())
+        return out
+
+    @staticmethod
+    def columns(lam: torch.Tensor, nodes: torch.Tensor, pairs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out (n_p, 2, n) complex128 = [G1, G2] at the nodes of each pair (i, m, g) of `pairs` (n_p, 3)."""
+        H, M = lam.shape
+        G, n = nodes.shape
+        if len(pairs):
+            _columns_loop(_flat(lam, H, 2 * M), _flat(nodes, G, 2 * n), pairs.numpy(), _flat(out, len(pairs), 2, 2 * n))
+        return out
+
+    @staticmethod
+    def add(cp: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor, out: torch.Tensor, conj: bool,
+            sign: float) -> None:
+        """out (h, Q, G, n) += sign * the pairs' terms (conjugated if `conj`). A strided `out` (the torch chains'
+        Woodbury returns a view) goes through a contiguous copy."""
+        if not len(pairs):
+            return
+        h, Q, G, n = out.shape
+        dense = out if out.is_contiguous() else out.contiguous()
+        _exact_add_loop(_flat(cp, h, Q, 2 * cp.shape[-1]), _flat(g12, len(pairs), 2, 2 * n), pairs.numpy(),
+                        _flat(dense, h, Q, G, 2 * n), conj, float(sign))
+        if dense is not out:
+            out.copy_(dense)
+
+    @staticmethod
+    def grads(cp: torch.Tensor, lam: torch.Tensor, nodes: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor,
+              gF: torch.Tensor, gD: torch.Tensor, scale: torch.Tensor, g_cp: torch.Tensor,
+              g_lam_log: torch.Tensor) -> None:
+        """g_cp (h, 4, M) and g_lam_log (h, M) complex128 += the pairs' gradients."""
+        if not len(pairs):
+            return
+        h, M = lam.shape
+        G, n = nodes.shape
+        _exact_grads_loop(_flat(cp, h, 4, 2 * M), _flat(lam, h, 2 * M), _flat(nodes, G, 2 * n),
+                          _flat(g12, len(pairs), 2, 2 * n), pairs.numpy(), _flat(gF, h, G, 2 * n),
+                          _flat(gD, 3, h, G, 2 * n), _flat(scale, h, 4), _flat(g_cp, h, 4, 2 * M),
+                          _flat(g_lam_log, h, 2 * M))

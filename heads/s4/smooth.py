@@ -12,6 +12,7 @@ import torch
 
 from heads.s4.cpu import run_chunks
 from heads.s4.reference import rfft_nodes
+from heads.s4.resonant import chunk_pairs, pair_list, periodic_modes, terms_for
 
 
 def _blocks(L: int) -> tuple[int, int]:
@@ -99,10 +100,18 @@ def smooth_cauchy(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
     return torch.fft.rfft(x, n=L).transpose(0, 1)  # (Q, H, K)
 
 
+def _reciprocals(n: int, nodes: torch.Tensor) -> torch.Tensor:
+    """An empty (n, 2, K) complex128 buffer for `resonant` columns at `nodes` (1, K)."""
+    return torch.empty(n, 2, nodes.shape[1], dtype=torch.complex128, device=nodes.device)
+
+
 def smooth_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int) -> torch.Tensor:
-    """The whole kernel k (H, L) for 11-smooth L, `chunk` channels per task (`_StructuredKernel`)."""
+    """The whole kernel k (H, L) for 11-smooth L, `chunk` channels per task (`_StructuredKernel`). Modes with
+    |lam^L| > `resonant.PERIODIC` leave the time-domain GEMM (their coef is zero) for exact float64 terms."""
     coef, lam_log = _geometric(v, a, L)
-    return _StructuredKernel.apply(coef, lam_log, dt, L, chunk, v.real.dtype)
+    exact = periodic_modes(lam_log.detach(), L)  # (H, M)
+    cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (Q, H, M) = coef (1 - lam^L)
+    return _StructuredKernel.apply(coef.masked_fill(exact, 0), cp, lam_log, dt, exact, L, chunk, v.real.dtype)
 
 
 class _StructuredKernel(torch.autograd.Function):
@@ -118,13 +127,21 @@ class _StructuredKernel(torch.autograd.Function):
         grad D3 = -conj(s^2 a1 a2) W Y,  grad dt = sum g k / dt + sum_l Re(conj((1+w) a1 a2) W_l Y_l);
     then 3 irfft + the time-domain GEMM adjoints (grad x_0 = 2 dt g). Length-L FFTs per chunk: 3+1 forward, 1+3
     backward. Nothing of size H*N*L is formed.
+    The modes marked `exact` (H, M) come with coef = 0 and their terms cp / (1 - lam w) + conj(cp) / (1 - conj(lam) w)
+    (cp (4, H, M) complex128) are added to D_q (subtracted from T for q = 0) and differentiated in float64 by
+    `heads.s4.resonant`: with |lam^L| near 1 the time-domain form would need a large coef = cp / (1 - lam^L) and
+    float32 gradients that nearly cancel.
     """
 
     @staticmethod
-    def forward(ctx, coef, lam_log, dt, L: int, chunk: int, real: torch.dtype):
+    def forward(ctx, coef, cp, lam_log, dt, exact, L: int, chunk: int, real: torch.dtype):
         H, dev = lam_log.shape[0], lam_log.device
         cplx = torch.complex64 if real == torch.float32 else torch.complex128
         nodes = rfft_nodes(L, cplx, dev)  # (K,)
+        nodes64 = rfft_nodes(L, torch.complex128, dev)[None]  # (1, K): one group of nodes
+        cp0, cp123 = (x.contiguous() for x in cp.transpose(0, 1).split([1, 3], 1))  # (H, 1, M), (H, 3, M)
+        lam, terms = torch.exp(lam_log), terms_for(dev)  # (H, M) complex128
+        pairs, first = pair_list(exact[..., None])  # (n_p, 3) rows (i, m, 0) of the exact modes
         k = torch.empty(H, L, dtype=real, device=dev)  # (H, L)
         a1 = torch.empty(H, L // 2 + 1, dtype=cplx, device=dev)  # (H, K)
         a2 = torch.empty_like(a1)
@@ -134,24 +151,34 @@ class _StructuredKernel(torch.autograd.Function):
             left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
             x = _sequence(left, right, 4, L)  # (h, 4, L)
             D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
+            pr = chunk_pairs(pairs, first, lo, hi)  # this chunk's exact modes and their reciprocals (K per mode:
+            g12 = terms.columns(lam[lo:hi], nodes64, pr, _reciprocals(len(pr), nodes64))  # formed per chunk)
+            terms.add(cp123[lo:hi], g12, pr, D[:, :, None], False, 1.0)
             D1, D2, D3 = D.unbind(1)  # (h, K)
             s = dtr[lo:hi, None] * (1 + nodes)  # (h, K)
             Rw = torch.reciprocal(1 + s * D3)  # (h, K)
             torch.mul(Rw, D1, out=a1[lo:hi])
             torch.mul(Rw, D2, out=a2[lo:hi])
             T = s * a1[lo:hi] * D2  # (h, K)
+            terms.add(cp0[lo:hi], g12, pr, T[:, None, None], False, -1.0)  # T - D0
             k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
 
         run_chunks(one, H, chunk, dev)
-        ctx.save_for_backward(coef, lam_log, dt, a1, a2, k)
-        ctx.L, ctx.chunk, ctx.real = L, chunk, real
+        ctx.save_for_backward(coef, cp, lam_log, dt, pairs, a1, a2, k)
+        ctx.L, ctx.chunk, ctx.real, ctx.first = L, chunk, real, first
         return k
 
     @staticmethod
     def backward(ctx, g):
-        coef, lam_log, dt, a1, a2, k = ctx.saved_tensors
-        L, chunk, real = ctx.L, ctx.chunk, ctx.real
+        coef, cp, lam_log, dt, pairs, a1, a2, k = ctx.saved_tensors
+        L, chunk, real, first = ctx.L, ctx.chunk, ctx.real, ctx.first
         Q, H = coef.shape[0], lam_log.shape[0]
+        nodes64 = rfft_nodes(L, torch.complex128, g.device)[None]  # (1, K)
+        cpt, lam, terms = cp.transpose(0, 1).contiguous(), torch.exp(lam_log), terms_for(g.device)  # (H, 4, M)
+        exact_scale = torch.tensor([[-1.0, 1.0, 1.0, 1.0]], dtype=torch.float64, device=g.device).expand(H, 4)
+        exact_scale = exact_scale.contiguous()  # grad D_q / [grad T, the three spectra below]
+        g_cp = torch.zeros(H, Q, coef.shape[-1], dtype=torch.complex128, device=g.device)  # exact modes' grads
+        g_lam_exact = torch.zeros_like(lam_log)
         b, J = _blocks(L)
         nodes = rfft_nodes(L, a1.dtype, g.device)  # (K,)
         weight = torch.full((L // 2 + 1,), 2.0 / L, dtype=real, device=g.device)  # (K,) c_l / L
@@ -178,12 +205,15 @@ class _StructuredKernel(torch.autograd.Function):
             gx = torch.empty(h, Q, J * b, dtype=real, device=g.device)  # (h, 4, J*b) = 2 grad x, zero tail
             gx[..., L:] = 0
             torch.mul(g[lo:hi], 4 * dtr[lo:hi, None], out=gx[:, 0, :L])
-            spectra = torch.empty(h, 3, L // 2 + 1, dtype=a1.dtype, device=g.device)  # (h, 3, K)
-            cY = cY.mul_(2 / weight)
-            torch.mul(p2.conj(), cY, out=spectra[:, 0])
-            torch.mul(p1.conj(), cY, out=spectra[:, 1])
-            torch.mul(sp12.conj_physical_().neg_(), cY, out=spectra[:, 2])
-            gx[:, 1:, :L] = torch.fft.irfft(spectra, n=L)  # (h, 3, L)
+            spectra = torch.empty(3, h, L // 2 + 1, dtype=a1.dtype, device=g.device)  # (3, h, K) grad D_1..3
+            torch.mul(p2.conj(), cY, out=spectra[0])
+            torch.mul(p1.conj(), cY, out=spectra[1])
+            torch.mul(sp12.conj_physical_().neg_(), cY, out=spectra[2])
+            pr = chunk_pairs(pairs, first, lo, hi)
+            g12 = terms.columns(lam[lo:hi], nodes64, pr, _reciprocals(len(pr), nodes64))
+            terms.grads(cpt[lo:hi], lam[lo:hi], nodes64, g12, pr, WY[:, None], spectra[:, :, None], exact_scale[lo:hi],
+                        g_cp[lo:hi], g_lam_exact[lo:hi])
+            gx[:, 1:, :L] = torch.fft.irfft(spectra.mul_(2 / weight).transpose(0, 1), n=L)  # (h, 3, L)
             gxm = gx.reshape(h, Q * J, b)  # (h, 4 J, b)
             left, right, p_out, p_in = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
             g_left = torch.bmm(gxm, right.transpose(1, 2))  # (h, 4 J, 2M) (x = 2 left @ right)
@@ -191,4 +221,5 @@ class _StructuredKernel(torch.autograd.Function):
             grad_coef[:, lo:hi], grad_lam[lo:hi] = _factor_grads(coef[:, lo:hi], g_left, g_right, p_out, p_in, L)
 
         run_chunks(one, H, chunk, g.device)
-        return grad_coef, grad_lam, grad_dt.to(dt.dtype), None, None, None
+        return (grad_coef, g_cp.transpose(0, 1), grad_lam + g_lam_exact, grad_dt.to(dt.dtype), None, None, None,
+                None)
