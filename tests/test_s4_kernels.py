@@ -1,7 +1,7 @@
 """S4 kernel backends through their public API: every backend equals `naive` (tests/references.py's role for the
 kernel) in value and gradient (float64 gradcheck, float32 at the paper's N and a long L, the float32 `torch` kernel as
-precise as the float32 `naive` one against float64), chunking changes nothing,
-and `resolve_backend` picks and validates names."""
+precise as the float32 `naive` one against float64), chunking changes nothing, and `resolve_backend` picks and
+validates names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 from references import perturbed_nplr, rel_error
 
+from bench.kernel_precision import parameter_grads
 from heads.s4 import S4
 from heads.s4.kernels import AUTO_CPU, BACKENDS, CAUCHY, keops_available, resolve_backend, torch_kernel
 from heads.s4.reference import cauchy_naive_at, rfft_nodes
@@ -81,26 +82,12 @@ def test_float32_matches_naive_at_paper_N_and_long_L(backend):
         assert rel_error(x, y) <= 1e-4
 
 
-def parameter_grads(layer: S4, L: int, backend: str, real: torch.dtype) -> dict[str, torch.Tensor]:
-    """The kernel (H, L) and the gradients of loss = sum k^2 with respect to the layer's kernel parameters, computed
-    in `real` precision and returned as float64: log_dt, w, and the two halves of B = [B, P] and C = [C~, Q]."""
-    params = {n: getattr(layer, n).detach().to(real).clone().requires_grad_() for n in ("log_dt", "w", "B", "C")}
-    dt = torch.exp(params["log_dt"])  # the layer's _nplr, on these copies
-    BP, CQ = torch.view_as_complex(params["B"]), torch.view_as_complex(params["C"])  # (H, 2, M)
-    v = (CQ.conj()[:, :, None, :] * BP[:, None, :, :]).reshape(BP.shape[0], 4, -1).transpose(0, 1)  # (4, H, M)
-    k = BACKENDS[backend](v, dt[:, None] * torch.view_as_complex(params["w"])[None, :], dt, L)
-    k.square().sum().backward()
-    grads = {n: p.grad.to(torch.float64) for n, p in params.items()}
-    return {"kernel": k.detach().to(torch.float64), "log_dt": grads["log_dt"], "w": grads["w"],
-            "B": grads["B"][:, 0], "P": grads["B"][:, 1], "C": grads["C"][:, 0], "Q": grads["C"][:, 1]}
-
-
 @pytest.mark.parametrize("H,L", [(8, 11820), (16, 2955), (16, 2048)])  # the paper's L; LVU's third block; 11-smooth
 def test_torch_float32_is_as_precise_as_naive_float32(H, L):
     """Against the float64 kernel (`naive`), the fast float32 kernel and every parameter gradient are within
     3x max(the naive float32 error, 1e-5) (relative, in norm). dt spans the init range [0.001, 0.1], so the modes
     next to the unit circle, where the geometric-series forms lose float32 precision (`heads.s4.resonant`), are
-    among them. The full-size figures: `python -m bench.s4_kernel --precision`."""
+    among them. The full-size figures: `python -m bench.kernel_precision`."""
     torch.manual_seed(0)
     layer = S4(H, d_state=64, l_max=L)
     with torch.no_grad():
