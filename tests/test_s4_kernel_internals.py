@@ -147,12 +147,12 @@ def test_compiled_loops_equal_torch_loops(real, monkeypatch):
         o["near"] = terms.near(mu, plan.theta, bound2, o["near"]).to(torch.float64)
         for conj in (False, True):
             o[f"sd{conj}"], o[f"inv{conj}"] = (x.clone() for x in ops.tables(mu, feats, plan, cplx, conj, ws, sel))
-        o["g12"] = terms.columns(lam, plan.nodes, pairs, torch.empty(len(pairs), 2, R, dtype=torch.complex128))
+        o["g12"] = terms.columns(lam, plan.nodes, pairs, 0, torch.empty(len(pairs), 2, R, dtype=torch.complex128))
         for conj in (False, True):
             o[f"add{conj}"] = D.clone()
-            terms.add(cp64[:, 1:].contiguous(), o["g12"], pairs, o[f"add{conj}"], conj, -0.5)
+            terms.add(cp64[:, 1:].contiguous(), o["g12"], pairs, 0, o[f"add{conj}"], conj, -0.5)
         o["g_cp"], o["g_lam"] = torch.zeros(h, 4, M, dtype=torch.complex128), torch.zeros(h, M, dtype=torch.complex128)
-        terms.grads(cp64, lam, plan.nodes, o["g12"], pairs, gF, torch.stack([e1, e2, D[:, 0]]), scale, o["g_cp"],
+        terms.grads(cp64, lam, plan.nodes, o["g12"], pairs, 0, gF, torch.stack([e1, e2, D[:, 0]]), scale, o["g_cp"],
                     o["g_lam"])
         w1, w2 = torch.empty_like(e1), torch.empty_like(e2)
         o["T"] = ops.woodbury(D.clone(), plan.snodes_conj, dt, w1, w2, ws).clone()

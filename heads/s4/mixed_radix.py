@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from heads.s4.cpu import Scratch, empty_huge, run_chunks
-from heads.s4.resonant import chunk_pairs, near_bounds, pair_list, terms_for
+from heads.s4.resonant import near_bounds, pair_list, terms_for
 
 _SMOOTH = 11  # pocketfft has fast radix passes up to 11; a larger prime factor p costs a generic O(p) pass
 
@@ -381,6 +381,8 @@ class _MixedRadixKernel(torch.autograd.Function):
         loops, terms, ws = _loops(dev), terms_for(dev), Scratch(dev)
         sel = torch.empty(H, M, Pc, dtype=torch.bool, device=dev)  # the exact pairs (`heads.s4.resonant`)
         pairs, first = pair_list(terms.near(mu, plan.theta, near_bounds(lam_log), sel))  # (n_p, 3), (H + 1,)
+        g12 = torch.empty(len(pairs), 2, R, dtype=torch.complex128, device=dev)  # their reciprocals, kept for backward
+        terms.columns(lam, plan.nodes, pairs, 0, g12)
 
         def one(lo: int, hi: int) -> None:
             h = hi - lo
@@ -390,24 +392,23 @@ class _MixedRadixKernel(torch.autograd.Function):
             At = ws.get("At", (h, 3, Pc, R), cplx)  # (h, 3, Pc, R) t-major
             torch.mul(A[:, 1:], plan.ctw, out=At.transpose(-1, -2))
             D = torch.fft.ifft(At, dim=-1, norm="forward")  # (h, 3, Pc, R) conj(D_q)
-            pr = chunk_pairs(pairs, first, lo, hi)  # this chunk's exact pairs and their reciprocals
-            g12 = terms.columns(lam[lo:hi], plan.nodes, pr, ws.get("g12", (len(pr), 2, R), torch.complex128))
-            terms.add(cp123[lo:hi], g12, pr, D, True, 1.0)
+            pr, g12c = pairs[first[lo]:first[hi]], g12[first[lo]:first[hi]]  # this chunk's exact pairs
+            terms.add(cp123[lo:hi], g12c, pr, lo, D, True, 1.0)
             T = loops.woodbury(D, plan.snodes_conj, dtr[lo:hi], e1[lo:hi], e2[lo:hi], ws)  # conj(s Rw D1 D2)
-            terms.add(cp0[lo:hi], g12, pr, T[:, None], True, -1.0)  # conj(T - D0)
+            terms.add(cp0[lo:hi], g12c, pr, lo, T[:, None], True, -1.0)  # conj(T - D0)
             T = torch.fft.fft(T, dim=-1)  # (h, Pc, R)
             Y = torch.addcmul(A[:, 0], T.transpose(1, 2), plan.tw, value=-1,
                               out=ws.get("Y", (h, R, Pc), cplx))  # (h, R, Pc) conj(Y)
             _p_stage(Y, plan, 2 * dtr[lo:hi], out=k[lo:hi].view(h, P, R))
 
         run_chunks(one, H, chunk, dev)
-        ctx.save_for_backward(cp, lam_log, dt, e1, e2, k, sel, pairs)
+        ctx.save_for_backward(cp, lam_log, dt, e1, e2, k, sel, pairs, g12)
         ctx.L, ctx.chunk, ctx.real, ctx.first = L, chunk, real, first
         return k
 
     @staticmethod
     def backward(ctx, g):
-        cp, lam_log, dt, e1, e2, k, sel, pairs = ctx.saved_tensors
+        cp, lam_log, dt, e1, e2, k, sel, pairs, g12 = ctx.saved_tensors
         L, chunk, real, first = ctx.L, ctx.chunk, ctx.real, ctx.first
         cplx = e1.dtype
         H, M = lam_log.shape
@@ -441,10 +442,8 @@ class _MixedRadixKernel(torch.autograd.Function):
             # [conj(s a2), conj(s a1), conj(s^2 a1 a2)] gF and sum Re conj(s a1 a2) gF
             re_sum = loops.grad_spectra(e1[lo:hi], e2[lo:hi], gF, plan.snodes_conj, dtr[lo:hi], gD, ws)
             grad_dt[lo:hi] = gk - 2 * re_sum
-            pr = chunk_pairs(pairs, first, lo, hi)
-            g12 = terms.columns(lam[lo:hi], plan.nodes, pr, ws.get("g12", (len(pr), 2, R), torch.complex128))
-            terms.grads(cpt[lo:hi], lam[lo:hi], plan.nodes, g12, pr, gF, gD, exact_scale[lo:hi], g_cp_exact[lo:hi],
-                        g_lam_exact[lo:hi])
+            terms.grads(cpt[lo:hi], lam[lo:hi], plan.nodes, g12[first[lo]:first[hi]], pairs[first[lo]:first[hi]], lo,
+                        gF, gD, exact_scale[lo:hi], g_cp_exact[lo:hi], g_lam_exact[lo:hi])
             X = torch.fft.ifft(gD, dim=-1, norm="forward")  # (3, h, Pc, R)
             torch.mul(X.permute(1, 0, 3, 2), plan.ctw, out=gA[:, 1:])
             gA = torch.view_as_real(gA).view(h, 4 * R, 2 * Pc)  # (h, (q, r), (t, c))

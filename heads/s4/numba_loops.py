@@ -261,10 +261,10 @@ def _near_loop(mu, theta, bound2, sel):  # mu (h, M, 2) f64, theta (2Pc) f64, bo
 
 
 @_jit
-def _columns_loop(lam, nodes, pairs, out):  # lam (h, 2M) f64, nodes (G, 2n) f64, pairs (n_p, 3) i64, out (n_p, 2, 2n)
-    n2 = nodes.shape[1]
+def _columns_loop(lam, nodes, pairs, lo, out):  # lam (h, 2M) f64, nodes (G, 2n) f64, pairs (n_p, 3) i64, lo int,
+    n2 = nodes.shape[1]  # out (n_p, 2, 2n)
     for p in range(pairs.shape[0]):
-        i, m, g = pairs[p, 0], pairs[p, 1], pairs[p, 2]
+        i, m, g = pairs[p, 0] - lo, pairs[p, 1], pairs[p, 2]  # i within the chunk
         lr, li = lam[i, 2 * m], lam[i, 2 * m + 1]
         nd, g1, g2 = nodes[g], out[p, 0], out[p, 1]
         for k in range(n2 // 2):  # G1 = 1 / (1 - lam w), G2 = 1 / (1 - conj(lam) w)
@@ -278,11 +278,11 @@ def _columns_loop(lam, nodes, pairs, out):  # lam (h, 2M) f64, nodes (G, 2n) f64
 
 
 @_jit
-def _exact_add_loop(cp, g12, pairs, out, conj, sign):  # cp (h, Q, 2M) f64, g12 (n_p, 2, 2n) f64, pairs (n_p, 3),
+def _exact_add_loop(cp, g12, pairs, lo, out, conj, sign):  # cp (h, Q, 2M) f64, g12 (n_p, 2, 2n) f64, pairs (n_p, 3),
     Q, n2 = out.shape[1], out.shape[3]  # out (h, Q, G, 2n)
     cs = -sign if conj else sign
     for p in range(pairs.shape[0]):
-        i, m, g = pairs[p, 0], pairs[p, 1], pairs[p, 2]
+        i, m, g = pairs[p, 0] - lo, pairs[p, 1], pairs[p, 2]  # i within the chunk
         g1, g2 = g12[p, 0], g12[p, 1]
         for q in range(Q):  # cp G1 + conj(cp) G2, one output row (one store stream) per loop
             o = out[i, q, g]
@@ -295,11 +295,11 @@ def _exact_add_loop(cp, g12, pairs, out, conj, sign):  # cp (h, Q, 2M) f64, g12 
 
 
 @_jit
-def _exact_grads_loop(cp, lam, nodes, g12, pairs, gF, gD, scale, g_cp, g_lam):  # cp (h, 4, 2M) f64, lam (h, 2M),
+def _exact_grads_loop(cp, lam, nodes, g12, pairs, lo, gF, gD, scale, g_cp, g_lam):  # cp (h, 4, 2M) f64, lam (h, 2M),
     n2 = nodes.shape[1]  # nodes (G, 2n), g12 (n_p, 2, 2n), pairs (n_p, 3), gF (h, G, 2n), gD (3, h, G, 2n),
     pa, pb = np.empty(n2, dtype=np.float64), np.empty(n2, dtype=np.float64)  # scale (h, 4), g_cp (h, 4, 2M),
     for p in range(pairs.shape[0]):  # g_lam (h, 2M) f64; pa, pb = w G1^2, w G2^2
-        i, m, g = pairs[p, 0], pairs[p, 1], pairs[p, 2]
+        i, m, g = pairs[p, 0] - lo, pairs[p, 1], pairs[p, 2]  # i within the chunk
         nd, a, b = nodes[g], g12[p, 0], g12[p, 1]
         for k in range(n2 // 2):
             wr, wi = nd[2 * k], nd[2 * k + 1]
@@ -408,16 +408,18 @@ class NumbaTerms:
         return out
 
     @staticmethod
-    def columns(lam: torch.Tensor, nodes: torch.Tensor, pairs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out (n_p, 2, n) complex128 = [G1, G2] at the nodes of each pair (i, m, g) of `pairs` (n_p, 3)."""
-        H, M = lam.shape
+    def columns(lam: torch.Tensor, nodes: torch.Tensor, pairs: torch.Tensor, lo: int,
+                out: torch.Tensor) -> torch.Tensor:
+        """out (n_p, 2, n) complex128 = [G1, G2] at the nodes of each pair (lo + i, m, g) of `pairs` (n_p, 3)."""
+        h, M = lam.shape
         G, n = nodes.shape
         if len(pairs):
-            _columns_loop(_flat(lam, H, 2 * M), _flat(nodes, G, 2 * n), pairs.numpy(), _flat(out, len(pairs), 2, 2 * n))
+            _columns_loop(_flat(lam, h, 2 * M), _flat(nodes, G, 2 * n), pairs.numpy(), lo,
+                          _flat(out, len(pairs), 2, 2 * n))
         return out
 
     @staticmethod
-    def add(cp: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor, out: torch.Tensor, conj: bool,
+    def add(cp: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor, lo: int, out: torch.Tensor, conj: bool,
             sign: float) -> None:
         """out (h, Q, G, n) += sign * the pairs' terms (conjugated if `conj`). A strided `out` (the torch chains'
         Woodbury returns a view) goes through a contiguous copy."""
@@ -425,13 +427,13 @@ class NumbaTerms:
             return
         h, Q, G, n = out.shape
         dense = out if out.is_contiguous() else out.contiguous()
-        _exact_add_loop(_flat(cp, h, Q, 2 * cp.shape[-1]), _flat(g12, len(pairs), 2, 2 * n), pairs.numpy(),
+        _exact_add_loop(_flat(cp, h, Q, 2 * cp.shape[-1]), _flat(g12, len(pairs), 2, 2 * n), pairs.numpy(), lo,
                         _flat(dense, h, Q, G, 2 * n), conj, float(sign))
         if dense is not out:
             out.copy_(dense)
 
     @staticmethod
-    def grads(cp: torch.Tensor, lam: torch.Tensor, nodes: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor,
+    def grads(cp: torch.Tensor, lam: torch.Tensor, nodes: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor, lo: int,
               gF: torch.Tensor, gD: torch.Tensor, scale: torch.Tensor, g_cp: torch.Tensor,
               g_lam_log: torch.Tensor) -> None:
         """g_cp (h, 4, M) and g_lam_log (h, M) complex128 += the pairs' gradients."""
@@ -440,6 +442,6 @@ class NumbaTerms:
         h, M = lam.shape
         G, n = nodes.shape
         _exact_grads_loop(_flat(cp, h, 4, 2 * M), _flat(lam, h, 2 * M), _flat(nodes, G, 2 * n),
-                          _flat(g12, len(pairs), 2, 2 * n), pairs.numpy(), _flat(gF, h, G, 2 * n),
+                          _flat(g12, len(pairs), 2, 2 * n), pairs.numpy(), lo, _flat(gF, h, G, 2 * n),
                           _flat(gD, 3, h, G, 2 * n), _flat(scale, h, 4), _flat(g_cp, h, 4, 2 * M),
                           _flat(g_lam_log, h, 2 * M))

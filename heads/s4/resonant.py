@@ -18,9 +18,10 @@ path, now with its amplification bounded (by 1 / `NEAR` for the tables).
 Layout shared by both kernels: `nodes` (G, n) complex128 holds the node w^l of each output slot in G groups of n
 (the mixed-radix grid: G = Pc columns t of R bins l = P u + t; 11-smooth: one group of the K rfft nodes); `sel`
 (H, M, G) bool says which (mode, group) pairs are exact and `pair_list` turns it into rows (i, m, g), so that the
-loops touch only those pairs: `columns` forms their reciprocals once per chunk, `add` the terms, `grads` their
-adjoint. `TorchTerms` is the implementation in torch ops (the reference, and the path off CPU);
-`heads.s4.numba_loops.NumbaTerms` its compiled CPU twin; `terms_for(device)` picks.
+loops touch only those pairs: `columns` forms their reciprocals once (per call for the mixed-radix grid's R nodes
+per pair, per chunk for the 11-smooth kernel's K), `add` adds the terms, `grads` their adjoint. `TorchTerms` is the
+implementation in torch ops (the reference, and the path off CPU); `heads.s4.numba_loops.NumbaTerms` its compiled
+CPU twin; `terms_for(device)` picks.
 """
 
 from __future__ import annotations
@@ -50,15 +51,16 @@ def periodic_modes(lam_log: torch.Tensor, L: int) -> torch.Tensor:
 
 def pair_list(sel: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """The exact pairs of `sel` (H, M, G) bool as rows (i, m, g) (n_p, 3) int64 in (i, m, g) order, and the offsets
-    of each channel's first row (H + 1,), so that a chunk's rows are contiguous (`chunk_pairs`)."""
-    pairs = sel.nonzero()  # (n_p, 3)
+    of each channel's first row (H + 1,): the rows of channels lo..hi-1 are pairs[first[lo]:first[hi]]."""
+    pairs = sel.nonzero().contiguous()  # (n_p, 3)
     counts = torch.bincount(pairs[:, 0], minlength=sel.shape[0]).cumsum(0)  # (H,)
     return pairs, [0, *counts.tolist()]
 
 
-def chunk_pairs(pairs: torch.Tensor, first: list[int], lo: int, hi: int) -> torch.Tensor:
-    """The rows of channels lo..hi-1 with i counted from lo (n_p, 3) int64, contiguous."""
-    return pairs[first[lo]:first[hi]] - torch.tensor([lo, 0, 0], device=pairs.device)
+def _local(pairs: torch.Tensor, lo: int) -> tuple[torch.Tensor, ...]:
+    """The columns (i - lo, m, g) of `pairs`: indices into the arrays of a chunk that starts at channel lo."""
+    i, m, g = pairs.unbind(1)
+    return i - lo, m, g
 
 
 class TorchTerms:
@@ -74,24 +76,25 @@ class TorchTerms:
         return torch.lt(base - 2 * (y * s).abs(), bound2[..., None], out=out)
 
     @staticmethod
-    def columns(lam: torch.Tensor, nodes: torch.Tensor, pairs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def columns(lam: torch.Tensor, nodes: torch.Tensor, pairs: torch.Tensor, lo: int,
+                out: torch.Tensor) -> torch.Tensor:
         """out (n_p, 2, n) complex128 = [G1, G2] = [1 / (1 - lam w), 1 / (1 - conj(lam) w)] at the nodes w of
-        each pair (i, m, g) of `pairs` (n_p, 3) (lam (H, M) complex128). Formed once per chunk for `add` and
-        `grads`."""
-        i, m, g = pairs.unbind(1)
+        each pair (lo + i, m, g) of `pairs` (n_p, 3) (lam (h, M) complex128, the channels from lo on), for `add`
+        and `grads`."""
+        i, m, g = _local(pairs, lo)
         lam_p, w = lam[i, m][:, None], nodes[g]  # (n_p, 1), (n_p, n)
         torch.reciprocal(1 - lam_p * w, out=out[:, 0])
         torch.reciprocal(1 - lam_p.conj() * w, out=out[:, 1])
         return out
 
     @staticmethod
-    def add(cp: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor, out: torch.Tensor, conj: bool,
+    def add(cp: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor, lo: int, out: torch.Tensor, conj: bool,
             sign: float) -> None:
         """out (h, Q, G, n) += sign * D (conj(D) if `conj`), D the pairs' terms cp G1 + conj(cp) G2 for the pairs' Q
         coefficients cp (h, Q, M) complex128, g12 from `columns`."""
         if not len(pairs):
             return
-        i, m, g = pairs.unbind(1)
+        i, m, g = _local(pairs, lo)
         c = cp[i, :, m][..., None]  # (n_p, Q, 1)
         terms = c * g12[:, None, 0] + c.conj() * g12[:, None, 1]  # (n_p, Q, n)
         terms = (terms.conj() if conj else terms) * sign
@@ -102,7 +105,7 @@ class TorchTerms:
         out.add_(dense.view(h, Q, G, n))
 
     @staticmethod
-    def grads(cp: torch.Tensor, lam: torch.Tensor, nodes: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor,
+    def grads(cp: torch.Tensor, lam: torch.Tensor, nodes: torch.Tensor, g12: torch.Tensor, pairs: torch.Tensor, lo: int,
               gF: torch.Tensor, gD: torch.Tensor, scale: torch.Tensor, g_cp: torch.Tensor,
               g_lam_log: torch.Tensor) -> None:
         """Adjoint of `add` with Q = 4, sign 1, no conj: with grad D_q = scale[:, q] g_q (g_0 = gF (h, G, n),
@@ -113,7 +116,7 @@ class TorchTerms:
         (complex128 accumulators; scale (h, 4) float64)."""
         if not len(pairs):
             return
-        i, m, g = pairs.unbind(1)
+        i, m, g = _local(pairs, lo)
         G1, G2, w = g12[:, 0], g12[:, 1], nodes[g]  # (n_p, n)
         grad = torch.stack([gF[i, g], *(gq[i, g] for gq in gD)], 1).to(torch.complex128)  # (n_p, 4, n)
         grad = grad * scale[i][..., None]

@@ -12,7 +12,7 @@ import torch
 
 from heads.s4.cpu import run_chunks
 from heads.s4.reference import rfft_nodes
-from heads.s4.resonant import chunk_pairs, pair_list, periodic_modes, terms_for
+from heads.s4.resonant import pair_list, periodic_modes, terms_for
 
 
 def _blocks(L: int) -> tuple[int, int]:
@@ -151,16 +151,16 @@ class _StructuredKernel(torch.autograd.Function):
             left, right, _, _ = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
             x = _sequence(left, right, 4, L)  # (h, 4, L)
             D = torch.fft.rfft(x[:, 1:], n=L)  # (h, 3, K)
-            pr = chunk_pairs(pairs, first, lo, hi)  # this chunk's exact modes and their reciprocals (K per mode:
-            g12 = terms.columns(lam[lo:hi], nodes64, pr, _reciprocals(len(pr), nodes64))  # formed per chunk)
-            terms.add(cp123[lo:hi], g12, pr, D[:, :, None], False, 1.0)
+            pr = pairs[first[lo]:first[hi]]  # this chunk's exact modes and their reciprocals (K per mode:
+            g12 = terms.columns(lam[lo:hi], nodes64, pr, lo, _reciprocals(len(pr), nodes64))  # formed per chunk)
+            terms.add(cp123[lo:hi], g12, pr, lo, D[:, :, None], False, 1.0)
             D1, D2, D3 = D.unbind(1)  # (h, K)
             s = dtr[lo:hi, None] * (1 + nodes)  # (h, K)
             Rw = torch.reciprocal(1 + s * D3)  # (h, K)
             torch.mul(Rw, D1, out=a1[lo:hi])
             torch.mul(Rw, D2, out=a2[lo:hi])
             T = s * a1[lo:hi] * D2  # (h, K)
-            terms.add(cp0[lo:hi], g12, pr, T[:, None, None], False, -1.0)  # T - D0
+            terms.add(cp0[lo:hi], g12, pr, lo, T[:, None, None], False, -1.0)  # T - D0
             k[lo:hi] = 2 * dtr[lo:hi, None] * (x[:, 0] - torch.fft.irfft(T, n=L))  # (h, L)
 
         run_chunks(one, H, chunk, dev)
@@ -209,10 +209,10 @@ class _StructuredKernel(torch.autograd.Function):
             torch.mul(p2.conj(), cY, out=spectra[0])
             torch.mul(p1.conj(), cY, out=spectra[1])
             torch.mul(sp12.conj_physical_().neg_(), cY, out=spectra[2])
-            pr = chunk_pairs(pairs, first, lo, hi)
-            g12 = terms.columns(lam[lo:hi], nodes64, pr, _reciprocals(len(pr), nodes64))
-            terms.grads(cpt[lo:hi], lam[lo:hi], nodes64, g12, pr, WY[:, None], spectra[:, :, None], exact_scale[lo:hi],
-                        g_cp[lo:hi], g_lam_exact[lo:hi])
+            pr = pairs[first[lo]:first[hi]]
+            g12 = terms.columns(lam[lo:hi], nodes64, pr, lo, _reciprocals(len(pr), nodes64))
+            terms.grads(cpt[lo:hi], lam[lo:hi], nodes64, g12, pr, lo, WY[:, None], spectra[:, :, None],
+                        exact_scale[lo:hi], g_cp[lo:hi], g_lam_exact[lo:hi])
             gx[:, 1:, :L] = torch.fft.irfft(spectra.mul_(2 / weight).transpose(0, 1), n=L)  # (h, 3, L)
             gxm = gx.reshape(h, Q * J, b)  # (h, 4 J, b)
             left, right, p_out, p_in = _factors(coef[:, lo:hi], lam_log[lo:hi], L, real)
