@@ -11,7 +11,7 @@ TORCH_PIN := torch==2.13.0
 
 ## Variables (defaults in brackets; a misspelt one stops make and names the closest):
 ##   DATASET      breakfast | coin | lvu | synthetic | folder (your own videos)   [most recently extracted, else synthetic]
-##   TASK         LVU task (relationship ... view_count) or Breakfast split s1..s4   [dataset default]
+##   TASK         LVU task (relationship ... view_count), Breakfast split s1..s4, or all (each in turn)   [dataset default]
 ##   DATA_ROOT    folder holding the raw data set      [data/raw/<dataset>]
 ##   ENCODER      HF hub id, local model folder, or vit-tiny-random (families: README, Encoders)
 ##                [google/vit-large-patch16-224-in21k; breakfast, coin: facebook/timesformer-base-finetuned-k600]
@@ -24,6 +24,8 @@ TORCH_PIN := torch==2.13.0
 ##   D_MODEL, N_LAYERS, D_STATE, DROPOUT   head width, blocks, S4 state size, dropout   [the head defaults below]
 ##   CLIP         clip protocol: window:W (lvu) or subset:K (breakfast, coin, folder)   [the data set's]
 ##   EVAL_STRIDE  segments between evaluation windows   [the training default below]
+##   HEADS, SEEDS, NAME   make ablate: comma-separated heads and seeds, the ablation's folder name   [the ablation
+##                defaults below]
 ##   ACCELERATOR, DEVICES, NODES   [auto, 1, 1]; DEVICES>1 or NODES>1 trains with DDP
 ##   RESUME       runs/.../checkpoints/last.ckpt, or 'last' for the newest run   [none]
 ##   TAG          cache tag to train on (cache/<dataset>/<tag>)   [most recent]
@@ -57,20 +59,23 @@ endif
 
 opt = $(if $($(1)),--$(2) '$($(1))')
 flag = $(if $(filter-out 0 no false,$($(1))),--$(2))
+comma := ,
 EXTRACT_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
 	$(call opt,ENCODER,encoder) $(call opt,FPS,fps) $(call opt,SEGMENTS,segments) $(call opt,SAMPLING,sampling) \
 	$(call opt,FRAMES_PER_SEGMENT,frames-per-segment) $(call opt,FRAME_STRIDE,frame-stride) \
 	$(call opt,POOL,pool) $(call opt,BATCH,batch) \
 	$(call opt,WORKERS,workers) $(call opt,CACHE_DIR,cache-dir) $(call opt,DEVICES,devices) $(call opt,NODES,nodes)
-TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
-	$(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) $(call opt,LR,lr) $(call opt,SEED,seed) \
+RUN_ARGS = $(call opt,DATASET,dataset) $(call opt,TASK,task) $(call opt,DATA_ROOT,data-root) \
+	$(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) $(call opt,LR,lr) \
 	$(call opt,DEVICES,devices) $(call opt,NODES,nodes) $(call opt,ACCELERATOR,accelerator) \
-	$(call opt,RESUME,resume) $(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers) $(call opt,TAG,tag) \
+	$(call opt,CACHE_DIR,cache-dir) $(call opt,WORKERS,workers) $(call opt,TAG,tag) \
 	$(call opt,D_MODEL,d-model) $(call opt,N_LAYERS,n-layers) $(call opt,D_STATE,d-state) \
 	$(call opt,DROPOUT,dropout) $(call opt,CLIP,clip) $(call opt,EVAL_STRIDE,eval-stride) \
 	$(call flag,ALLOW_MISSING,allow-missing) $(call flag,REQUIRE_ALL,require-all)
+TRAIN_ARGS = $(call opt,HEAD,head) $(call opt,SEED,seed) $(call opt,RESUME,resume) $(RUN_ARGS)
+ABLATE_ARGS = $(call opt,HEADS,heads) $(call opt,SEEDS,seeds) $(call opt,NAME,name) $(RUN_ARGS)
 
-.PHONY: help install test lint clean data extract train eval predict demo bench report doctor
+.PHONY: help install test lint clean data extract train ablate eval predict demo bench report doctor
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -78,7 +83,7 @@ help: ## list targets and variables
 	@echo
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed -E 's/^## ?//'
 	@echo
-	@echo "Defaults of training and the heads (python -m heads train --help lists every option):"
+	@echo "Defaults of training, the heads and ablations (python -m heads train --help lists every option):"
 	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) heads/config.py
 
 $(STAMP): setup.cfg pyproject.toml
@@ -102,8 +107,12 @@ data: $(STAMP) ## write the synthetic data set (DATASET=synthetic) into DATA_ROO
 extract: $(STAMP) ## stage 1: decode + encode videos into cache/<dataset>/<tag>/
 	@$(PY) -m extract $(EXTRACT_ARGS)
 
-train: $(STAMP) ## stage 2: train a head on cached features into runs/
+train: $(STAMP) ## stage 2: train a head on cached features into runs/ (TASK=all: every task in turn)
 	@$(PY) -m heads train $(TRAIN_ARGS)
+
+ablate: $(STAMP) ## every HEADS x SEEDS on one cache -> runs/ablate/<dataset>[-<task>]/<NAME>/summary.{json,md,png}
+	@$(if $(HEAD)$(SEED)$(RESUME),echo "error: make ablate takes lists HEADS=a$(comma)b SEEDS=0$(comma)1 instead of HEAD= SEED=; RESUME= is not needed: a rerun resumes by itself" >&2; exit 2)
+	@$(PY) -m heads ablate $(ABLATE_ARGS)
 
 eval: $(STAMP) ## test a checkpoint: make eval CKPT=runs/.../best.ckpt
 	@$(PY) -m heads eval $(call opt,CKPT,ckpt) $(call opt,CACHE_DIR,cache-dir) $(call opt,DATA_ROOT,data-root) \
@@ -113,7 +122,7 @@ predict: $(STAMP) ## classify new videos: make predict VIDEO=<file or folder> [C
 	@$(PY) -m predict $(if $(VIDEO),'$(VIDEO)') $(call opt,CKPT,ckpt) $(call opt,OUT,out) $(call opt,TOPK,topk) \
 		$(call opt,CACHE_DIR,cache-dir)
 
-demo: $(STAMP) ## offline end to end: synthetic videos -> cache -> three heads -> runs/demo/summary.{json,png}
+demo: $(STAMP) ## offline end to end: synthetic videos -> cache -> ablation of three heads x 2 seeds (runs/demo/)
 	@$(PY) -m bench.demo
 
 bench: $(STAMP) ## efficiency figures into bench/results/latest.json (+ PNG); QUICK=1 tiny sizes; GPU=1 the CUDA section

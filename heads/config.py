@@ -1,6 +1,6 @@
 """The one source of defaults for stage 2 (the paper's values, docs/design.md "Protocols"): the head constructors,
-`build_head`, the command line (`python -m heads train`) and `make help` (which runs this file as a script: no torch
-import) all read these dataclasses, so a default is changed in one place.
+`build_head`, the command line (`python -m heads train|ablate`) and `make help` (which runs this file as a script: no
+torch import) all read these dataclasses, so a default is changed in one place.
 """
 
 from __future__ import annotations
@@ -41,14 +41,25 @@ class TrainConfig:
     val_fraction: float = 0.1  # train share held out when the data set has no val split
 
 
+@dataclass(frozen=True)
+class AblationConfig:
+    """Defaults of `python -m heads ablate` (`make ablate`): the paper's model, its single-scale ablation, its
+    self-attention twin and the order-blind floor, three seeds each."""
+
+    heads: str = "s4-multiscale,s4-singlescale,transformer-multiscale,mean-pool"
+    seeds: str = "0,1,2"
+    name: str = "default"  # the ablation's folder under <runs-dir>/ablate/<dataset>[-<task>]/
+
+
 HEAD = HeadConfig()
 TRAIN = TrainConfig()
+ABLATION = AblationConfig()
 
 
 def describe_defaults(width: int = 78) -> str:
     """The defaults as `--option value` pairs, wrapped to `width` columns (what `make help` prints)."""
     lines = []
-    for title, config in (("training", TRAIN), ("heads", HEAD)):
+    for title, config in (("training", TRAIN), ("heads", HEAD), ("ablation", ABLATION)):
         line = f"  {title + ':':<10}"
         for f in dataclasses.fields(config):
             pair = f"--{f.name.replace('_', '-')} {getattr(config, f.name)}"

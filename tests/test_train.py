@@ -1,6 +1,7 @@
 """Training on a tiny cache written with `ShardWriter`: every head's fast_dev_run, clip protocols and per-video
-aggregation, `python -m heads train|eval` run directories, resume from last.ckpt (same result as an uninterrupted
-run), NaN loss, the one-line errors of bad configuration, and (slow) a 2-process DDP run on CPU."""
+aggregation, `python -m heads train|eval` run directories (CSV and TensorBoard logs), resume from last.ckpt (same
+result as an uninterrupted run), NaN loss, the one-line errors of bad configuration, and (slow) a 2-process DDP run on
+CPU."""
 
 from __future__ import annotations
 
@@ -207,6 +208,22 @@ def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys, trai
     assert "warning: the train split is not the checkpoint's" in err and "test split" not in err
     evaluated = json.loads((run / "checkpoints" / "best.eval.json").read_text())
     assert len(evaluated["split_changes"]) == 2 and "val000" in evaluated["splits"]["train"]
+
+
+def test_tensorboard_logs_beside_the_csv(tiny_cache, tmp_path, train_cli):
+    """Lightning's TensorBoard logger writes the same val/acc curve as metrics.csv into <run>/tb/."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, cache = tiny_cache
+    runs = tmp_path / "runs"
+    assert main(train_cli(root, cache, runs, "--head", "mean-pool", "--epochs", "2")) == 0
+    run = runs / "synthetic" / "mean-pool" / "version_0"
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run / "tb")).Reload()
+    tb = [e.value for e in events.Scalars("val/acc")]
+    with (run / "metrics.csv").open() as handle:
+        logged = [float(r["val/acc"]) for r in csv.DictReader(handle) if r.get("val/acc")]
+    assert len(tb) == len(logged) >= 2 and tb == pytest.approx(logged)
 
 
 def test_resume_equals_uninterrupted_run(tiny_cache, tmp_path, train_cli):

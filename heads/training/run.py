@@ -4,9 +4,10 @@ train: resolve the dataset (default: the one most recently extracted into the ca
 tag (the most recent unless --tag), build the head from the cache's feature size, fit with best-on-val and last
 checkpoints, then validate and test the best checkpoint. The run directory
     <runs-dir>/<dataset>[-<task>]/<head>/version_N/
-holds checkpoints/{best,last}.ckpt, metrics.csv (Lightning's CSV logger), config.json (the resolved config),
-results.json (val and test metrics of the best checkpoint, cache tag, code version) and predictions.csv (per-video
-test predictions; for classification also the class probabilities). The last line printed is a one-line summary.
+holds checkpoints/{best,last}.ckpt, metrics.csv (Lightning's CSV logger), tb/ (its TensorBoard logger), config.json
+(the resolved config), results.json (val and test metrics of the best checkpoint, cache tag, code version) and
+predictions.csv (per-video test predictions; for classification also the class probabilities). The last line printed
+is a one-line summary.
 Multi-GPU / multi-node go through Lightning's DDP (`--devices`, `--nodes`); only global rank 0 writes files.
 Checkpoints are always loaded with `weights_only=True`.
 """
@@ -28,6 +29,7 @@ from heads.config import HEAD, TRAIN
 from heads.training.run_dir import (
     find_last,
     run_directory,
+    run_name,
     split_changes,
     write_run,
 )
@@ -234,8 +236,7 @@ def train(args) -> tuple[dict, bool]:
     except ValueError as exc:  # the head's own checks of the configuration the command line asked for
         raise UserError(f"cannot build {args.head} with {head_cfg}: {exc}") from exc
     params = sum(p.numel() for p in head.parameters())
-    name = f"{dataset_name}-{task}" if task else dataset_name
-    run_dir = run_directory(Path(args.runs_dir), name, args.head, args.resume)
+    run_dir = run_directory(Path(args.runs_dir), run_name(dataset_name, task), args.head, args.resume, args.run_dir)
     config = plain({
         "head": args.head, "head_cfg": head_cfg, "dataset": dataset_name, "task": task, "data_root": args.data_root,
         "task_type": ds.task_type, "n_outputs": n_outputs, "class_names": getattr(ds, "class_names", None),
@@ -334,11 +335,12 @@ def open_data(dataset_name: str, data_root, task, cache_dir: Path, tag: str | No
 def _fit_trainer(args, model, run_dir: Path, resume_step: int | None, opening: str, notes: list[str]):
     """The Lightning Trainer of a training run and its best-on-val checkpoint callback: best.ckpt on the monitored
     metric and last.ckpt after every epoch (Lightning's own save_last only saves when the best one does), the CSV
-    logger continuing metrics.csv from `resume_step` (and TensorBoard's when installed) into the run directory, the
+    logger continuing metrics.csv from `resume_step` and TensorBoard's (tb/) in the run directory, the
     opening line (`opening`, "{device}" filled in) and `notes` when fit starts, one line per epoch without a progress
     bar, the resume hint on an exception."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
 
     from heads.training.console import EpochLines, ResumeHint
     from heads.training.run_dir import metrics_logger
@@ -347,14 +349,9 @@ def _fit_trainer(args, model, run_dir: Path, resume_step: int | None, opening: s
                                  enable_version_counter=False, auto_insert_metric_name=False)
     last_checkpoint = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                       enable_version_counter=False, auto_insert_metric_name=False)
-    loggers = [metrics_logger(run_dir, resume_step)]
-    try:
-        import tensorboard  # noqa: F401
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""))
-    except ImportError:
-        pass
+    # metrics.csv beside the checkpoints, and TensorBoard event files in tb/ (`tensorboard --logdir runs`)
+    loggers = [metrics_logger(run_dir, resume_step),
+               TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)]
     trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps if args.max_steps else -1,
                          logger=loggers,
                          callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch"),

@@ -11,11 +11,17 @@ summary line and the JSON-safe form of what is written (`data.outputs.plain`).
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
 from data.errors import UserError
 from data.outputs import write_json
+
+
+def run_name(dataset: str, task: str | None) -> str:
+    """The folder of a data set's runs: `<dataset>` or `<dataset>-<task>` (e.g. lvu-director)."""
+    return f"{dataset}-{task}" if task else dataset
 
 
 def next_version(parent: Path) -> int:
@@ -112,6 +118,12 @@ def split_changes(recorded: dict | None, current: dict[str, list[str]]) -> list[
     return lines
 
 
+def read_results(run_dir: str | Path | None) -> dict | None:
+    """A run's results.json, or None when the run has not finished (or no run is named)."""
+    path = Path(run_dir) / "results.json" if run_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 def summary_line(results: dict) -> str:
     """The last line `make train` and `make eval` print: the test metric, which checkpoint, where it is saved."""
     m = results["metric"]
@@ -123,14 +135,16 @@ def summary_line(results: dict) -> str:
             f"{results.get('saved_to') or results['run_dir']}")
 
 
-def run_directory(runs_dir: Path, name: str, head: str, resume: str | None) -> Path:
-    """`runs_dir/name/head/version_N` with the next free N, or, when resuming from a checkpoint inside a run
-    directory, that run. Only global rank 0 writes there; Lightning broadcasts rank 0's checkpoint directory to the
-    other ranks."""
+def run_directory(runs_dir: Path, name: str, head: str, resume: str | None, chosen: str | None = None) -> Path:
+    """`runs_dir/name/head/version_N` with the next free N; when resuming from a checkpoint inside a run directory,
+    that run; else `chosen` when the caller reserved one (an ablation names its runs before they start). Only global
+    rank 0 writes there; Lightning broadcasts rank 0's checkpoint directory to the other ranks."""
     resume_path = Path(resume) if resume else None
     if resume_path is not None and resume_path.parent.name == "checkpoints" and \
             resume_path.parent.parent.name.startswith("version_"):
         return resume_path.parent.parent
+    if chosen:
+        return Path(chosen)
     parent = runs_dir / name / head
     return parent / f"version_{next_version(parent)}"
 
