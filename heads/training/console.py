@@ -26,7 +26,7 @@ def split_counts(dm, splits=("train", "val", "test")) -> str:
     parts = []
     for split in splits:
         text = f"{split} {len(dm.video_ids(split))}"
-        skipped = getattr(dm, "skipped", {}).get(split)
+        skipped = dm.skipped.get(split)
         if skipped and sum(skipped.values()):
             why = ", ".join(f"{n} {label}" for key, label in (("no_media", "without media on disk"),
                                                             ("failed", "failed extraction"),

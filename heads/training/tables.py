@@ -10,7 +10,6 @@ classification tasks, MSE for like_ratio and view_count) with the paper's report
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def summarise(entries: dict, heads: list[str], seeds: list[int], ds, config: dic
     from heads.training.run_dir import read_results
 
     metric = "mse" if ds.task_type == "regression" else "acc"
-    per_head, test_labels = {}, None
+    per_head, test_ids = {}, None
     for head in heads:
         row = {"values": [], "val_values": [], "seeds": [], "runs": [], "train_s": None, "params": None,
                "failed": [], "pending": []}
@@ -47,7 +46,7 @@ def summarise(entries: dict, heads: list[str], seeds: list[int], ds, config: dic
                 row["runs"].append(entry["run_dir"])
                 row["params"] = int(results["params"])
                 times.append(float(results["train_s"]))
-                test_labels = test_labels or labels_of(Path(entry["run_dir"]) / "predictions.csv")
+                test_ids = test_ids or set(results.get("splits", {}).get("test") or ())
             elif entry is not None and entry["status"] == "failed":
                 row["failed"].append({"seed": seed, "error": entry.get("error"), "run_dir": entry.get("run_dir")})
             else:
@@ -58,20 +57,12 @@ def summarise(entries: dict, heads: list[str], seeds: list[int], ds, config: dic
         row["std"] = (math.sqrt(sum((v - row["mean"]) ** 2 for v in row["values"]) / (n - 1)) if n > 1 else None)
         row["train_s"] = round(sum(times) / len(times), 1) if times else None
         per_head[head] = row
-    if test_labels is None and "test" in ds.splits:
-        test_labels = [r.label for r in ds.records("test")]
+    # the floor on exactly the test videos the runs were scored on (results.json records them), else all listed
+    test_labels = [r.label for r in ds.records("test") if not test_ids or r.video_id in test_ids]
     shown = {k: v for k, v in config.items() if k not in ("dataset", "task", "tag", "cache")}
     return {"name": name, "dataset": config["dataset"], "task": config["task"], "metric": metric,
             "better": "lower" if metric == "mse" else "higher", "cache": config["cache"], "config": shown,
             "seeds": list(seeds), "heads": per_head, "floor": floor(ds, test_labels or []), "std": STD_NOTE}
-
-
-def labels_of(predictions: Path) -> list | None:
-    """The label column of a run's predictions.csv: exactly the test videos the runs were scored on."""
-    if not predictions.is_file():
-        return None
-    with predictions.open(newline="") as handle:
-        return [float(row["label"]) for row in csv.DictReader(handle)]
 
 
 def floor(ds, test_labels: list) -> dict:
