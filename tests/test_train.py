@@ -62,6 +62,14 @@ def test_datamodule_protocols(tiny_cache):
     lengths = [windows.store.num_segments(v) for v in windows.video_ids("val")]
     assert len(evalset) == sum(len(window_starts(n, 5, 2)) for n in lengths)
     assert all(t.shape == (5, 5, 8) for t, _, _ in (evalset[0], evalset[len(evalset) - 1]))
+    # videos shorter than the clip (6-14 segments against a 12-segment window) are counted per split, with a note
+    long = datamodule(root, cache, clip=("window", 12))
+    for split in ("train", "val", "test"):
+        short = sum(long.store.num_segments(v) < 12 for v in long.video_ids(split))
+        assert long.short[split] == short
+        assert (f"{split}: {short} of {len(long.video_ids(split))} videos shorter than the 12-segment window: their "
+                f"last segment repeats" in long.notes) == (short > 0)
+    assert sum(long.short.values()) > 0
 
 
 class ConstantPerWindow(torch.nn.Module):
