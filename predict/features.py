@@ -38,6 +38,10 @@ ENCODER_KEYS = tuple(k for k in PROVENANCE_KEYS if k not in (*SAMPLING_KEYS, "sc
 
 def checkpoint_sampling(cache: dict) -> Sampling:
     """The sampling of the checkpoint's cache (`fps` or `segments`, `frames_per_segment`, `frame_interval`)."""
+    if cache.get("durations") is not None:
+        raise UserError(f"the checkpoint's cache {cache.get('tag')!r} was sampled the paper's LVU way (SAMPLING=paper: "
+                        f"one frame per second listed in {cache['durations']}), which only videos listed there have; "
+                        "for new videos, train on a cache extracted with FPS=1")
     if cache.get("fps") is None and cache.get("segments") is None:
         raise UserError(f"the checkpoint does not record how its cache {cache.get('tag')!r} sampled the videos "
                         "(it was trained before predict existed); train it again with `make train`")

@@ -150,6 +150,11 @@ def test_predict_bad_input_is_one_line(class_run, tmp_path, capsys, monkeypatch)
     offline = torch.load(ckpt, map_location="cpu", weights_only=True)
     offline["hyper_parameters"]["config"]["cache"]["encoder"] = "google/vit-not-downloaded"
     torch.save(offline, tmp_path / "offline.ckpt")
+    paper = torch.load(ckpt, map_location="cpu", weights_only=True)  # a cache extracted with SAMPLING=paper
+    cache = paper["hyper_parameters"]["config"]["cache"]
+    cache.pop("fps", None), cache.pop("segments", None)
+    cache["durations"] = "lvu_1.0/lvu_durations.csv"
+    torch.save(paper, tmp_path / "paper.ckpt")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cases = {
         "a text file named .mp4": ([str(fake), "--ckpt", ckpt], "holiday.mp4: cannot_open"),
@@ -157,6 +162,8 @@ def test_predict_bad_input_is_one_line(class_run, tmp_path, capsys, monkeypatch)
         "an encoder not available offline": ([str(shutil.copy(root / "red" / "red0.mp4", tmp_path / "r.mp4")),
                                               "--ckpt", str(tmp_path / "offline.ckpt"), "--cache-dir",
                                               str(tmp_path / "cache")], "HF_HUB_OFFLINE=1 forbids downloading"),
+        "a checkpoint of the paper's LVU sampling": ([str(root / "red" / "red0.mp4"), "--ckpt",
+                                                     str(tmp_path / "paper.ckpt")], "sampled the paper's LVU way"),
         "a missing file": ([str(tmp_path / "nope.mp4"), "--ckpt", ckpt], "no file or folder at"),
         "not our checkpoint": ([str(fake), "--ckpt", str(fake)], "cannot load checkpoint"),
         "no checkpoint under runs/": ([str(fake), "--runs-dir", str(tmp_path)], "no checkpoints/best.ckpt under"),
