@@ -265,16 +265,15 @@ def _columns_loop(lam, nodes, pairs, lo, out):  # lam (h, 2M) f64, nodes (G, 2n)
     n2 = nodes.shape[1]  # out (n_p, 2, 2n)
     for p in range(pairs.shape[0]):
         i, m, g = pairs[p, 0] - lo, pairs[p, 1], pairs[p, 2]  # i within the chunk
-        lr, li = lam[i, 2 * m], lam[i, 2 * m + 1]
-        nd, g1, g2 = nodes[g], out[p, 0], out[p, 1]
-        for k in range(n2 // 2):  # G1 = 1 / (1 - lam w), G2 = 1 / (1 - conj(lam) w)
-            wr, wi = nd[2 * k], nd[2 * k + 1]
-            zr, zi = 1.0 - (lr * wr - li * wi), -(lr * wi + li * wr)
-            d = 1.0 / (zr * zr + zi * zi)
-            g1[2 * k], g1[2 * k + 1] = zr * d, -zi * d
-            zr, zi = 1.0 - (lr * wr + li * wi), -(lr * wi - li * wr)
-            d = 1.0 / (zr * zr + zi * zi)
-            g2[2 * k], g2[2 * k + 1] = zr * d, -zi * d
+        nd = nodes[g]
+        for c in range(2):  # G1 = 1 / (1 - lam w), G2 = 1 / (1 - conj(lam) w): one store stream per loop
+            lr, li, o = lam[i, 2 * m], (1.0 if c == 0 else -1.0) * lam[i, 2 * m + 1], out[p, c]
+            for k in range(n2 // 2):
+                wr, wi = nd[2 * k], nd[2 * k + 1]
+                zr, zi = 1.0 - (lr * wr - li * wi), -(lr * wi + li * wr)
+                d = 1.0 / (zr * zr + zi * zi)
+                o[2 * k] = zr * d
+                o[2 * k + 1] = -zi * d
 
 
 @_jit

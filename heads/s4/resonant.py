@@ -32,9 +32,9 @@ import torch
 # 2 NEAR for modes with |a| >= 1: a pair's float32 error reaches the kernel amplified by |G| and the gradient of
 # log dt by |a| |G| (d a / d log dt = a). 7.2 exact pairs per channel of 3,168 entries (bench/history.md).
 NEAR = 1 / 32
-# 11-smooth L: a mode with |lam^L| above PERIODIC is exact (coef = cp / (1 - lam^L) would exceed 2.5 cp); 2.6 % of
-# the modes (bench/history.md).
-PERIODIC = 0.6
+# 11-smooth L: a mode with |lam^L| above PERIODIC and |1 - lam^L| below GAP (coef = cp / (1 - lam^L) larger than cp,
+# and its gradient a near cancellation) is exact; 0.8 % of the modes (bench/history.md).
+PERIODIC, GAP = 0.6, 1.0
 
 
 def near_bounds(lam_log: torch.Tensor) -> torch.Tensor:
@@ -45,8 +45,9 @@ def near_bounds(lam_log: torch.Tensor) -> torch.Tensor:
 
 
 def periodic_modes(lam_log: torch.Tensor, L: int) -> torch.Tensor:
-    """(H, M) bool: the modes of the 11-smooth kernel evaluated exactly, |lam^L| > PERIODIC."""
-    return lam_log.real * L > torch.log(torch.tensor(PERIODIC, dtype=torch.float64))
+    """(H, M) bool: the modes of the 11-smooth kernel evaluated exactly, |lam^L| > PERIODIC and |1 - lam^L| < GAP."""
+    z = torch.exp(L * lam_log)  # (H, M) lam^L
+    return (z.abs() > PERIODIC) & ((1 - z).abs() < GAP)
 
 
 def pair_list(sel: torch.Tensor) -> tuple[torch.Tensor, list[int]]:

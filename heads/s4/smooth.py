@@ -21,17 +21,19 @@ def _blocks(L: int) -> tuple[int, int]:
     return b, -(-L // b)
 
 
-def _geometric(v: torch.Tensor, a: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """coef (Q, H, M) and log(lam) (H, M) in complex128: x_k = 2 Re sum_m coef_m lam_m^k.
+def _geometric(v: torch.Tensor, a: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cp = v / (2-a) (Q, H, M), gain = 1 / (1 - lam^L) (H, M) and log(lam) (H, M) in complex128:
+    x_k = 2 Re sum_m coef_m lam_m^k with coef = cp gain.
 
     With lam = (2+a)/(2-a) (the bilinear pole) and w^L = 1,
         1 / (2(1-w) - (1+w) a) = 1/((2-a)(1 - lam w)) = sum_{k<L} lam^k w^k / ((2-a)(1-lam^L)),
     so D(w_l) = rfft(x)[l] for the REAL sequence x_k = 2 Re sum_m coef_m lam_m^k, coef = v / ((2-a)(1-lam^L)).
+    The divisions are on (H, M) and broadcast by a product (torch's complex division is slow).
     """
     a64 = a.to(torch.complex128)  # (H, M)
     lam_log = torch.log((2 + a64) / (2 - a64))  # (H, M)
-    coef = v.to(torch.complex128) / ((2 - a64) * (1 - torch.exp(lam_log * L)))  # (Q, H, M)
-    return coef, lam_log
+    cp = v.to(torch.complex128) * torch.reciprocal(2 - a64)  # (Q, H, M)
+    return cp, torch.reciprocal(1 - torch.exp(lam_log * L)), lam_log
 
 
 def _power_table(lam_log: torch.Tensor, t: torch.Tensor, cplx: torch.dtype) -> torch.Tensor:
@@ -94,8 +96,8 @@ def _factor_grads(coef, g_left, g_right, p_out, p_in, L: int):
 
 def smooth_cauchy(v: torch.Tensor, a: torch.Tensor, L: int) -> torch.Tensor:
     """`cauchy_naive`'s values for 11-smooth L with plain autograd: one small real GEMM + one rfft.  # (Q, H, K)"""
-    coef, lam_log = _geometric(v, a, L)
-    left, right, _, _ = _factors(coef, lam_log, L, v.real.dtype)
+    cp, gain, lam_log = _geometric(v, a, L)
+    left, right, _, _ = _factors(cp * gain, lam_log, L, v.real.dtype)
     x = _sequence(left, right, v.shape[0], L)  # (H, Q, L)
     return torch.fft.rfft(x, n=L).transpose(0, 1)  # (Q, H, K)
 
@@ -106,12 +108,12 @@ def _reciprocals(n: int, nodes: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_kernel(v: torch.Tensor, a: torch.Tensor, dt: torch.Tensor, L: int, chunk: int) -> torch.Tensor:
-    """The whole kernel k (H, L) for 11-smooth L, `chunk` channels per task (`_StructuredKernel`). Modes with
-    |lam^L| > `resonant.PERIODIC` leave the time-domain GEMM (their coef is zero) for exact float64 terms."""
-    coef, lam_log = _geometric(v, a, L)
+    """The whole kernel k (H, L) for 11-smooth L, `chunk` channels per task (`_StructuredKernel`). The modes of
+    `resonant.periodic_modes` leave the time-domain GEMM (their coef is zero) for exact float64 terms."""
+    cp, gain, lam_log = _geometric(v, a, L)
     exact = periodic_modes(lam_log.detach(), L)  # (H, M)
-    cp = v.to(torch.complex128) / (2 - a.to(torch.complex128))  # (Q, H, M) = coef (1 - lam^L)
-    return _StructuredKernel.apply(coef.masked_fill(exact, 0), cp, lam_log, dt, exact, L, chunk, v.real.dtype)
+    coef = cp * gain.masked_fill(exact, 0)  # (Q, H, M)
+    return _StructuredKernel.apply(coef, cp, lam_log, dt, exact, L, chunk, v.real.dtype)
 
 
 class _StructuredKernel(torch.autograd.Function):
