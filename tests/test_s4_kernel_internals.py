@@ -133,7 +133,7 @@ def test_compiled_loops_equal_torch_loops(real, monkeypatch):
     cp, D, gF, e1, e2 = rnd(h, 4, M), rnd(h, 3, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R), rnd(h, Pc, R)
     g_sd, g_rho, dt = rnd(h, M, 2, Pc), rnd(h, 4, R, M), torch.rand(h, dtype=real)
     cp64, scale = cp.to(torch.complex128), torch.randn(h, 4, dtype=torch.float64)
-    bound2 = resonant.near_bounds(lam_log)
+    bound2 = resonant.near_bounds(lam)
     sel = torch.empty(h, M, Pc, dtype=torch.bool)
     resonant.TorchTerms.near(mu, plan.theta, bound2, sel)
     sel[0, 0, 1] = True  # at least one exact pair whatever the modes
@@ -146,6 +146,9 @@ def test_compiled_loops_equal_torch_loops(real, monkeypatch):
         o["rho"] = ops.rho(lam, cp, plan, torch.empty(h, 4, R, M, dtype=cplx)).clone()
         o["near"] = torch.empty(h, M, Pc, dtype=torch.bool)
         o["near"] = terms.near(mu, plan.theta, bound2, o["near"]).to(torch.float64)
+        o["pairs"] = torch.empty(len(pairs), 3, dtype=torch.int64)
+        terms.fill_pairs(sel, o["pairs"])
+        o["pairs"] = o["pairs"].to(torch.float64)
         for conj in (False, True):
             o[f"sd{conj}"], o[f"inv{conj}"] = (x.clone() for x in ops.tables(mu, feats, plan, cplx, conj, ws, sel))
         o["g12"] = terms.columns(lam, plan.nodes, pairs, 0, torch.empty(len(pairs), 2, R, dtype=torch.complex128))

@@ -380,7 +380,7 @@ class _MixedRadixKernel(torch.autograd.Function):
         lam = torch.exp(lam_log)  # (H, M) complex128
         loops, terms, ws = _loops(dev), terms_for(dev), Scratch(dev)
         sel = torch.empty(H, M, Pc, dtype=torch.bool, device=dev)  # the exact pairs (`heads.s4.resonant`)
-        pairs, first = pair_list(terms.near(mu, plan.theta, near_bounds(lam_log), sel))  # (n_p, 3), (H + 1,)
+        pairs, first = pair_list(terms.near(mu, plan.theta, near_bounds(lam), sel))  # (n_p, 3), (H + 1,)
         g12 = torch.empty(len(pairs), 2, R, dtype=torch.complex128, device=dev)  # their reciprocals, kept for backward
         terms.columns(lam, plan.nodes, pairs, 0, g12)
 

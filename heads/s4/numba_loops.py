@@ -261,6 +261,17 @@ def _near_loop(mu, theta, bound2, sel):  # mu (h, M, 2) f64, theta (2Pc) f64, bo
 
 
 @_jit
+def _pairs_loop(sel, out):  # sel (H, M, G) bool, out (n_p, 3) int64
+    p = 0
+    for i in range(sel.shape[0]):
+        for m in range(sel.shape[1]):
+            for g in range(sel.shape[2]):
+                if sel[i, m, g]:
+                    out[p, 0], out[p, 1], out[p, 2] = i, m, g
+                    p += 1
+
+
+@_jit
 def _columns_loop(lam, nodes, pairs, lo, out):  # lam (h, 2M) f64, nodes (G, 2n) f64, pairs (n_p, 3) i64, lo int,
     n2 = nodes.shape[1]  # out (n_p, 2, 2n)
     for p in range(pairs.shape[0]):
@@ -405,6 +416,13 @@ class NumbaTerms:
         H, M, Pc = out.shape
         _near_loop(_flat(mu, H, M, 2), _flat(theta, 2 * Pc), _flat(bound2, H, M), out.numpy())
         return out
+
+    @staticmethod
+    def fill_pairs(sel: torch.Tensor, out: torch.Tensor) -> None:
+        """out (n_p, 3) int64 = the indices (i, m, g) of the True entries of `sel` (H, M, G) (torch's nonzero scans
+        the whole mask more slowly)."""
+        if len(out):
+            _pairs_loop(sel.numpy(), out.numpy())
 
     @staticmethod
     def columns(lam: torch.Tensor, nodes: torch.Tensor, pairs: torch.Tensor, lo: int,

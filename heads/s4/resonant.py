@@ -37,10 +37,10 @@ NEAR = 1 / 32
 PERIODIC, GAP = 0.6, 1.0
 
 
-def near_bounds(lam_log: torch.Tensor) -> torch.Tensor:
-    """(H, M) float64: the squared band of each mode, NEAR^2, or (2 NEAR)^2 where |a| >= 1 (a = 2 tanh(log lam / 2),
-    the dt-scaled eigenvalue)."""
-    wide = (2 * torch.tanh(lam_log / 2)).abs() >= 1
+def near_bounds(lam: torch.Tensor) -> torch.Tensor:
+    """(H, M) float64: the squared band of each mode, NEAR^2, or (2 NEAR)^2 where |a| >= 1 (a = 2 (lam - 1) / (lam + 1),
+    the dt-scaled eigenvalue; lam (H, M) complex128)."""
+    wide = 2 * (lam - 1).abs() >= (lam + 1).abs()
     return torch.where(wide, 4 * NEAR * NEAR, NEAR * NEAR).contiguous()
 
 
@@ -53,9 +53,10 @@ def periodic_modes(lam_log: torch.Tensor, L: int) -> torch.Tensor:
 def pair_list(sel: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """The exact pairs of `sel` (H, M, G) bool as rows (i, m, g) (n_p, 3) int64 in (i, m, g) order, and the offsets
     of each channel's first row (H + 1,): the rows of channels lo..hi-1 are pairs[first[lo]:first[hi]]."""
-    pairs = sel.nonzero().contiguous()  # (n_p, 3)
-    counts = torch.bincount(pairs[:, 0], minlength=sel.shape[0]).cumsum(0)  # (H,)
-    return pairs, [0, *counts.tolist()]
+    counts = sel.flatten(1).sum(1)  # (H,)
+    pairs = torch.empty(int(counts.sum()), 3, dtype=torch.int64, device=sel.device)
+    terms_for(sel.device).fill_pairs(sel, pairs)
+    return pairs, [0, *counts.cumsum(0).tolist()]
 
 
 def _local(pairs: torch.Tensor, lo: int) -> tuple[torch.Tensor, ...]:
@@ -75,6 +76,11 @@ class TorchTerms:
         c, s = theta.real, theta.imag  # (Pc,)
         base = 1 + x * x + y * y - 2 * x * c  # (H, M, Pc)
         return torch.lt(base - 2 * (y * s).abs(), bound2[..., None], out=out)
+
+    @staticmethod
+    def fill_pairs(sel: torch.Tensor, out: torch.Tensor) -> None:
+        """out (n_p, 3) int64 = the indices (i, m, g) of the True entries of `sel` (H, M, G), in that order."""
+        torch.nonzero(sel, out=out)
 
     @staticmethod
     def columns(lam: torch.Tensor, nodes: torch.Tensor, pairs: torch.Tensor, lo: int,
