@@ -43,6 +43,20 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeat: int = 5,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def evict_page_cache(path: str | Path) -> bool:
+    """Drop the page-cache pages of one file (clean pages only, after an fdatasync; needs no privileges), so the next
+    read comes from the disk. False where posix_fadvise does not exist."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
 def mb_per_s(nbytes: float, seconds: float) -> float:
     """Throughput in MB/s (1 MB = 1e6 bytes)."""
     return nbytes / 1e6 / seconds if seconds > 0 else math.inf

@@ -30,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,7 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import interleaved_medians, write_json  # noqa: E402
+from bench.common import evict_page_cache, interleaved_medians, scratch_dir, write_json  # noqa: E402
 
 LVU = {"T": 60, "P": 197, "d": 1024, "layers": 3, "classes": 10}
 QUICK = {"T": 6, "P": 5, "d": 32, "layers": 3, "classes": 10}
@@ -321,19 +320,6 @@ class _Windows:
         return list(self._records)
 
 
-def _evict(paths) -> bool:
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    return True
-
-
 def data_wait(setting: dict, steps: int = 6, videos: int = 8, segments: int = 90) -> dict:
     """Train `steps` batch-1 steps from an HDF5 cache through the default loader; the share of time in next()."""
     import numpy as np
@@ -342,7 +328,7 @@ def data_wait(setting: dict, steps: int = 6, videos: int = 8, segments: int = 90
     from heads.training.datamodule import FeatureDataModule
 
     T, P, D = setting["T"], setting["P"], setting["d"]
-    folder = Path(tempfile.mkdtemp(prefix="bench-step-data-", dir=REPO / "bench" / "results"))
+    folder = scratch_dir("bench-step-data-")  # on the repo's disk (bench/results/, made when missing)
     try:
         attrs = {"encoder": "bench-random", "encoder_hash": "0", "image_size": 224, "patch_size": 16,
                  "hidden_size": D, "grid": [1, P - 1], "fps": 1.0, "frames_per_segment": 1}
@@ -352,7 +338,7 @@ def data_wait(setting: dict, steps: int = 6, videos: int = 8, segments: int = 90
             for vid in ids:
                 tokens = rng.standard_normal((segments, P, D), dtype=np.float32).astype(np.float16)
                 writer.add(vid, tokens, np.arange(segments, dtype=np.float64), float(segments), "bench")
-        evicted = _evict(sorted((folder / "cache").glob("*.h5")))
+        evicted = all([evict_page_cache(p) for p in sorted((folder / "cache").glob("*.h5"))])
         module = FeatureDataModule(folder / "cache", _Windows(ids, T), batch_size=1)  # the default workers (2)
         head, optimizer, _, _ = build(setting)
         waits, computes = [], []

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as `python bench/store.py`: make the reposi
 
 import numpy as np  # noqa: E402
 
-from bench.common import interleaved_medians, mb_per_s, save_json, scratch_dir  # noqa: E402
+from bench.common import evict_page_cache, interleaved_medians, mb_per_s, save_json, scratch_dir  # noqa: E402
 from data.errors import UserError, run_cli  # noqa: E402
 from data.store import FeatureStore, ShardWriter  # noqa: E402
 
@@ -40,19 +40,6 @@ ATTRS = {"encoder": "bench-random", "encoder_hash": "0", "image_size": 224, "pat
          "hidden_size": D, "grid": [14, 14], "segments": LONG_T, "frames_per_segment": 1}
 FULL = {"videos": 40, "long_videos": 8, "reads": 200, "repeat": 5}
 QUICK = {"videos": 3, "long_videos": 2, "reads": 20, "repeat": 3}
-
-
-def _evict(path: Path) -> bool:
-    """Drop the page-cache pages of one file (clean pages only; needs no privileges). False if unsupported."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return True
 
 
 def _fsync(path: Path) -> None:
@@ -172,12 +159,12 @@ def run(quick: bool = False, directory: str | Path | None = None, sizes: dict | 
         del mapped["raw"]
         cold = {}
         shards = long_store.shards
-        if all(_evict(p) for p in [*shards, long_raw]):
+        if all(evict_page_cache(p) for p in [*shards, long_raw]):
             start = time.perf_counter()
             store_subsets()
             cold["store"] = time.perf_counter() - start
             for p in [*shards, long_raw]:
-                _evict(p)
+                evict_page_cache(p)
             mapped["raw"] = open_memmap()
             start = time.perf_counter()
             numpy_subsets()
