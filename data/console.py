@@ -12,7 +12,7 @@ levels, which would undo an earlier call.
 
 `stop_on_sigterm()` makes SIGTERM (what `kill`, schedulers and container runtimes send) stop a run the way Ctrl-C
 does: outside Lightning a KeyboardInterrupt in the main thread (which `run_cli` turns into one line); inside it,
-Lightning's own handling (a stop at the next batch boundary). DataLoader workers ignore it (`ignore_sigterm`, their
+Lightning's own handling (a stop at the next batch boundary). DataLoader workers ignore it (`sigterm_to_main()`, their
 worker_init_fn): a scheduler signals every process of the job, and a worker killed under the main process turns the
 stop into a traceback; the main process shuts its workers down instead.
 """
@@ -103,5 +103,35 @@ def stop_on_sigterm() -> None:
 
 
 def ignore_sigterm(worker_id: int | None = None) -> None:
-    """DataLoader worker_init_fn: the worker leaves SIGTERM to the main process, which stops the workers itself."""
+    """DataLoader worker_init_fn: the worker leaves SIGTERM to the main process, which stops the workers itself.
+    Give DataLoaders `sigterm_to_main()` rather than this function: it also makes sure such workers end at exit."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_EXIT_KILL = []  # [True] once the exit handler below is registered
+
+
+def sigterm_to_main():
+    """The worker_init_fn for a DataLoader of this (main) process whose workers ignore SIGTERM (`ignore_sigterm`).
+
+    At exit, multiprocessing ends the daemon children still alive (the workers of a loader iterator that nobody
+    closed, such as one Lightning's fit loop keeps) with SIGTERM and then waits for them: a worker that ignores it
+    would keep the process waiting forever. So the first call registers an exit handler that runs before
+    multiprocessing's (atexit runs the last registered first) and kills those children (SIGKILL), quietly."""
+    if not _EXIT_KILL:
+        import atexit
+        import multiprocessing.util  # noqa: F401 -- registers multiprocessing's exit function before ours
+
+        atexit.register(_kill_daemon_children)
+        _EXIT_KILL.append(True)
+    return ignore_sigterm
+
+
+def _kill_daemon_children() -> None:
+    import multiprocessing
+
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children:  # torch's SIGCHLD handler would report each one as a worker killed unexpectedly: we are exiting
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()

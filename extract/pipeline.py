@@ -33,7 +33,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data.console import Terminated, ignore_sigterm, quiet_libraries
+from data.console import Terminated, quiet_libraries, sigterm_to_main
 from data.store import ShardWriter, StoreError, append_failure
 from data.store.writer import DiskFullError, disk_full_error, is_disk_full
 from extract.encoder import FrozenEncoder, segment_means
@@ -144,7 +144,7 @@ class EncodeModule(pl.LightningModule):
         dataset = PackedFrames(self.share, self.sampling, self.encoder.resize, self.batch, self.threads)
         return DataLoader(
             dataset, batch_size=None, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if self.workers else None, persistent_workers=False, worker_init_fn=ignore_sigterm,
+            prefetch_factor=4 if self.workers else None, persistent_workers=False, worker_init_fn=sigterm_to_main(),
         )
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

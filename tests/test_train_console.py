@@ -95,3 +95,17 @@ def test_one_epoch_run_and_its_eval_print_only_our_lines(tmp_path, make_tiny_cac
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(f"eval {best} (s4-multiscale, epoch 1)")
     assert "best checkpoint: epoch 1 of 1" in proc.stdout  # the same words as train's summary
+
+
+def test_a_loader_left_open_does_not_keep_the_process_from_exiting():
+    """Workers ignore SIGTERM (they leave it to the main process), which is what multiprocessing sends the daemon
+    children still alive at exit: a loader iterator nobody closed (as Lightning's fit loop can leave one in a process
+    that trains several runs, `heads ablate`) kept the process waiting forever. It exits, and quietly."""
+    script = ("from torch.utils.data import DataLoader\n"
+              "from data.console import sigterm_to_main\n"
+              "loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, worker_init_fn=sigterm_to_main())\n"
+              "left_open = iter(loader)\n"
+              "print(next(left_open).tolist())\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "[0, 1]\n" and proc.stderr == "", proc.stderr

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from data.console import ignore_sigterm
+from data.console import sigterm_to_main
 from data.datasets.splits import hold_out
 from data.errors import UserError
 from heads.training.clips import random_subset, uniform_indices, window_indices, window_starts
@@ -271,7 +271,7 @@ class FeatureDataModule(pl.LightningDataModule):
     def _loader(self, dataset, sampler=None, shuffle=False, drop_last=False) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.workers, pin_memory=self.pin_memory, drop_last=drop_last,
-                          persistent_workers=self.workers > 0, worker_init_fn=ignore_sigterm,
+                          persistent_workers=self.workers > 0, worker_init_fn=sigterm_to_main(),
                           collate_fn=_collate_regression if self.regression else _collate_classification)
 
     def _dist(self) -> tuple[int, int]:
@@ -294,7 +294,7 @@ class FeatureDataModule(pl.LightningDataModule):
         return DataLoader(self._train_set, batch_size=self.batch_size,
                           sampler=torch.utils.data.RandomSampler(self._train_set, generator=generator),
                           num_workers=self.workers, pin_memory=self.pin_memory,
-                          persistent_workers=False, worker_init_fn=ignore_sigterm,
+                          persistent_workers=False, worker_init_fn=sigterm_to_main(),
                           collate_fn=_collate_regression if self.regression else _collate_classification)
 
     def eval_dataloader(self, split: str) -> DataLoader:
