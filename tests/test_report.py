@@ -85,3 +85,24 @@ def test_predictions_by_class_name_become_indices(tmp_path):
     assert read_predictions(path, ["cat", "dog"]) == ([1.0, 1.0], [0.0, 1.0])
     path.write_text("video_id,label,pred\nv0,1,0\n")  # a run written before names: indices
     assert read_predictions(path, ["cat", "dog"]) == ([1.0], [0.0])
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 50])
+def test_epoch_ticks_are_whole_epochs(epochs):
+    """A 1-epoch run drew ticks 0.945, 0.960, ... 1.050 (MaxNLocator(integer=True) gives up with one point)."""
+    import matplotlib.pyplot as plt
+
+    from heads.training.report import curves_figure
+
+    history = [(float(e), 1.0 / e) for e in range(1, epochs + 1)]
+    fig = curves_figure({"train/loss_epoch": history, "val/loss": history, "val/acc": history}, "run")
+    fig.canvas.draw()
+    try:
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert shown and all(float(t).is_integer() for t in shown), shown
+            if epochs <= 3:
+                assert shown == list(range(1, epochs + 1))
+    finally:
+        plt.close(fig)

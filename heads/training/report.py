@@ -81,7 +81,8 @@ def _curves_in_panel(metrics: dict, keys: list[str]) -> list[tuple[str, list[tup
     return out
 
 
-def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title: str) -> Path:
+def curves_figure(metrics: dict[str, list[tuple[float, float]]], title: str):
+    """The matplotlib Figure of curves.png: one panel per quantity, whole epochs on every x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,13 +106,22 @@ def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title:
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label, color=colour)
         ax.set_title(quantity)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        # epochs are whole; with the default min_n_ticks=2 a single epoch gets fractional ticks instead
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(metrics: dict[str, list[tuple[float, float]]], out: Path, title: str) -> Path:
+    """Write `out`/curves.png (see curves_figure); returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(metrics, title)
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
