@@ -47,9 +47,10 @@ def test_identical_curves_are_drawn_once_and_colours_follow_the_split():
     from heads.training.report import SPLIT_COLOURS, _curves_in_panel
 
     lr = [(1.0, 1e-3), (2.0, 5e-4)]
-    metrics = {"lr-AdamW/pg1": lr, "lr-AdamW/pg2": list(lr), "train/loss_epoch": [(1.0, 1.0)], "val/loss": [(1.0, 2.0)]}
-    curves = _curves_in_panel(metrics, ["lr-AdamW/pg1", "lr-AdamW/pg2"])
-    assert [label for label, _, _ in curves] == ["lr-AdamW/pg1 = pg2"]
+    metrics = {"lr-AdamW/main": lr, "lr-AdamW/s4-ssm": list(lr), "train/loss_epoch": [(1.0, 1.0)],
+               "val/loss": [(1.0, 2.0)]}
+    curves = _curves_in_panel(metrics, ["lr-AdamW/main", "lr-AdamW/s4-ssm"])
+    assert [label for label, _, _ in curves] == ["lr-AdamW/main = s4-ssm"]
     colours = {label: colour for label, _, colour in _curves_in_panel(metrics, ["train/loss_epoch", "val/loss"])}
     assert colours == {"train/loss_epoch": SPLIT_COLOURS["train"], "val/loss": SPLIT_COLOURS["val"]}
 

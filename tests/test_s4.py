@@ -135,6 +135,21 @@ def test_param_groups_hold_the_tagged_tensors():
     assert clone_groups[0.0] == {id(clone[0].log_dt), id(clone[0].w), id(clone[0].B)}
 
 
+def test_param_groups_are_named_for_the_lr_logs():
+    """Lightning's LearningRateMonitor logs lr-AdamW/<name> (pg1, pg2 without one): the groups say what they hold."""
+    model = torch.nn.Sequential(S4(4, d_state=8, l_max=16), torch.nn.Linear(4, 3))
+    names = {g["name"]: {id(p) for p in g["params"]} for g in param_groups(model)}
+    assert names["s4-ssm"] == {id(model[0].log_dt), id(model[0].w), id(model[0].B)}
+    assert set(names) == {"main", "s4-ssm"}
+    linear = torch.nn.Linear(4, 3)
+    linear.bias._optim = {"weight_decay": 0.0}  # a tag without a name: its settings name it
+    linear.weight._optim = {"weight_decay": 0.0, "lr": 0.01, "name": "main"}  # a name already taken
+    named = {g["name"]: g["params"] for g in param_groups(torch.nn.Sequential(linear, torch.nn.Linear(3, 2)))}
+    assert set(named) == {"main", "lr-0.001-wd-0", "main-2"}
+    assert named["lr-0.001-wd-0"] == [linear.bias] and named["main-2"] == [linear.weight]
+    assert "name" not in param_groups(torch.nn.Linear(4, 3))[0]  # one group: Lightning logs plain lr-AdamW
+
+
 def test_bad_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="backend"):
         S4(4, backend="fft")

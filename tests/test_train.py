@@ -189,6 +189,8 @@ def test_train_writes_run_directory_and_eval_matches(tiny_cache, tmp_path, capsy
         rows = list(csv.DictReader(handle))
     assert len(rows) == 9 and {"video_id", "label", "pred", "p_s0>s1"} <= set(rows[0])
     assert np.mean([r["label"] == r["pred"] for r in rows]) == pytest.approx(results["test"]["acc"])
+    with (run / "metrics.csv").open() as handle:  # the learning rates under their groups' names, not pg1, pg2
+        assert {"lr-AdamW/main", "lr-AdamW/s4-ssm"} <= set(next(csv.reader(handle)))
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("s4-multiscale on synthetic: test acc") and str(run) in last
     # make eval CKPT=…: same test metric from the best checkpoint

@@ -14,8 +14,8 @@ Math (docs/design.md, "The S4 decoder"), per channel h:
 
 Parameters mirror the paper code's layout so its checkpoints map one to one:
   log_dt (H,), w (M, 2) = A's diagonal as (re, im), B (H, 2, M, 2) = [B, P], C (H, 2, M, 2) = [C~, Q], D (H,),
-  output_linear = nn.Linear(H, H). log_dt, w, B (hence P) carry `_optim = {"lr": 1e-3, "weight_decay": 0.0}`;
-  C (hence Q) trains with the default group, as in the paper code.
+  output_linear = nn.Linear(H, H). log_dt, w, B (hence P) carry `_optim = {"lr": 1e-3, "weight_decay": 0.0,
+  "name": "s4-ssm"}`; C (hence Q) trains with the default group, as in the paper code.
 
 The kernel is computed at `l_max` and truncated to L; `l_max=None` computes it at each input's length. An input longer
 than `l_max` raises a ValueError (the paper code instead doubles l_max in place, a silent state change that a saved
@@ -37,7 +37,7 @@ from heads.s4.conv import fft_length, fused_core
 from heads.s4.kernels import resolve_backend, ssm_kernel
 from heads.s4.reference import hippo_legs_nplr
 
-SSM_OPTIM = {"lr": 1e-3, "weight_decay": 0.0}
+SSM_OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "name": "s4-ssm"}  # "name": the group's, in the LR logs
 
 
 def _tag(param: nn.Parameter, optim: dict) -> nn.Parameter:
