@@ -109,3 +109,22 @@ def test_a_loader_left_open_does_not_keep_the_process_from_exiting():
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout == "[0, 1]\n" and proc.stderr == "", proc.stderr
+
+
+def test_progress_bar_counts_epochs_like_our_lines_and_fits_80_columns(tmp_path, make_tiny_cache, train_cli):
+    """With a terminal (--progress) the bar read "Epoch 0/0" while our lines say "epoch 1/1", showed `v_num` and
+    wrapped in an 80-column terminal. The bar's frames (tqdm redraws after a carriage return) are checked as drawn
+    without a terminal, where EpochBar caps them at 80 columns."""
+    from tqdm.utils import disp_len
+
+    root, cache = make_tiny_cache(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "heads", *train_cli(root, cache, tmp_path / "runs", "--epochs", "1",
+                                                                      "--progress")],
+                          cwd=REPO, env=env(), capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+    frames = [f for f in re.split(r"[\r\n]", proc.stdout.decode()) if "|" in f]  # a tqdm bar has a '|'
+    train = [f for f in frames if f.startswith("epoch ")]
+    assert train and all(f.startswith("epoch 1/1: ") for f in train), train
+    assert "val acc=" in train[-1] and "loss=" in train[-1], train[-1]
+    assert not any("v_num" in f or "Epoch" in f for f in frames), frames
+    assert max(disp_len(f) for f in frames) <= 80, max(frames, key=disp_len)  # disp_len: ANSI codes take no width

@@ -6,7 +6,8 @@
     training stopped during epoch 4 (SIGTERM); the epochs before it are kept: continue with RESUME=runs/…/last.ckpt
 
 The lines go to stderr (data.console.say); stdout keeps the one-line result. Only global rank 0 speaks. With a
-terminal Lightning's progress bar shows the steps instead of the epoch lines.
+terminal a progress bar (`EpochBar`, Lightning's TQDMProgressBar) shows the steps instead of the epoch lines:
+    epoch 3/20:  40%|██████▍         | 4/10 [00:01<00:01, loss=1.421, val acc=0.250]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import time
 from pathlib import Path
 
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from data.console import say
@@ -97,6 +98,73 @@ class EpochLines(Callback):
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.1e}")
         parts.append(f"{time.perf_counter() - self._started:.1f} s")
         say(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {', '.join(parts)}")
+
+
+def bar_metrics(items: dict) -> dict:
+    """What the progress bar shows of Lightning's progress-bar metrics: no `v_num` (the logger's version), a quantity
+    logged per step and per epoch once (its running step value), names in the epoch lines' words:
+    {'v_num': 1, 'train/loss_step': 1.4, 'train/loss_epoch': 1.5, 'val/acc': 0.25} -> {'loss': 1.4, 'val acc': 0.25}.
+    """
+    out = {}
+    for key, value in items.items():
+        if key == "v_num" or (key.endswith("_epoch") and key.removesuffix("_epoch") + "_step" in items):
+            continue
+        name = key.removesuffix("_step").rsplit("/", 1)[-1] if key.endswith("_step") else key.removesuffix("_epoch")
+        out[name.replace("/", " ")] = value
+    return out
+
+
+class EpochBar(TQDMProgressBar):
+    """Lightning's tqdm progress bar in the words of the epoch lines: "epoch 3/20" counted from 1 (Lightning's says
+    "Epoch 2"), the metrics of `bar_metrics`, and every bar at most `width` columns wide, narrower when the terminal
+    is (tqdm cuts what does not fit; the training bar leaves out the it/s rate, its remaining time says as much)."""
+
+    TRAIN_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, width: int = 80, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
+        self.width = width
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return bar_metrics(super().get_metrics(trainer, pl_module))
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        # Lightning's own sets "Epoch N" after a reset that redraws: the description goes first, without a redraw.
+        bar, total = self.train_progress_bar, self.total_train_batches
+        bar.set_description(f"epoch {trainer.current_epoch + 1}" + (
+            f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""), refresh=False)
+        bar.total = total if math.isfinite(total) else None
+        bar.initial = 0
+        bar.reset()
+
+    def _narrow(self, bar):
+        """Cap tqdm's width at `width`: its dynamic_ncols measures the terminal before each redraw."""
+        measure = bar.dynamic_ncols
+        if measure:
+            def capped(fp):
+                cols, rows = measure(fp)
+                return min(self.width, cols or self.width), rows
+
+            bar.dynamic_ncols = capped
+        bar.ncols = min(self.width, bar.ncols or self.width)
+        return bar
+
+    def init_sanity_tqdm(self):
+        return self._narrow(super().init_sanity_tqdm())
+
+    def init_train_tqdm(self):
+        bar = self._narrow(super().init_train_tqdm())
+        bar.bar_format = self.TRAIN_FORMAT
+        return bar
+
+    def init_validation_tqdm(self):
+        return self._narrow(super().init_validation_tqdm())
+
+    def init_test_tqdm(self):
+        return self._narrow(super().init_test_tqdm())
+
+    def init_predict_tqdm(self):
+        return self._narrow(super().init_predict_tqdm())
 
 
 class ResumeHint(Callback):

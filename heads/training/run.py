@@ -342,7 +342,7 @@ def _fit_trainer(args, model, run_dir: Path, resume_step: int | None, opening: s
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from heads.training.console import EpochLines, ResumeHint
+    from heads.training.console import EpochBar, EpochLines, ResumeHint
     from heads.training.run_dir import metrics_logger
 
     checkpoint = ModelCheckpoint(filename="best", monitor=model.monitor, mode=model.monitor_mode, save_top_k=1,
@@ -356,7 +356,7 @@ def _fit_trainer(args, model, run_dir: Path, resume_step: int | None, opening: s
                          logger=loggers,
                          callbacks=[checkpoint, last_checkpoint, LearningRateMonitor(logging_interval="epoch"),
                                     EpochLines(opening, notes, checkpoint, per_epoch=not args.progress),
-                                    ResumeHint(run_dir)],
+                                    ResumeHint(run_dir), *([EpochBar()] if args.progress else [])],
                          default_root_dir=str(run_dir), log_every_n_steps=args.log_every,
                          enable_progress_bar=args.progress, fast_dev_run=args.fast_dev_run,
                          limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
