@@ -239,3 +239,40 @@ def test_make_passes_ablation_variables():
     assert "--d-model '16'" in train and "--eval-stride '2'" in train
     wrong = make("ablate", "HEAD=mean-pool")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: make ablate takes lists HEADS=")
+
+
+def test_every_task_picture_has_readable_head_names():
+    """TASK=all's summary.png wrote the head names at 6 pt: at least 8 pt, none overlapping another name or another
+    panel, all inside the picture, for every head of the ablation on the nine LVU tasks."""
+    import matplotlib.pyplot as plt
+
+    from heads import HEADS
+    from heads.training.tables import all_tasks_figure
+
+    reported = REPORTED["lvu"]
+    tasks = list(next(iter(reported.values())))
+    metrics = {t: "mse" if t in ("like_ratio", "view_count") else "acc" for t in tasks}
+    table = {"tasks": tasks, "metrics": metrics, "reported": reported,
+             "heads": {h: {t: {"mean": 0.5, "std": 0.1, "n": 2, "values": [0.4, 0.6]} for t in tasks} for h in HEADS}}
+    fig = all_tasks_figure(table)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        inside = fig.bbox
+        panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+        assert len(panels) == len(tasks)
+        for ax in panels:
+            labels = [t for t in ax.get_xticklabels() if t.get_text()]
+            assert [t.get_text() for t in labels] == list(HEADS)
+            boxes = [t.get_window_extent(renderer) for t in labels]
+            assert min(t.get_fontsize() for t in labels) >= 8
+            assert all(inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 for b in boxes)
+            # slanted names are parallel: neighbours clear each other when the ticks' distance across the slant
+            # exceeds a line of text (their upright bounding boxes overlap either way)
+            ticks = ax.transData.transform([(x, 0) for x in ax.get_xticks()])[:, 0]
+            across = min(np.diff(ticks)) * np.sin(np.radians(labels[0].get_rotation()))
+            assert across >= 1.2 * labels[0].get_fontsize() * fig.dpi / 72, across
+            others = [o.get_window_extent(renderer) for o in panels if o is not ax]
+            assert not any(b.overlaps(o) for b in boxes for o in others)
+    finally:
+        plt.close(fig)

@@ -203,7 +203,9 @@ def all_tasks_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_all_tasks(table: dict, path: Path) -> None:
+def all_tasks_figure(table: dict):
+    """The matplotlib Figure of an every-task summary.png: one panel per task, a bar per head (mean ± std), the
+    paper's reported value as a dashed line. Head names are 9 pt, slanted, each panel as wide as its heads need."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +214,10 @@ def plot_all_tasks(table: dict, path: Path) -> None:
     tasks, heads = table["tasks"], list(table["heads"])
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    longest = max((len(h) for h in heads), default=0)
+    width = max(3.6, 0.75 * len(heads) + 1.2)  # inches per panel: ~0.75 per slanted 9 pt name
+    height = 2.6 + 0.06 * longest  # the slanted names hang below the panel
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         scale = 100.0 if table["metrics"][task] == "acc" else 1.0
         cells = [table["heads"][h].get(task) or {"mean": None, "std": None} for h in heads]
@@ -221,14 +226,23 @@ def plot_all_tasks(table: dict, path: Path) -> None:
         for label, values in table["reported"].items():
             if task in values:
                 ax.axhline(values[task], color="tab:green", ls="--", lw=1, label=label)
-        ax.set_title(f"{task} ({'acc %' if scale == 100.0 else 'MSE'})", fontsize=9)
-        ax.set_xticks(range(len(heads)), heads, rotation=20, fontsize=6)
+        ax.set_title(f"{task} ({'acc %' if scale == 100.0 else 'MSE'})", fontsize=10)
+        ax.set_xticks(range(len(heads)), heads, rotation=30, ha="right", rotation_mode="anchor", fontsize=9)
+        ax.tick_params(axis="y", labelsize=9)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     if table["reported"]:
-        axes.flat[0].legend(fontsize=6)
+        axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_all_tasks(table: dict, path: Path) -> None:
+    """Write the every-task summary.png (see all_tasks_figure)."""
+    import matplotlib.pyplot as plt
+
+    fig = all_tasks_figure(table)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
