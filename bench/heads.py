@@ -7,7 +7,8 @@ One step = forward + backward + AdamW step (S4 parameter groups). Each configura
                             "OOM" when it does not fit the memory budget, enforced with RLIMIT_AS in its subprocess)
   scaling_step_s            s4-multiscale vs transformer-multiscale (sdpa) at L = 2,955 / 5,910 / 11,820 / 23,640
 Peak memory is the process's peak RSS (ru_maxrss, includes the ~0.3-0.5 GB of the Python + torch runtime) and,
-separately, the growth over the RSS before the first step ("extra").
+separately, the growth over the RSS before the first step ("extra"). One line per configuration is printed as its
+figures come ("  lvu s4-multiscale L=11820: 1.2 s/step, peak 0.9 GB"), `--quick`'s too (one interpreter for all).
 Targets (2-core CPU): s4 <= 1.5 s/step and <= 1.5 GB; >= 6x faster than sdpa; >= 8x less peak memory than
 materialized; step(L=23,640) <= 10x step(L=2,955).
 
@@ -24,6 +25,8 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,23 +129,59 @@ def measure(variant: str, T: int, P: int, d: int, layers: int, classes: int, ste
     return {**out, "peak_gb": peak, "extra_gb": peak - base_rss}
 
 
-def in_subprocess(jobs: list[dict], timeout: float = 900) -> list[dict]:
-    """Run measure(**job) for each job in one fresh interpreter; a crash (e.g. the OOM killer) reads as OOM."""
+def in_subprocess(jobs: list[dict], timeout: float = 900, on_result=None) -> list[dict]:
+    """Run measure(**job) for each job in one fresh interpreter; a crash (e.g. the OOM killer) reads as OOM, running
+    past `timeout` (seconds, all the jobs together) as timeout. `on_result(result)` is called as each result comes."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(jobs)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        bound = f"timeout (> {timeout / (jobs[0].get('steps', 3) + 1):.0f} s/step)"
-        return [{"variant": j["variant"], "L": j["T"] * j["P"], "batch": j.get("batch", 1), "step_s": bound,
-                 "peak_gb": "timeout"} for j in jobs]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or len(lines) != len(jobs):
-        reason = "OOM" if proc.returncode in (-9, 137) else f"failed (exit {proc.returncode})"
-        done = [json.loads(ln) for ln in lines]
-        tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
-        return done + [{"variant": j["variant"], "L": j["T"] * j["P"], "batch": j.get("batch", 1), "step_s": reason,
-                        "peak_gb": reason, "detail": " ".join(tail)[:300]} for j in jobs[len(done):]]
-    return [json.loads(ln) for ln in lines]
+    done: list[dict] = []
+    killed = threading.Event()
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, cwd=REPO)
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                if line.startswith("{"):
+                    done.append(json.loads(line))
+                    if on_result:
+                        on_result(done[-1])
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:  # interrupted here: the worker goes too
+                proc.kill()
+                proc.wait()
+        errors.seek(0)
+        tail = errors.read().strip().splitlines()[-1:]
+    if returncode == 0 and len(done) == len(jobs):
+        return done
+    if killed.is_set():
+        reason = f"timeout (> {timeout / (jobs[0].get('steps', 3) + 1):.0f} s/step)"
+        rest = [{"step_s": reason, "peak_gb": "timeout"} for _ in jobs[len(done):]]
+    else:
+        reason = "OOM" if returncode in (-9, 137) else f"failed (exit {returncode})"
+        rest = [{"step_s": reason, "peak_gb": reason, "detail": " ".join(tail)[:300]} for _ in jobs[len(done):]]
+    rest = [{"variant": j["variant"], "L": j["T"] * j["P"], "batch": j.get("batch", 1), **r}
+            for j, r in zip(jobs[len(done):], rest)]
+    for result in rest:
+        if on_result:
+            on_result(result)
+    return done + rest
+
+
+def _figure(value, unit: str) -> str:
+    return f"{value:.3g} {unit}" if isinstance(value, float) else str(value)
+
+
+def progress_line(kind: str, r: dict) -> str:
+    """'  lvu s4-multiscale L=40: 0.892 s/step, peak 0.539 GB' (scaling lines: the step time alone)."""
+    line = f"  {kind} {r['variant']} L={r['L']}: {_figure(r['step_s'], 's/step')}"
+    return line + (f", peak {_figure(r['peak_gb'], 'GB')}" if kind == "lvu" else "")
 
 
 def _ratio(a, b):
@@ -160,23 +199,24 @@ def run(quick: bool = False, steps: int = 3, mem_budget_gb: float | None = None,
     lvu_jobs = [{"variant": v, "T": setting["T"], **base,
                  "mem_budget_gb": mem_budget_gb if "materialized" in v else None} for v in VARIANTS]
     scale_jobs = [{"variant": v, "T": t, **base} for v in list(VARIANTS)[:2] for t in scaling_t]
-    if quick:  # every code path, one interpreter, seconds
-        results = in_subprocess(lvu_jobs + scale_jobs)
+    if quick:  # every code path, one interpreter, seconds; a line per configuration as its result comes
+        count = iter(range(len(lvu_jobs + scale_jobs)))
+        results = in_subprocess(lvu_jobs + scale_jobs, on_result=lambda r: say(
+            progress_line("lvu" if next(count) < len(lvu_jobs) else "scaling", r), flush=True))
         lvu, scale = results[: len(lvu_jobs)], results[len(lvu_jobs):]
     else:
         lvu, scale = [], []
         for job in lvu_jobs:
-            say(f"  lvu {job['variant']} (L={job['T'] * job['P']}) ...", flush=True)
+            say(f"  lvu {job['variant']} L={job['T'] * job['P']} ...", flush=True)
             lvu += in_subprocess([job], timeout=job_timeout)
-            say(f"    -> {lvu[-1]['step_s']} s/step, peak {lvu[-1]['peak_gb']} GB", flush=True)
+            say(progress_line("lvu", lvu[-1]), flush=True)
         for job in scale_jobs:
             same = [r for r in lvu if r["variant"] == job["variant"] and r["L"] == job["T"] * job["P"]]
             if same:  # the LVU point is the L = 11,820 point of the scaling curve
                 scale += same
                 continue
-            say(f"  scaling {job['variant']} L={job['T'] * job['P']} ...", flush=True)
             scale += in_subprocess([job], timeout=job_timeout)
-            say(f"    -> {scale[-1]['step_s']} s/step", flush=True)
+            say(progress_line("scaling", scale[-1]), flush=True)
     out = {
         "setting": {**setting, "L": setting["T"] * setting["P"], "batch": 1, "steps": steps, "quick": quick,
                     "mem_budget_gb_materialized": mem_budget_gb, "cpus": os.cpu_count(),

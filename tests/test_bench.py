@@ -34,6 +34,12 @@ def test_quick_bench_writes_every_section(tmp_path):
     heads = results["heads"]
     assert {"lvu_step_s", "lvu_peak_gb", "scaling_step_s"} <= set(heads)
     assert any(name.startswith("s4-multiscale") for name in heads["lvu_step_s"])
+    section = proc.stdout.split("== bench heads (quick)\n", 1)[1].split("\n== bench heads: ", 1)[0]
+    lines = section.splitlines()  # one progress line per measured configuration, before the table
+    assert len(lines) == len(heads["detail"]) and len(lines) > 1, section
+    for line, r in zip(lines, heads["detail"]):
+        assert line.startswith(("  lvu ", "  scaling ")) and f"{r['variant']} L={r['L']}: " in line, line
+        assert f"{r['step_s']:.3g} s/step" in line, line
     assert {"encoder_fps", "end_to_end_fps", "bytes_per_value"} <= set(results["extract"])
     assert results["predict"]["peak_rss_ratio"] > 0 and set(results["predict"]["runs"]) == {"0.5min", "1.5min"}
     step = results["step"]  # the ratios the README quotes: efficiency, evaluation window / step, data wait share
