@@ -315,16 +315,39 @@ def _not_available(name: str, exc: BaseException) -> UserError:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' load reports (a CLIP checkpoint's unused text tower, ...) are noise here: errors only."""
+def _quiet_transformers(source: str | None = None):
+    """transformers' load reports (a CLIP checkpoint's unused text tower, ...) are noise here: errors only. Its
+    "Loading weights" bar too when `source`'s weights are already on disk (a local folder, or the HF cache), unless
+    VERBOSE=1; a download keeps its progress bars (minutes for a ViT-L)."""
     from transformers.utils import logging as hf_logging
 
+    from data.console import verbose_enabled
+
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hide = bars and source is not None and not verbose_enabled() and _weights_on_disk(source)
+    if hide:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if hide:
+            hf_logging.enable_progress_bar()
+
+
+def _weights_on_disk(source: str) -> bool:
+    """True when loading `source` reads no network: a local folder, offline mode, or a config in the HF cache (the
+    weights were fetched with it)."""
+    if Path(source).expanduser().is_dir() or _offline():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except ValueError:  # not a repo id
+        return False
 
 
 @dataclass
@@ -404,7 +427,7 @@ def load_encoder(name: str | EncoderSpec | None = None, pool: int | None = None,
 
     model_class = getattr(transformers, spec.family.model_class)
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(spec.source):
             model, info = model_class.from_pretrained(spec.source, trust_remote_code=False, dtype=torch.float32,
                                                       output_loading_info=True)
     except (OSError, ValueError) as exc:

@@ -183,3 +183,15 @@ def test_folder_without_processor_config_says_how_it_normalises(tmp_path):
     ViTImageProcessor(image_mean=[0.4] * 3, image_std=[0.2] * 3).save_pretrained(tmp_path / "vit")
     encoder = load_encoder(str(tmp_path / "vit"))
     assert encoder.preprocess.mean == (0.4, 0.4, 0.4) and "preprocessor_config" not in describe(encoder)
+
+
+def test_loading_a_local_folder_prints_nothing_unless_verbose(tmp_path, capsys, monkeypatch):
+    """transformers draws a "Loading weights" bar on stderr for every from_pretrained; weights on disk load quietly,
+    VERBOSE=1 shows the library's bar again (issue #20, point 10)."""
+    tiny_vit().save_pretrained(tmp_path / "vit")
+    capsys.readouterr()
+    load_encoder(str(tmp_path / "vit"))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("VERBOSE", "1")
+    load_encoder(str(tmp_path / "vit"))
+    assert "Loading weights" in capsys.readouterr().err
