@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from test_train import one_line_error
 
 from data.errors import UserError
 from data.store import PROVENANCE_KEYS, FeatureStore
@@ -214,3 +215,33 @@ def test_video_encoder_refuses_another_clip_length(tiny_videos, tmp_path):
         extract_main(make_extract_args(**common, ENCODER=tmp_path / "vmae", FRAMES_PER_SEGMENT=8))
     with pytest.raises(UserError, match="FRAME_STRIDE applies to video encoders only"):
         extract_main(make_extract_args(**common, ENCODER="vit-tiny-random", FRAME_STRIDE=4))
+
+
+@pytest.mark.parametrize("family,variables", [("dinov2", {"POOL": 2}), ("videomae", {"FRAME_STRIDE": 2})])
+def test_the_hint_to_extract_fills_the_cache_training_uses(family, variables, tiny_videos, tmp_path, capsys,
+                                                             monkeypatch, train_cli):
+    """A video on disk but not in the cache stops training with the `make extract` command that fills it; that very
+    command (data root, encoder, sampling, pool or frame stride, cache dir: none of them the defaults) adds the video
+    to the same cache, and training then runs (found by a new user: the hint named only DATASET and CACHE_DIR)."""
+    monkeypatch.delenv("DEBUG", raising=False)
+    root = tmp_path / "videos"
+    shutil.copytree(tiny_videos, root)
+    later = next(root.rglob("*.mp4"))
+    later.rename(later.with_suffix(".later"))  # not on disk at extraction time
+    folder = tmp_path / f"tiny-{family}"
+    save_checkpoint(family, folder)
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    assert extract_main(make_extract_args(DATASET="synthetic", DATA_ROOT=root, CACHE_DIR=cache, ENCODER=folder,
+                                          SEGMENTS=SEGMENTS, WORKERS=0, **variables)) == 0
+    (tag_dir,) = (cache / "synthetic").iterdir()
+    before = len(FeatureStore(tag_dir))
+    later.with_suffix(".later").rename(later)
+    err = one_line_error(capsys, train_cli(root, cache, runs, "--epochs", "1"))
+    assert "whose media are on disk" in err, err
+    hint = shlex.split(err.split("`make extract ", 1)[1].split("`", 1)[0])
+    given = dict(word.split("=", 1) for word in hint)
+    assert {"DATA_ROOT", "ENCODER", "SEGMENTS", "CACHE_DIR", *variables} <= set(given), hint
+    assert extract_main(make_extract_args(**given, WORKERS=0)) == 0
+    assert [p.name for p in (cache / "synthetic").iterdir()] == [tag_dir.name]  # the same cache, no second tag
+    assert len(FeatureStore(tag_dir)) == before + 1
+    assert heads_main(train_cli(root, cache, runs, "--epochs", "1")) == 0

@@ -340,6 +340,11 @@ def test_bad_configuration_is_one_line(tiny_cache, tmp_path, capsys, monkeypatch
     assert "no cached features for synthetic" in err and "make extract DATASET=synthetic" in err
     no_dataset = [a for a in train_cli(root, empty, runs) if a not in ("--dataset", "synthetic")]
     assert "no cached features for synthetic" in one_line_error(capsys, no_dataset)  # empty cache: synthetic
+    # DATASET not given: an error about the data set says which one was chosen, and why
+    undatasetted = [a for a in train_cli(tmp_path / "nowhere", cache, runs) if a not in ("--dataset", "synthetic")]
+    err = one_line_error(capsys, undatasetted)
+    assert "DATASET was not given, so synthetic: the data set most recently extracted into" in err
+    assert "DATASET was not given" not in one_line_error(capsys, train_cli(tmp_path / "nowhere", cache, runs))
     assert "does not exist" in one_line_error(capsys, ["eval", "--ckpt", str(tmp_path / "nope.ckpt")])
 
 

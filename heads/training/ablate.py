@@ -193,22 +193,24 @@ def ablate(args: argparse.Namespace, heads: list[str], seeds: list[int]) -> int:
     """Run the ablation `args` describes (see the module docstring); 0 when every run finished, else 1."""
     from data import get_dataset
     from heads.training import tables
-    from heads.training.run import default_dataset, parse_clip, resolve_cache
+    from heads.training.run import default_dataset, defaulted_dataset, parse_clip, resolve_cache
     from heads.training.run_dir import run_name
 
     name = check_name(args.name)
     parse_clip(args.clip)  # a malformed --clip fails here, not once per run
     cache_dir, runs_dir = Path(args.cache_dir), Path(args.runs_dir)
     dataset = args.dataset or default_dataset(cache_dir)
-    tag_dir = resolve_cache(cache_dir, dataset, args.tag)  # once: every run trains on this very cache
-    cache = describe_cache(tag_dir)
-    every_task = args.task == "all"
-    if every_task:
-        tasks = list(type(get_dataset(dataset, root=args.data_root, task=None)).tasks)
-        if not tasks:
-            raise UserError(f"{dataset} has no tasks, so TASK=all means nothing; leave TASK empty")
-    else:
-        tasks = [args.task]
+    with defaulted_dataset(dataset, cache_dir, given=bool(args.dataset)):
+        tag_dir = resolve_cache(cache_dir, dataset, args.tag, args.data_root)  # once: every run trains on this cache
+        cache = describe_cache(tag_dir)
+        every_task = args.task == "all"
+        if every_task:
+            tasks = list(type(get_dataset(dataset, root=args.data_root, task=None)).tasks)
+            if not tasks:
+                raise UserError(f"{dataset} has no tasks, so TASK=all means nothing; leave TASK empty")
+        else:
+            tasks = [args.task]
+        get_dataset(dataset, root=args.data_root, task=tasks[0])  # a data root of another data set fails here
     writes = writes_files()
     base = argparse.Namespace(**{**vars(args), "dataset": dataset, "tag": tag_dir.name})
     total = len(tasks) * len(heads) * len(seeds)

@@ -14,6 +14,7 @@ Checkpoints are always loaded with `weights_only=True`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -42,6 +43,23 @@ CACHE_KEYS = tuple(k for k in PROVENANCE_KEYS if k not in ("schema", "dtype"))
 # --------------------------------------------------------------------------------------------- small resolvers
 def default_dataset(cache_dir: Path) -> str:
     """The dataset most recently extracted into cache_dir, else "synthetic"."""
+    return _newest_dataset(cache_dir)
+
+
+@contextlib.contextmanager
+def defaulted_dataset(name: str, cache_dir: Path, given: bool):
+    """A UserError raised inside names the choice the user did not make when DATASET was not given (the data set
+    then is the one most recently extracted, perhaps not the one the other arguments are about)."""
+    try:
+        yield
+    except UserError as exc:
+        if given:
+            raise
+        raise UserError(f"{exc} (DATASET was not given, so {name}: the data set most recently extracted into "
+                        f"{cache_dir}; DATASET= chooses another)") from exc
+
+
+def _newest_dataset(cache_dir: Path) -> str:
     from data import DATASETS
     from data.store import find_caches
 
@@ -58,8 +76,9 @@ def default_dataset(cache_dir: Path) -> str:
     return newest
 
 
-def resolve_cache(cache_dir: Path, dataset: str, tag: str | None = None) -> Path:
-    """The tag directory to train on: --tag, else the most recently modified one holding sealed shards."""
+def resolve_cache(cache_dir: Path, dataset: str, tag: str | None = None, data_root=None) -> Path:
+    """The tag directory to train on: --tag, else the most recently modified one holding sealed shards. UserError
+    when there is none (with the `make extract` command that makes one; `data_root` goes into it)."""
     from data.store import find_caches, partial_shards
 
     tags = [Path(t) for t in find_caches(cache_dir, dataset)]
@@ -69,7 +88,8 @@ def resolve_cache(cache_dir: Path, dataset: str, tag: str | None = None) -> Path
         extra = (f" ({len(partial)} unfinished .partial shard(s) there: the extraction was interrupted; rerun it)"
                  if partial else "")
         raise UserError(f"no cached features for {dataset} under {where}{extra}; run "
-                        f"`make extract DATASET={dataset}` first (or pass CACHE_DIR=/--cache-dir where they are)")
+                        f"`{extract_command(dataset, data_root, cache_dir)}` first (or pass CACHE_DIR=/--cache-dir "
+                        "where they are)")
     if tag:
         match = [t for t in tags if t.name == tag]
         if not match:
@@ -215,12 +235,11 @@ def train(args) -> tuple[dict, bool]:
     cache_dir = Path(args.cache_dir)
     dataset_name = args.dataset or default_dataset(cache_dir)
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    ds, tag_dir, store, dm = open_data(
-        dataset_name, args.data_root, args.task, cache_dir, args.tag, batch_size=args.batch, workers=args.workers,
-        clip=parse_clip(args.clip), eval_stride=args.eval_stride, seed=args.seed, val_fraction=args.val_fraction,
-        allow_missing=args.allow_missing, require_all=args.require_all,
-        cache_hint=f"make extract DATASET={dataset_name}"
-                   f"{' CACHE_DIR=' + str(cache_dir) if str(cache_dir) != 'cache' else ''}")
+    with defaulted_dataset(dataset_name, cache_dir, given=bool(args.dataset)):
+        ds, tag_dir, store, dm = open_data(
+            dataset_name, args.data_root, args.task, cache_dir, args.tag, batch_size=args.batch, workers=args.workers,
+            clip=parse_clip(args.clip), eval_stride=args.eval_stride, seed=args.seed, val_fraction=args.val_fraction,
+            allow_missing=args.allow_missing, require_all=args.require_all)
     cache = cache_info(store, tag_dir, dm)
     if resume_ckpt is not None:
         check_cache_matches(resume_ckpt["hyper_parameters"]["config"]["cache"], cache, tag_dir,
@@ -325,11 +344,41 @@ def open_data(dataset_name: str, data_root, task, cache_dir: Path, tag: str | No
     from heads.training.datamodule import FeatureDataModule
 
     ds = get_dataset(dataset_name, root=data_root, task=task, seed=datamodule_kwargs.get("seed", 0))
-    tag_dir = resolve_cache(cache_dir, dataset_name, tag)
+    tag_dir = resolve_cache(cache_dir, dataset_name, tag, data_root)
     store = FeatureStore(tag_dir)
+    hint = extract_command(dataset_name, data_root, cache_dir, store.meta)
     if len(store) == 0:
-        raise UserError(f"the cache {tag_dir} holds no videos; run `make extract DATASET={dataset_name}`")
-    return ds, tag_dir, store, FeatureDataModule(store, ds, **datamodule_kwargs)
+        raise UserError(f"the cache {tag_dir} holds no videos; run `{hint}`")
+    return ds, tag_dir, store, FeatureDataModule(store, ds, cache_hint=hint, **datamodule_kwargs)
+
+
+def extract_command(dataset: str, data_root, cache_dir, meta: dict | None = None) -> str:
+    """The `make extract` command that fills the cache of `meta` (a store's provenance: encoder, sampling, pool) for
+    `dataset` under `cache_dir` from `data_root`: what a hint must say so that running it adds to *this* cache, not
+    a new one under another tag (the dataset's default encoder or sampling)."""
+    import shlex
+
+    meta = meta or {}
+    words = [f"DATASET={dataset}"]
+    if data_root:
+        words.append(f"DATA_ROOT={shlex.quote(str(data_root))}")
+    if meta.get("encoder"):
+        words.append(f"ENCODER={shlex.quote(str(meta['encoder']))}")
+    if meta.get("durations"):
+        words.append("SAMPLING=paper")
+    elif meta.get("fps") is not None:
+        words.append(f"FPS={float(meta['fps']):g}")
+    elif meta.get("segments") is not None:
+        words.append(f"SEGMENTS={int(meta['segments'])}")
+    if meta.get("frame_interval") is not None:  # a video encoder: FRAME_STRIDE counts source frames at 30 fps
+        words.append(f"FRAME_STRIDE={round(float(meta['frame_interval']) * 30)}")
+    elif int(meta.get("frames_per_segment") or 1) != 1:
+        words.append(f"FRAMES_PER_SEGMENT={int(meta['frames_per_segment'])}")
+    if meta.get("pool") not in (None, "none", 1, "1"):
+        words.append(f"POOL={meta['pool']}")
+    if str(cache_dir) != "cache":
+        words.append(f"CACHE_DIR={shlex.quote(str(cache_dir))}")
+    return "make extract " + " ".join(words)
 
 
 def _fit_trainer(args, model, run_dir: Path, resume_step: int | None, opening: str, notes: list[str]):
