@@ -102,7 +102,8 @@ def ablate_parser(sub) -> argparse.ArgumentParser:
 
 def eval_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="validate and test a checkpoint")
-    p.add_argument("--ckpt", default=None)
+    p.add_argument("--ckpt", default=None, help="checkpoint [the newest best.ckpt under --runs-dir]")
+    p.add_argument("--runs-dir", default="runs", help="where to look for the newest best.ckpt [runs]")
     p.add_argument("--cache-dir", default=None, help="[the one the checkpoint was trained on]")
     p.add_argument("--data-root", default=None)
     p.add_argument("--tag", default=None)

@@ -33,15 +33,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def newest_best(runs_dir: Path) -> Path:
-    """The most recently written runs/**/checkpoints/best.ckpt."""
-    found = list(runs_dir.glob("**/checkpoints/best.ckpt")) if runs_dir.is_dir() else []
-    if not found:
-        raise UserError(f"no checkpoints/best.ckpt under {runs_dir}/: train a head first (`make train`) or pass "
-                        "CKPT=runs/<dataset>/<head>/version_N/checkpoints/best.ckpt")
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
 def list_videos(target: Path) -> tuple[list[Path], list[Path]]:
     """(videos, skipped files): the file itself, or every video file under the folder in sorted order."""
     from data.datasets.base import is_video_name
@@ -71,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"TOPK and --batch must be >= 1, got {args.topk} and {args.batch}")
     target = Path(args.video)
     videos, skipped = list_videos(target)
+    from heads.training.run_dir import newest_best
+
     ckpt_path = Path(args.ckpt) if args.ckpt else newest_best(Path(args.runs_dir))
 
     import torch

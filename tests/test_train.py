@@ -215,9 +215,23 @@ def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys, trai
     err = capsys.readouterr().err
     assert "warning: the val split is not the checkpoint's: 0 of its 5 videos were not in it at training time, " \
            "1 of the 6 then are not in it now (e.g. 'val000')" in err
-    assert "warning: the train split is not the checkpoint's" in err and "test split" not in err
+    # a grown train list is a note, not a warning: eval measures val and test only
+    assert "note: the train split is not the checkpoint's" in err and "test split" not in err
+    assert "warning: the train split" not in err
     evaluated = json.loads((run / "checkpoints" / "best.eval.json").read_text())
     assert len(evaluated["split_changes"]) == 2 and "val000" in evaluated["splits"]["train"]
+
+    text = labels.read_text().replace("val000,train,", "val000,val,")  # val as trained
+    labels.write_text("".join(line for line in text.splitlines(True) if not line.startswith("train000,")))
+    capsys.readouterr()
+    # no CKPT: the newest best.ckpt under --runs-dir; last.ckpt is called what it is, not "best"
+    assert main(["eval", "--runs-dir", str(runs)]) == 0
+    err = capsys.readouterr().err
+    assert f"the newest best checkpoint under {runs}/, {run / 'checkpoints' / 'best.ckpt'}" in err
+    assert "warning" not in err and "note: the train split is not the checkpoint's: 0 of its 17 videos" in err
+    assert main(["eval", "--ckpt", str(run / "checkpoints" / "last.ckpt")]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "; last checkpoint: epoch 1 of 1)" in last_line and "best" not in last_line
 
 
 def test_tensorboard_logs_beside_the_csv(tiny_cache, tmp_path, train_cli):

@@ -29,6 +29,7 @@ from heads import HEADS, build_head
 from heads.config import HEAD, TRAIN
 from heads.training.run_dir import (
     find_last,
+    newest_best,
     run_directory,
     run_name,
     split_changes,
@@ -430,7 +431,8 @@ def evaluate(args) -> dict:
     from heads.training.module import HeadModule
 
     if not args.ckpt:
-        raise UserError("no checkpoint given: make eval CKPT=runs/<dataset>/<head>/version_N/checkpoints/best.ckpt")
+        args.ckpt = str(newest_best(Path(args.runs_dir)))
+        say(f"CKPT not given: the newest best checkpoint under {args.runs_dir}/, {args.ckpt}")
     ckpt = load_checkpoint(args.ckpt)
     hp = ckpt["hyper_parameters"]
     config = hp["config"]
@@ -451,9 +453,14 @@ def evaluate(args) -> dict:
     say(f"eval {args.ckpt} ({config['head']}, epoch {best_epoch}) on {config['dataset']}"
         f"{'/' + config['task'] if config.get('task') else ''}, cache {tag_dir.name}: videos "
         f"{split_counts(dm, ('val', 'test'))}")
-    changes = split_changes(config.get("splits"), dm.split_ids())
-    for line in changes:  # e.g. videos added to DATA_ROOT since training (issue: a validation split that moves)
+    ids = dm.split_ids()
+    changes = split_changes(config.get("splits"), ids)
+    # e.g. videos added to DATA_ROOT since training (issue #20: a validation split that moves). Eval reads only val and
+    # test: when they are the checkpoint's, a grown train list changes nothing measured here
+    for line in split_changes(config.get("splits"), {k: v for k, v in ids.items() if k != "train"}):
         say(f"warning: {line}; its metrics are not comparable with the run's")
+    for line in split_changes(config.get("splits"), {k: v for k, v in ids.items() if k == "train"}):
+        say(f"note: {line}; val and test are what eval measures")
     model = HeadModule(restore_head(ckpt), config, task_type=config["task_type"], n_outputs=config["n_outputs"],
                        lr=hp["lr"], weight_decay=hp["weight_decay"])
     trainer = pl.Trainer(accelerator=args.accelerator or "auto", devices=1, logger=False, enable_progress_bar=False,
@@ -463,6 +470,7 @@ def evaluate(args) -> dict:
     results = plain({
         "dataset": config["dataset"], "task": config.get("task"), "head": config["head"],
         "metric": model.metric_name, "task_type": config["task_type"], "checkpoint": str(args.ckpt),
+        "checkpoint_role": Path(args.ckpt).stem,
         "cache_tag": tag_dir.name, **_split_metrics(model),
         "best_epoch": best_epoch, "epochs_run": epochs_run, "run_dir": str(run_dir),
         "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

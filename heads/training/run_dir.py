@@ -4,8 +4,8 @@
         checkpoints/{best,last}.ckpt, metrics.csv (Lightning's CSV logger), config.json (the resolved config),
         results.json (val and test metrics of the best checkpoint, cache tag, code version), predictions.csv
 
-Versions (`next_version`, `find_last`), metrics.csv kept across resumes (`metrics_logger`), predictions.csv, the
-summary line and the JSON-safe form of what is written (`data.outputs.plain`).
+Versions (`next_version`, `find_last`, `newest_best`), metrics.csv kept across resumes (`metrics_logger`),
+predictions.csv, the summary line and the JSON-safe form of what is written (`data.outputs.plain`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,17 @@ def find_last(runs_dir: Path, head: str | None, dataset: str | None) -> Path:
         raise UserError(f"--resume last: no checkpoints/last.ckpt under {runs_dir}"
                         f"{' for ' + head if head else ''}{' on ' + dataset if dataset else ''}; "
                         f"pass the checkpoint path instead (RESUME=runs/.../checkpoints/last.ckpt)")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def newest_best(runs_dir: Path) -> Path:
+    """The most recently written `runs_dir`/**/checkpoints/best.ckpt (`make eval` and `make predict` without CKPT).
+    UserError when there is none."""
+    runs_dir = Path(runs_dir)
+    found = list(runs_dir.glob("**/checkpoints/best.ckpt")) if runs_dir.is_dir() else []
+    if not found:
+        raise UserError(f"no checkpoints/best.ckpt under {runs_dir}/: train a head first (`make train`) or pass "
+                        "CKPT=runs/<dataset>/<head>/version_N/checkpoints/best.ckpt")
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
@@ -128,7 +139,9 @@ def summary_line(results: dict) -> str:
     """The last line `make train` and `make eval` print: the test metric, which checkpoint, where it is saved."""
     m = results["metric"]
     epoch, of = results.get("best_epoch"), results.get("epochs_run")
-    which = (f"best checkpoint: epoch {epoch} of {of}" if epoch and of else f"checkpoint of epoch {epoch}" if epoch
+    role = results.get("checkpoint_role", "best")  # eval of last.ckpt (or another file) says so
+    role = f"{role} checkpoint" if role in ("best", "last") else f"checkpoint {role}"
+    which = (f"{role}: epoch {epoch} of {of}" if epoch and of else f"{role} of epoch {epoch}" if epoch
              else f"{of} epochs" if of else "last state")
     return (f"{results['head']} on {results['dataset']}{'/' + results['task'] if results.get('task') else ''}: "
             f"test {m} {results['test'][m]:.4f} (val {m} {results['val'][m]:.4f}; {which}) -> "
