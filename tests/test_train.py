@@ -329,6 +329,8 @@ def test_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch, train_cli, 
     assert exc.value.code == 1 and len(lines) == 3 and lines[0].startswith("train s4-multiscale on synthetic")
     assert lines[1].startswith("training stopped in its first epoch; nothing was saved yet")
     assert lines[2].startswith("error: training loss became nan")
+    # nothing to resume is left behind: no empty version_N for RESUME=last to pass over
+    assert not list((tmp_path / "runs").rglob("version_*"))
 
 
 def one_line_error(capsys, argv) -> str:

@@ -186,4 +186,5 @@ class ResumeHint(Callback):
             say(f"training stopped during epoch {trainer.current_epoch + 1}{why}; the epochs before it are kept: "
                 f"continue with RESUME={last} (make train) or --resume (python -m heads train)")
         else:
-            say(f"training stopped in its first epoch{why}; nothing was saved yet (no {last})")
+            say(f"training stopped in its first epoch{why}; nothing was saved yet, so {self.run_dir} is removed: "
+                "rerun the command to start again")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -281,7 +282,14 @@ def train(args) -> tuple[dict, bool]:
                                        opening, short)
 
     started = time.time()
-    trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=args.resume or None, weights_only=True)
+    except BaseException:
+        # stopped before its first checkpoint (Ctrl-C, SIGTERM, a crash in epoch 1): the folder holds nothing to
+        # resume; left behind, it would be an empty version_N that RESUME=last passes over for an older run
+        if resume_ckpt is None and trainer.is_global_zero and not list(run_dir.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     train_s = time.time() - started
     ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"
     best = checkpoint.best_model_path if not args.fast_dev_run else ""
