@@ -76,7 +76,10 @@ def run_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--fast-dev-run", action="store_true", help="one batch of each loop (smoke test)")
     p.add_argument("--limit-batches", type=float, default=None, help="fraction / number of batches per loop")
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty(), help="progress bar")
+    # Lightning's bar writes to stdout, our lines to stderr: the bar only when both are a terminal (`make train > log`
+    # keeps the log free of bar frames and shows the epoch lines instead)
+    p.add_argument("--progress", action="store_true", default=sys.stdout.isatty() and sys.stderr.isatty(),
+                   help="progress bar [when stdout and stderr are a terminal]")
     return p
 
 
