@@ -125,11 +125,26 @@ def disk(cache_dir: str | Path) -> dict:
             "total_bytes": usage.total}
 
 
+def default_encoders() -> list[dict]:
+    """The offline check of every data set's default encoder (LVU's ViT-L/16 frames, Breakfast's and COIN's video
+    encoder), each with the data sets it is the default of ("used_by")."""
+    from data import DATASETS
+    from extract import DEFAULT_ENCODERS
+
+    found = []
+    for kind, name in DEFAULT_ENCODERS.items():
+        users = sorted(d for d, cls in DATASETS.items() if cls.paper_features == kind)
+        found.append({**encoder(name), "used_by": users})
+    return found
+
+
 def collect(cache_dir: str | Path = "cache", encoder_name: str | None = None, say=print) -> dict:
-    """Every check, each guarded: {"versions", "devices", "keops", "auto", "numba", "encoder", "disk"}."""
+    """Every check, each guarded: {"versions", "devices", "keops", "auto", "numba", "encoder", "disk"}; "encoder"
+    is a list: `encoder_name`, or every data set's default encoder."""
     out: dict = {}
     checks = {"versions": versions, "devices": devices, "keops": lambda: keops(say=say), "auto": auto_backends,
-              "numba": numba_loops, "encoder": lambda: encoder(encoder_name), "disk": lambda: disk(cache_dir)}
+              "numba": numba_loops, "disk": lambda: disk(cache_dir),
+              "encoder": lambda: [encoder(encoder_name)] if encoder_name else default_encoders()}
     for key, check in checks.items():
         try:
             out[key] = check()
@@ -179,10 +194,13 @@ def render(facts: dict) -> list[str]:
         picks = [f"{kind} -> {name}" if name else f"{kind} -> (no device)" for kind, name in facts["auto"].items()]
         lines.append(f"{'backend auto':<13}" + "; ".join(picks))
     if not failed("encoder"):
-        e = facts["encoder"]
-        lines.append(f"{'encoder':<13}{e['encoder']}: " + (f"available offline ({e['where']})" if e["offline"] else
-                     f"NOT available offline (looked in {e['where']}); download it where there is internet "
-                     "(`huggingface-cli download <id>`) or pass ENCODER=/folder saved with save_pretrained"))
+        found = facts["encoder"] if isinstance(facts["encoder"], list) else [facts["encoder"]]
+        for e in found:
+            users = f" (default of {', '.join(e['used_by'])})" if e.get("used_by") else ""
+            lines.append(f"{'encoder':<13}{e['encoder']}{users}: " + (
+                f"available offline ({e['where']})" if e["offline"] else
+                f"NOT available offline (looked in {e['where']}); download it where there is internet "
+                "(`huggingface-cli download <id>`) or pass ENCODER=/folder saved with save_pretrained"))
     if not failed("disk"):
         d = facts["disk"]
         lines.append(f"{'disk':<13}{_gb(d['free_bytes'])} free of {_gb(d['total_bytes'])} under CACHE_DIR="
@@ -194,7 +212,8 @@ def render(facts: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default="cache", help="where extracted features go [cache]")
-    parser.add_argument("--encoder", default=None, help="encoder to check for offline use [the default encoder]")
+    parser.add_argument("--encoder", default=None,
+                        help="encoder to check for offline use [every data set's default encoder]")
     parser.add_argument("--json", default=None, help="also write the facts as JSON to this path")
     args = parser.parse_args(argv)
     facts = collect(args.cache_dir, args.encoder)

@@ -54,3 +54,20 @@ def test_encoder_offline_check(tmp_path, monkeypatch):
     facts = encoder("google/vit-large-patch16-224-in21k")
     assert facts["offline"] is False
     assert "NOT available offline" in "\n".join(render({"encoder": facts}))
+
+
+def test_every_default_encoder_is_checked(tmp_path, monkeypatch):
+    """Without ENCODER the doctor checks each data set's default (LVU's frame encoder and Breakfast/COIN's video
+    encoder), saying which data sets use it."""
+    from huggingface_hub import constants
+
+    from doctor.__main__ import default_encoders
+    from extract import DEFAULT_ENCODERS
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty hub cache
+    found = default_encoders()
+    assert [e["encoder"] for e in found] == list(DEFAULT_ENCODERS.values()) and len(set(DEFAULT_ENCODERS.values())) == 2
+    screen = render({"encoder": found})
+    assert len(screen) == 2 and all("NOT available offline" in line for line in screen)
+    assert f"{DEFAULT_ENCODERS['clips']} (default of breakfast, coin): NOT" in screen[1]
+    assert "lvu" in screen[0] and "breakfast" not in screen[0]
