@@ -38,7 +38,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     try:
         status = main(argv)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (data.console.stop_on_sigterm): 128 + the signal
-        print("interrupted: sealed work is kept; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished work is kept (sealed shards, finished epochs); rerun the same command to go on",
+              file=sys.stderr)
         sys.exit(interrupt_status(exc))
     except (UserError, RunFailed) as exc:
         if debug_enabled():

@@ -200,7 +200,7 @@ def render(facts: dict) -> list[str]:
             lines.append(f"{'encoder':<13}{e['encoder']}{users}: " + (
                 f"available offline ({e['where']})" if e["offline"] else
                 f"NOT available offline (looked in {e['where']}); download it where there is internet "
-                "(`huggingface-cli download <id>`) or pass ENCODER=/folder saved with save_pretrained"))
+                "(`hf download <id>`, huggingface_hub's CLI) or pass ENCODER=/folder saved with save_pretrained"))
     if not failed("disk"):
         d = facts["disk"]
         lines.append(f"{'disk':<13}{_gb(d['free_bytes'])} free of {_gb(d['total_bytes'])} under CACHE_DIR="
@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="encoder to check for offline use [every data set's default encoder]")
     parser.add_argument("--json", default=None, help="also write the facts as JSON to this path")
     args = parser.parse_args(argv)
+    from data.console import quiet_libraries
+
+    quiet_libraries()  # KeOps's "CUDA libraries not found" and the like: the screen says it in its own words
     facts = collect(args.cache_dir, args.encoder)
     print("\n".join(render(facts)))
     if args.json:

@@ -305,7 +305,7 @@ def _not_available(name: str, exc: BaseException) -> UserError:
         return UserError(
             f"encoder '{name}' is not available locally and HF_HUB_OFFLINE=1 forbids downloading it. Provide it: "
             f"ENCODER=/path/to/folder (a model saved with save_pretrained), or on a machine with internet run "
-            f"`huggingface-cli download {name}` and copy ~/.cache/huggingface here, or unset HF_HUB_OFFLINE; "
+            f"`hf download {name}` and copy ~/.cache/huggingface here, or unset HF_HUB_OFFLINE; "
             f"for an offline smoke test use ENCODER={TINY_RANDOM}"
         )
     return UserError(

@@ -213,8 +213,8 @@ def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys, trai
     labels.write_text(labels.read_text().replace("val000,val,", "val000,train,"))  # one val video moves to train
     assert main(["eval", "--ckpt", str(run / "checkpoints" / "best.ckpt")]) == 0
     err = capsys.readouterr().err
-    assert "warning: the val split is not the checkpoint's: 0 of its 5 videos were not in it at training time, " \
-           "1 of the 6 then are not in it now (e.g. 'val000')" in err
+    assert "warning: the val split is not the checkpoint's: 0 added and 1 gone since training (6 then, 5 now; " \
+           "e.g. 'val000' gone)" in err
     # a grown train list is a note, not a warning: eval measures val and test only
     assert "note: the train split is not the checkpoint's" in err and "test split" not in err
     assert "warning: the train split" not in err
@@ -228,7 +228,7 @@ def test_eval_warns_when_the_split_is_not_the_checkpoints(tmp_path, capsys, trai
     assert main(["eval", "--runs-dir", str(runs)]) == 0
     err = capsys.readouterr().err
     assert f"the newest best checkpoint under {runs}/, {run / 'checkpoints' / 'best.ckpt'}" in err
-    assert "warning" not in err and "note: the train split is not the checkpoint's: 0 of its 17 videos" in err
+    assert "warning" not in err and "note: the train split is not the checkpoint's: 0 added and 1 gone" in err
     assert main(["eval", "--ckpt", str(run / "checkpoints" / "last.ckpt")]) == 0
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "; last checkpoint: epoch 1 of 1)" in last_line and "best" not in last_line
@@ -330,7 +330,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch, train_cli, 
     assert lines[1].startswith("training stopped in its first epoch; nothing was saved yet")
     assert lines[2].startswith("error: training loss became nan")
     # nothing to resume is left behind: no empty version_N for RESUME=last to pass over
-    assert not list((tmp_path / "runs").rglob("version_*"))
+    assert not list((tmp_path / "runs").rglob("*"))  # nor the empty <dataset>/<head>/ folders above it
 
 
 def one_line_error(capsys, argv) -> str:
@@ -430,3 +430,26 @@ def test_ddp_two_processes_on_cpu(tiny_cache, tmp_path, train_cli):
     assert results["global_step"] == 3  # 18 train videos / 2 ranks = 9 each, batch 4: 3 steps per epoch
     assert proc.stdout.strip().splitlines()[-1].startswith("s4-multiscale on synthetic: test acc")
     assert proc.stdout.count("test acc") == 1
+
+
+def test_default_clip_never_takes_more_segments_than_the_cache_has(tiny_cache, tmp_path, capsys, train_cli):
+    """synthetic's default clip is subset:32; a cache of 12 segments per video trains on subset:12 with a note,
+    instead of repeating segments in every clip (found by a new user: SEGMENTS=16 on a folder, default subset:64)."""
+    root, cache = tiny_cache
+    runs = tmp_path / "runs"
+    argv = [a for a in train_cli(root, cache, runs, "--head", "mean-pool", "--epochs", "1", "--limit-batches", "1")
+            if a not in ("--clip", "subset:4")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: CLIP not given: the cache has 12 segments per video, fewer than synthetic's default subset:32; " \
+           "clips are subset:12" in err
+    run = next(runs.rglob("version_0"))
+    assert json.loads((run / "config.json").read_text())["clip"] == ["subset", 12]
+    short = json.loads((run / "results.json").read_text())["short_videos"]  # the tiny cache's shorter videos only
+    assert main([*argv, "--clip", "subset:32"]) == 0  # asked for: kept, and its repeats counted
+    assert "note: CLIP not given" not in capsys.readouterr().err
+    asked = next(runs.rglob("version_1"))
+    assert json.loads((asked / "config.json").read_text())["clip"] == ["subset", 32]
+    everyone = json.loads((asked / "results.json").read_text())["short_videos"]
+    assert everyone == {"train": 18, "val": 6, "test": 9} and all(short[k] < everyone[k] for k in everyone)

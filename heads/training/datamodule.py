@@ -125,6 +125,15 @@ class FeatureDataModule(pl.LightningDataModule):
         if self.clip[0] not in ("window", "subset") or int(self.clip[1]) < 1:
             raise UserError(f"clip protocol must be ('window', W) or ('subset', K), got {self.clip}")
         self.clip = (self.clip[0], int(self.clip[1]))
+        self.notes: list[str] = []
+        segments = getattr(store, "meta", {}).get("segments")
+        if clip is None and self.clip[0] == "subset" and segments and int(segments) < self.clip[1]:
+            # the data set's default subset takes more segments than the cache has per video (SEGMENTS=16 for a
+            # folder whose default clip is subset:64): every clip would repeat segments; take them all instead
+            self.notes.append(f"CLIP not given: the cache has {int(segments)} segments per video, fewer than "
+                              f"{dataset.name}'s default subset:{self.clip[1]}; clips are subset:{int(segments)} "
+                              "(CLIP= chooses)")
+            self.clip = ("subset", int(segments))
         self.eval_stride = int(eval_stride)
         self.seed = int(seed)
         self.val_fraction = float(val_fraction)
@@ -134,7 +143,6 @@ class FeatureDataModule(pl.LightningDataModule):
         self.cache_hint = cache_hint or f"make extract DATASET={dataset.name}"
         self.regression = dataset.task_type == "regression"
         self.splits: dict[str, tuple[list[str], list, list[int]]] = {}
-        self.notes: list[str] = []
         self.skipped: dict[str, dict[str, int]] = {}  # split -> {"no_media", "failed", "not_extracted"}: counts
         self._build_splits()
         self.short = self._count_short()

@@ -277,7 +277,8 @@ def train(args) -> tuple[dict, bool]:
     opening = (f"{'resume' if resume_ckpt is not None else 'train'} {args.head} on "
                f"{dataset_name}{'/' + task if task else ''}, cache {tag_dir.name}: videos {split_counts(dm)}; "
                f"{epochs}, batch {args.batch}, {{device}}, {params:,} parameters -> {run_dir}")
-    short = [f"note: {note}" for note in dm.notes if "segments repeat" in note or "last segment repeats" in note]
+    short = [f"note: {note}" for note in dm.notes
+             if "segments repeat" in note or "last segment repeats" in note or note.startswith("CLIP not given")]
     trainer, checkpoint = _fit_trainer(args, model, run_dir, resume_ckpt.get("global_step") if resume_ckpt else None,
                                        opening, short)
 
@@ -289,6 +290,11 @@ def train(args) -> tuple[dict, bool]:
         # resume; left behind, it would be an empty version_N that RESUME=last passes over for an older run
         if resume_ckpt is None and trainer.is_global_zero and not list(run_dir.glob("checkpoints/*.ckpt")):
             shutil.rmtree(run_dir, ignore_errors=True)
+            for parent in (run_dir.parent, run_dir.parent.parent):  # <head>/ and <dataset>/ when nothing else is there
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
         raise
     train_s = time.time() - started
     ckpt_dir = Path(checkpoint.dirpath) if checkpoint.dirpath else run_dir / "checkpoints"

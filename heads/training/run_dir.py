@@ -123,9 +123,9 @@ def split_changes(recorded: dict | None, current: dict[str, list[str]]) -> list[
         if before == now:
             continue
         added, gone = sorted(now - before), sorted(before - now)
-        lines.append(f"the {split} split is not the checkpoint's: {len(added)} of its {len(now)} videos were not in "
-                     f"it at training time, {len(gone)} of the {len(before)} then are not in it now "
-                     f"(e.g. {(added or gone)[0]!r})")
+        lines.append(f"the {split} split is not the checkpoint's: {len(added)} added and {len(gone)} gone since "
+                     f"training ({len(before)} then, {len(now)} now; e.g. {(added or gone)[0]!r} "
+                     f"{'added' if added else 'gone'})")
     return lines
 
 
