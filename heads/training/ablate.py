@@ -210,14 +210,14 @@ def ablate(args: argparse.Namespace, heads: list[str], seeds: list[int]) -> int:
                 raise UserError(f"{dataset} has no tasks, so TASK=all means nothing; leave TASK empty")
         else:
             tasks = [args.task]
-        get_dataset(dataset, root=args.data_root, task=tasks[0])  # a data root of another data set fails here
+        # every task's adapter up front: a data root of another data set fails here, with the defaulted choice named
+        adapters = {task: get_dataset(dataset, root=args.data_root, task=task) for task in tasks}
     writes = writes_files()
     base = argparse.Namespace(**{**vars(args), "dataset": dataset, "tag": tag_dir.name})
     total = len(tasks) * len(heads) * len(seeds)
     count, failed, summaries = 0, 0, {}
     started = time.time()
-    for task in tasks:
-        ds = get_dataset(dataset, root=args.data_root, task=task)
+    for task, ds in adapters.items():
         task = getattr(ds, "task", None)
         group = run_name(dataset, task)
         out = runs_dir / "ablate" / group / name

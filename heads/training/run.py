@@ -468,13 +468,14 @@ def evaluate(args) -> dict:
         f"{'/' + config['task'] if config.get('task') else ''}, cache {tag_dir.name}: videos "
         f"{split_counts(dm, ('val', 'test'))}")
     ids = dm.split_ids()
-    changes = split_changes(config.get("splits"), ids)
     # e.g. videos added to DATA_ROOT since training (issue #20: a validation split that moves). Eval reads only val and
-    # test: when they are the checkpoint's, a grown train list changes nothing measured here
-    for line in split_changes(config.get("splits"), {k: v for k, v in ids.items() if k != "train"}):
-        say(f"warning: {line}; its metrics are not comparable with the run's")
-    for line in split_changes(config.get("splits"), {k: v for k, v in ids.items() if k == "train"}):
-        say(f"note: {line}; val and test are what eval measures")
+    # test: when they are the checkpoint's, a changed train list changes nothing measured here
+    changes = []
+    for split, split_ids in ids.items():
+        for line in split_changes(config.get("splits"), {split: split_ids}):
+            say(f"note: {line}; val and test are what eval measures" if split == "train" else
+                f"warning: {line}; its metrics are not comparable with the run's")
+            changes.append(line)
     model = HeadModule(restore_head(ckpt), config, task_type=config["task_type"], n_outputs=config["n_outputs"],
                        lr=hp["lr"], weight_decay=hp["weight_decay"])
     trainer = pl.Trainer(accelerator=args.accelerator or "auto", devices=1, logger=False, enable_progress_bar=False,
@@ -488,7 +489,7 @@ def evaluate(args) -> dict:
         "cache_tag": tag_dir.name, **_split_metrics(model),
         "best_epoch": best_epoch, "epochs_run": epochs_run, "run_dir": str(run_dir),
         "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "splits": dm.split_ids(), "split_changes": changes,
+        "splits": ids, "split_changes": changes,
         "skipped_videos": dm.skipped, "short_videos": dm.short, "notes": dm.notes,
     })
     out = Path(args.ckpt).with_suffix(".eval.json")
